@@ -1,0 +1,58 @@
+"""Database trouble becomes a quick, explained 503 with Retry-After: never a hang, never a 500.
+
+* ``sqlalchemy.exc.TimeoutError``: the pool stayed exhausted for DB_POOL_TIMEOUT seconds;
+* connection-level failures (server down, restarting, network): the database is unavailable.
+
+Other database errors (a constraint violated, a bad query) are bugs or bad input and are not disguised.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc
+
+from app.config.settings import get_settings
+
+log = structlog.get_logger("app.api")
+
+
+def _unavailable(reason: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=503,
+        content={"detail": detail, "reason": reason},
+        headers={"Retry-After": str(get_settings().RETRY_AFTER_SECONDS)},
+    )
+
+
+async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
+    log.warning("request_rejected_pool_exhausted", path=request.url.path)
+    return _unavailable(
+        "db_pool_exhausted",
+        f"all {get_settings().db_pool_max_connections} database connections of this process are busy; "
+        "retry shortly",
+    )
+
+
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    log.warning("request_rejected_database_unavailable", path=request.url.path, error=str(error))
+    return _unavailable("database_unavailable", "the database is unreachable; retry shortly")
+
+
+async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return await database_unavailable(request, error)
+    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return await database_unavailable(request, error)
+    raise error
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(exc.TimeoutError, pool_exhausted)
+    app.add_exception_handler(exc.DBAPIError, dbapi_error)
+    # asyncpg raises these directly, unwrapped, when it cannot even open a connection.
+    for error in (ConnectionError, socket.gaierror, TimeoutError):
+        app.add_exception_handler(error, database_unavailable)

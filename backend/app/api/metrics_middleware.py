@@ -1,0 +1,38 @@
+"""HTTP request counters and latency, labelled by route template (not raw path: bounded cardinality)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core import metrics
+
+
+class HttpMetricsMiddleware:
+    """Plain ASGI middleware: cheaper than BaseHTTPMiddleware and it keeps streaming intact."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)

@@ -1,0 +1,68 @@
+"""``GET /health``: the guide's JSON shape, with live pool figures and a Redis section.
+
+200 when the database answers; 503 within HEALTH_CHECK_TIMEOUT (1.5 s by default, so under the 2 s a
+load balancer typically allows) when it does not, including when the pool is exhausted. A Redis outage
+degrades the service (status ``degraded``) but does not take it out of rotation: reads still work.
+Nothing secret is reported: no URL, no host, no user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.config.settings import get_settings
+from app.core.redis_client import get_redis
+from app.db.engine import pool_snapshot
+from app.db.session import safe_session
+
+router = APIRouter(tags=["health"])
+log = structlog.get_logger("app.health")
+
+
+async def _database_ok() -> tuple[bool, str | None]:
+    async def probe() -> None:
+        async with safe_session() as session:
+            await session.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(probe(), timeout=get_settings().HEALTH_CHECK_TIMEOUT)
+        return True, None
+    except TimeoutError:
+        return False, "timeout"
+    except Exception as exc:  # noqa: BLE001 - any failure makes the database unhealthy
+        log.warning("health_database_failed", error_type=type(exc).__name__, error=str(exc))
+        return False, type(exc).__name__
+
+
+async def _redis_ok() -> tuple[bool, str | None]:
+    try:
+        await asyncio.wait_for(get_redis().ping(), timeout=get_settings().REDIS_TIMEOUT)
+        return True, None
+    except Exception as exc:  # noqa: BLE001
+        return False, type(exc).__name__
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    (db_ok, db_error), (redis_ok, redis_error) = await asyncio.gather(_database_ok(), _redis_ok())
+    database: dict[str, Any] = {
+        "status": "healthy" if db_ok else "unhealthy",
+        "pool": asdict(pool_snapshot()),
+    }
+    if db_error:
+        database["error"] = db_error
+    redis: dict[str, Any] = {"status": "healthy" if redis_ok else "unhealthy"}
+    if redis_error:
+        redis["error"] = redis_error
+    status = "healthy" if db_ok and redis_ok else ("degraded" if db_ok else "unhealthy")
+    return JSONResponse(
+        status_code=200 if db_ok else 503,
+        content={"status": status, "database": database, "redis": redis},
+    )

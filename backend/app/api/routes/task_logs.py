@@ -1,0 +1,27 @@
+"""``GET /api/v1/task-logs``: the structured task events the ``logs`` queue stored, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import SessionDep
+from app.api.routes import API_V1
+from app.repositories.task_logs import TaskLogRepository
+from app.schemas.task_logs import TaskLogOut, TaskLogPage
+
+router = APIRouter(prefix=f"{API_V1}/task-logs", tags=["task-logs"])
+
+
+@router.get("", response_model=TaskLogPage)
+async def list_task_logs(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> TaskLogPage:
+    rows, total = await TaskLogRepository(session).list(limit=limit, offset=offset, task_id=task_id)
+    return TaskLogPage(
+        items=[TaskLogOut.model_validate(row) for row in rows], total=total, limit=limit, offset=offset
+    )

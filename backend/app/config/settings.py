@@ -1,0 +1,277 @@
+"""The one Settings class: every knob of the service, with the production values as defaults.
+
+Connection allocation (managed PostgreSQL, ``max_connections = 400``):
+
+* production gets 280 connections, development 120 (``DB_CONNECTION_BUDGET``);
+* each process holds at most ``DB_POOL_SIZE + DB_MAX_OVERFLOW`` SQLAlchemy connections
+  (production 6 + 4 = 10, development 4 + 3 = 7);
+* the LangGraph checkpointer has its own psycopg pool (``LANGGRAPH_POOL_MAX_SIZE``: 20 / 10);
+* ``DB_ADMIN_RESERVE`` connections (20 / 10) stay free for psql and monitoring.
+
+Development values are not coded here: they live in ``.env.development.example`` so that there is one
+place that says what "development" means and no ``if ENVIRONMENT == ...`` elsewhere in the code.
+
+Invalid values stop start-up with one line naming the variable (``InvalidSettingsError``), and every
+password, key or DSN is a ``SecretStr`` so that no repr, log line or response can show it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated, Literal, get_args
+from urllib.parse import quote
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Environment = Literal["development", "production", "test"]
+ServiceType = Literal["api", "celery_logs", "celery_content", "celery_workflow"]
+LogFormat = Literal["json", "console"]
+
+
+class InvalidSettingsError(SystemExit):
+    """Raised when the environment holds an invalid value.
+
+    A ``SystemExit`` on purpose: uvicorn, celery and the CLIs then print the one-line message and exit
+    non-zero, without a traceback that would bury the variable name.
+    """
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=True,
+        extra="ignore",
+        env_file_encoding="utf-8",
+        validate_default=True,
+    )
+
+    # --- deployment -------------------------------------------------------------------------------
+    ENVIRONMENT: Environment = "production"
+    DEBUG: bool = False
+    SERVICE_TYPE: ServiceType = "api"
+    PROJECT_NAME: str = "roadmap-backend"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for log shippers in production; the development env file switches to console.
+    LOG_FORMAT: LogFormat = "json"
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- PostgreSQL -------------------------------------------------------------------------------
+    POSTGRES_HOST: str = "localhost"
+    POSTGRES_PORT: int = Field(5432, ge=1, le=65535)
+    POSTGRES_USER: str = "postgres"
+    POSTGRES_PASSWORD: SecretStr = SecretStr("")
+    POSTGRES_DB: str = "roadmap_prod"
+    # A whole URL wins over the POSTGRES_* parts (Railway and most PaaS hand out one URL).
+    DATABASE_URL: SecretStr | None = None
+    # Defaults to the main database; a separate one keeps checkpoint churn off the app's server.
+    CHECKPOINTER_DATABASE_URL: SecretStr | None = None
+
+    # --- SQLAlchemy pool, per process ---------------------------------------------------------------
+    # Production (Aliyun, 280 connections): 6 + 4 = 10 per process; development sets 4 + 3 = 7.
+    DB_POOL_SIZE: int = Field(6, ge=1, le=200)
+    DB_MAX_OVERFLOW: int = Field(4, ge=0, le=200)
+    # Fail fast: SQLAlchemy's default of 30 s (60 s behind a proxy) is what made requests hang.
+    DB_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
+    # Recycle before a managed server or a NAT drops an idle connection (often at 30-60 min).
+    DB_POOL_RECYCLE: int = Field(1800, ge=-1)
+    # One cheap round trip per checkout, in exchange for never handing out a dead connection.
+    DB_POOL_PRE_PING: bool = True
+    DB_CONNECT_TIMEOUT: float = Field(5.0, gt=0, le=120)
+    # Pool instrumentation (events -> Prometheus, usage logs); off only to measure its cost.
+    DB_POOL_METRICS_ENABLED: bool = True
+    DB_POOL_HIGH_USAGE_RATIO: float = Field(0.7, gt=0, le=1)
+    DB_POOL_CRITICAL_USAGE_RATIO: float = Field(0.9, gt=0, le=1)
+    # At most one usage log line per level per process in this many seconds.
+    DB_POOL_USAGE_LOG_INTERVAL: float = Field(10.0, ge=0)
+
+    # --- connection allocation (of the server's max_connections) ------------------------------------
+    # Production 280 of 400; development sets 120.
+    DB_CONNECTION_BUDGET: int = Field(280, ge=1)
+    # Left free for psql and monitoring: production 20; development sets 10.
+    DB_ADMIN_RESERVE: int = Field(20, ge=0)
+
+    # --- process counts (the budget's inputs; railway_entrypoint.sh reads the same names) ----------
+    # Production defaults; development sets 4 / 4 / 6 / 4.
+    UVICORN_WORKERS: int = Field(8, ge=1, le=64)
+    CELERY_LOGS_CONCURRENCY: int = Field(8, ge=1, le=64)
+    CELERY_CONTENT_CONCURRENCY: int = Field(10, ge=1, le=64)
+    CELERY_WORKFLOW_CONCURRENCY: int = Field(6, ge=1, le=64)
+
+    # --- LangGraph checkpointer pool (psycopg AsyncConnectionPool) ---------------------------------
+    # Production 20; development sets 10. min_size 2 in both.
+    LANGGRAPH_POOL_MIN_SIZE: int = Field(2, ge=0, le=100)
+    LANGGRAPH_POOL_MAX_SIZE: int = Field(20, ge=1, le=100)
+
+    # --- Redis ----------------------------------------------------------------------------------------
+    # rediss://...?ssl_cert_reqs=required works as well; may carry a password, hence secret.
+    REDIS_URL: SecretStr = SecretStr("redis://localhost:6379/0")
+    REDIS_TIMEOUT: float = Field(1.0, gt=0, le=30)
+
+    # --- HTTP behaviour ---------------------------------------------------------------------------------
+    # /health must answer within 2 s even when the database is unreachable.
+    HEALTH_CHECK_TIMEOUT: float = Field(1.5, gt=0, le=10)
+    # Sent with every 503 so clients back off instead of hammering an exhausted pool.
+    RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
+
+    # --- secrets for later features (LLM, web search, auth) -------------------------------------------
+    JWT_SECRET_KEY: SecretStr = SecretStr("")
+    LLM_API_KEY: SecretStr = SecretStr("")
+    TAVILY_API_KEY: SecretStr = SecretStr("")
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("DATABASE_URL", "CHECKPOINTER_DATABASE_URL", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("DATABASE_URL", "CHECKPOINTER_DATABASE_URL")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.LANGGRAPH_POOL_MIN_SIZE > self.LANGGRAPH_POOL_MAX_SIZE:
+            raise ValueError(
+                f"LANGGRAPH_POOL_MIN_SIZE ({self.LANGGRAPH_POOL_MIN_SIZE}) must be <= "
+                f"LANGGRAPH_POOL_MAX_SIZE ({self.LANGGRAPH_POOL_MAX_SIZE})"
+            )
+        if self.DB_POOL_HIGH_USAGE_RATIO > self.DB_POOL_CRITICAL_USAGE_RATIO:
+            raise ValueError("DB_POOL_HIGH_USAGE_RATIO must be <= DB_POOL_CRITICAL_USAGE_RATIO")
+        if self.DB_ADMIN_RESERVE >= self.DB_CONNECTION_BUDGET:
+            raise ValueError(
+                f"DB_ADMIN_RESERVE ({self.DB_ADMIN_RESERVE}) must be < "
+                f"DB_CONNECTION_BUDGET ({self.DB_CONNECTION_BUDGET})"
+            )
+        return self
+
+    # --- derived values: computed here, once, and read everywhere else ------------------------------
+    @property
+    def db_pool_max_connections(self) -> int:
+        """The most SQLAlchemy connections one process can hold."""
+        return self.DB_POOL_SIZE + self.DB_MAX_OVERFLOW
+
+    @property
+    def database_url(self) -> str:
+        """asyncpg URL for SQLAlchemy. Contains the password: never log it, use ``database_url_masked``."""
+        if self.DATABASE_URL is not None:
+            return to_asyncpg_url(self.DATABASE_URL.get_secret_value())
+        password = self.POSTGRES_PASSWORD.get_secret_value()
+        auth = quote(self.POSTGRES_USER, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
+        return (
+            f"postgresql+asyncpg://{auth}@{self.POSTGRES_HOST}:{self.POSTGRES_PORT}/"
+            f"{quote(self.POSTGRES_DB, safe='')}"
+        )
+
+    @property
+    def database_url_masked(self) -> str:
+        return mask_url(self.database_url)
+
+    @property
+    def redis_url(self) -> str:
+        return self.REDIS_URL.get_secret_value()
+
+    def application_name(self, service: str | None = None) -> str:
+        """``<environment>.<service>``: what pg_stat_activity groups the server's connections by."""
+        return f"{self.ENVIRONMENT}.{service or self.SERVICE_TYPE}"
+
+    def secret_values(self) -> list[str]:
+        """Every secret string this process knows, for the log redactor."""
+        values: list[str] = []
+        for name in _SECRET_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+        password = _url_password(self.database_url)
+        if password:
+            values.append(password)
+        return values
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept the ``postgres://`` / ``postgresql://`` forms PaaS hand out; SQLAlchemy needs the driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is masked entirely
+        return "<unparsable url>"
+
+
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _is_secret(annotation: object) -> bool:
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+# Fields whose value is never echoed, not even in a validation message.
+_SECRET_FIELDS = frozenset(
+    name for name, field in Settings.model_fields.items() if _is_secret(field.annotation)
+)
+
+
+def _one_line(error: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one line that names each variable and what is allowed."""
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(p) for p in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["loc"] and name not in _SECRET_FIELDS and "input" in item:
+            parts.append(f"{name}={item['input']!r}: {message}")
+        else:
+            parts.append(f"{name}: {message}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and ``ENV_FILE`` when set), or stop with one line naming the variable."""
+    env_file = os.environ.get("ENV_FILE") or None
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise InvalidSettingsError(_one_line(exc)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()

@@ -1,0 +1,93 @@
+"""structlog, configured once per process: console lines in development, JSON lines in production.
+
+The standard library's loggers (uvicorn, celery, sqlalchemy) go through the same processors, so every
+line has a timestamp, a level and the service name, and every line passes the secret redactor.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from app.config.settings import Settings
+
+_configured = False
+
+
+class SecretRedactor:
+    """Replace any known secret value (password, API key, DSN password) with ``***``.
+
+    SecretStr already keeps secrets out of reprs; this is the second line of defence for the cases where
+    a driver or a third-party library puts one into an exception message.
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        # Longest first so that a DSN is masked before the password inside it.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, value: str) -> str:
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+
+    def __call__(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        if not self._secrets:
+            return event_dict
+        for key, value in event_dict.items():
+            if isinstance(value, str):
+                event_dict[key] = self.redact(value)
+            elif isinstance(value, BaseException):
+                event_dict[key] = self.redact(repr(value))
+        return event_dict
+
+
+def configure_logging(settings: Settings, service: str | None = None, *, force: bool = False) -> None:
+    """Idempotent: the first call wins unless ``force`` (tests switch formats)."""
+    global _configured
+    if _configured and not force:
+        return
+    redactor = SecretRedactor(settings.secret_values())
+    static = {"service": service or settings.SERVICE_TYPE, "environment": settings.ENVIRONMENT}
+
+    def add_static(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        for key, value in static.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_static,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.LOG_FORMAT == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=not force,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.LOG_LEVEL)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    _configured = True

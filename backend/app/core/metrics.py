@@ -1,0 +1,124 @@
+"""Every Prometheus metric of the service, and the exposition that works under ``uvicorn --workers N``.
+
+With several worker processes each one has its own pool and its own counters. prometheus-client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set *before* this module is imported, which the launch
+scripts do) keeps them in per-process files that ``/metrics`` aggregates: counters and histograms are
+summed, and the pool gauges use ``livesum`` so a service's figure is the sum over its live processes.
+Without the variable, the process's default registry is used (tests, one-off scripts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# From a millisecond query up past the guide's 10 s alert (histogram_quantile(0.95, ...) > 10).
+HOLD_TIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+DB_POOL_SIZE = Gauge(
+    "db_pool_size",
+    "Configured SQLAlchemy pool_size (persistent connections), summed over live processes.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_MAX_CONNECTIONS = Gauge(
+    "db_pool_max_connections",
+    "pool_size + max_overflow: the most connections the service's processes may hold.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use",
+    "Connections checked out of the pool right now.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_OPEN = Gauge(
+    "db_pool_connections_open",
+    "Server connections the pool holds open (in use + idle); what pg_stat_activity counts.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_TIMEOUTS = Counter(
+    "db_pool_connection_timeouts_total",
+    "Checkouts that waited DB_POOL_TIMEOUT and gave up (pool exhausted).",
+    ["service"],
+)
+DB_HOLD_SECONDS = Histogram(
+    "db_connection_hold_seconds",
+    "Time a connection stayed checked out, from checkout to checkin.",
+    ["service"],
+    buckets=HOLD_TIME_BUCKETS,
+)
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by route template and status code.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency, by route template.",
+    ["method", "route"],
+)
+
+_LIVE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_processes(directory: Path) -> list[int]:
+    """Drop the live-gauge files of processes that died without cleaning up (kill -9, OOM).
+
+    ``mark_process_dead`` at shutdown covers orderly exits; this covers the rest, so a killed uvicorn
+    worker's pool does not stay in ``db_pool_connections_in_use`` forever.
+    """
+    dead: set[int] = set()
+    for path in directory.glob("gauge_live*_*.db"):
+        match = _LIVE_FILE.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(directory))
+    return sorted(dead)
+
+
+def mark_this_process_dead() -> None:
+    directory = multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(os.getpid(), str(directory))
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for ``/metrics``, aggregated over processes when in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    sweep_dead_processes(directory)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

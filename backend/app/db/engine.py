@@ -1,0 +1,167 @@
+"""One SQLAlchemy async engine (asyncpg) per process, built lazily and never inherited across fork.
+
+Why lazy and per process: a pool created before ``fork`` is shared by the children, and two processes
+talking over one socket corrupt each other's protocol state (the classic Celery prefork bug). So nothing
+connects at import time; ``get_engine()`` builds the engine on first use *in the calling process*, and
+if it finds an engine built by a parent process it drops it without closing the parent's sockets
+(``dispose(close=False)``, SQLAlchemy's documented recipe for fork).
+
+Every connection sets ``application_name`` to ``<environment>.<service>``, so the guide's
+pg_stat_activity queries, the budget audit and the Prometheus labels all name the same services.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.config.settings import Settings, get_settings
+from app.db.pool_metrics import PoolInstrumentation, instrument_pool
+
+log = structlog.get_logger("app.db")
+
+
+def connect_args(settings: Settings, service: str) -> dict[str, object]:
+    return {
+        "timeout": settings.DB_CONNECT_TIMEOUT,
+        "server_settings": {"application_name": settings.application_name(service)},
+    }
+
+
+def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
+    """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
+    engine = create_async_engine(
+        settings.database_url,
+        pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        pool_recycle=settings.DB_POOL_RECYCLE,
+        pool_pre_ping=settings.DB_POOL_PRE_PING,
+        # A request that exhausts the pool should wait in line fairly, oldest first.
+        pool_use_lifo=False,
+        connect_args=connect_args(settings, service),
+    )
+    instrumentation = instrument_pool(engine, service, settings) if settings.DB_POOL_METRICS_ENABLED else None
+    log.info(
+        "db_engine_created",
+        pool_service=service,
+        url=settings.database_url_masked,
+        pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        application_name=settings.application_name(service),
+        pid=os.getpid(),
+    )
+    return engine, instrumentation
+
+
+def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
+    """For one-shot tools (migrations, CLIs): no pool to size, nothing left open afterwards."""
+    return create_async_engine(
+        settings.database_url, poolclass=NullPool, connect_args=connect_args(settings, service)
+    )
+
+
+@dataclass
+class _ProcessEngine:
+    pid: int
+    service: str
+    settings: Settings
+    engine: AsyncEngine
+    instrumentation: PoolInstrumentation | None
+    sessionmaker: async_sessionmaker
+
+
+_current: _ProcessEngine | None = None
+_service_override: str | None = None
+
+
+def set_service(service: str) -> None:
+    """Name the service this process's engine is for (a Celery child names its queue's service).
+
+    Must be called before the first ``get_engine()`` in the process to take effect.
+    """
+    global _service_override
+    _service_override = service
+
+
+def _state() -> _ProcessEngine:
+    global _current
+    if _current is not None and _current.pid != os.getpid():
+        # Inherited from the parent across fork: forget it, leave the parent's sockets alone.
+        _current.engine.sync_engine.dispose(close=False)
+        _current = None
+    if _current is None:
+        settings = get_settings()
+        service = _service_override or settings.SERVICE_TYPE
+        engine, instrumentation = build_engine(settings, service)
+        _current = _ProcessEngine(
+            pid=os.getpid(),
+            service=service,
+            settings=settings,
+            engine=engine,
+            instrumentation=instrumentation,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+        )
+    return _current
+
+
+def get_engine() -> AsyncEngine:
+    return _state().engine
+
+
+def get_sessionmaker() -> async_sessionmaker:
+    return _state().sessionmaker
+
+
+def current_service() -> str:
+    return _state().service
+
+
+def engine_is_built() -> bool:
+    return _current is not None and _current.pid == os.getpid()
+
+
+async def dispose_engine() -> None:
+    """Close this process's connections (FastAPI lifespan end, Celery worker_process_shutdown)."""
+    global _current
+    if _current is None:
+        return
+    state, _current = _current, None
+    if state.pid == os.getpid():
+        await state.engine.dispose()
+    else:
+        state.engine.sync_engine.dispose(close=False)
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """The guide's /health pool figures, consistent by construction."""
+
+    pool_size: int
+    checked_out: int
+    overflow: int
+    max_overflow: int
+    max_connections: int
+    usage_ratio: float
+
+
+def pool_snapshot() -> PoolSnapshot:
+    state = _state()
+    pool = state.engine.sync_engine.pool
+    settings = state.settings
+    max_connections = settings.db_pool_max_connections
+    checked_out = min(pool.checkedout(), max_connections)  # type: ignore[attr-defined]
+    return PoolSnapshot(
+        pool_size=settings.DB_POOL_SIZE,
+        checked_out=checked_out,
+        # QueuePool.overflow() starts at -pool_size; only connections beyond pool_size are overflow.
+        overflow=max(0, pool.overflow()),  # type: ignore[attr-defined]
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        max_connections=max_connections,
+        usage_ratio=round(100 * checked_out / max_connections, 1),
+    )

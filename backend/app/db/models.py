@@ -1,0 +1,128 @@
+"""The schema's one home. Alembic's migrations are written against these models."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can drop what they created.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Roadmap(Base):
+    """A learning roadmap for a topic; its workflow plans the concepts."""
+
+    __tablename__ = "roadmaps"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'planning', 'generating', 'completed', 'failed')", name="status"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    topic: Mapped[str] = mapped_column(String(500), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    owner: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+    concepts: Mapped[list[Concept]] = relationship(
+        back_populates="roadmap", order_by="Concept.position", cascade="all, delete-orphan"
+    )
+
+
+class Concept(Base):
+    """One concept of a roadmap, with its generated content."""
+
+    __tablename__ = "concepts"
+    __table_args__ = (
+        UniqueConstraint("roadmap_id", "position", name="uq_concepts_roadmap_position"),
+        CheckConstraint("status IN ('pending', 'generating', 'completed', 'failed')", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    roadmap_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("roadmaps.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    title: Mapped[str] = mapped_column(String(500), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    content: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+    roadmap: Mapped[Roadmap] = relationship(back_populates="concepts")
+
+
+class TavilyApiKey(Base):
+    """A web-search API key and what is left of its credits."""
+
+    __tablename__ = "tavily_api_keys"
+    __table_args__ = (
+        CheckConstraint("remaining_credits >= 0", name="credits_non_negative"),
+        CheckConstraint("status IN ('active', 'disabled', 'exhausted')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    remaining_credits: Mapped[int] = mapped_column(Integer, nullable=False, default=1000)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="active")
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+    def __repr__(self) -> str:  # the key itself never appears in a repr
+        return f"TavilyApiKey(id={self.id!r}, status={self.status!r}, credits={self.remaining_credits!r})"
+
+
+class TaskLog(Base):
+    """A structured task event, written in batches by the ``logs`` queue."""
+
+    __tablename__ = "task_logs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    task_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    queue: Mapped[str | None] = mapped_column(String(50))
+    event: Mapped[str] = mapped_column(String(100), nullable=False)
+    level: Mapped[str] = mapped_column(String(10), nullable=False, default="info")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )

@@ -1,0 +1,138 @@
+"""Pool instrumentation through SQLAlchemy's own pool events.
+
+* ``connect`` / ``close`` / ``close_detached``: server connections open (what pg_stat_activity sees);
+* ``checkout`` / ``checkin``: connections in use, and how long each was held (the guide's
+  ``db_connection_hold_seconds``: hold time, not connection count, is what exhausts a pool);
+* at 70% / 90% of ``pool_size + max_overflow`` the guide's ``db_pool_high_usage`` (info) and
+  ``db_pool_critical_usage`` (error) events, at most once per ``DB_POOL_USAGE_LOG_INTERVAL`` seconds
+  per level, so a busy pool does not flood the log.
+
+Pool timeouts are counted where they surface, in ``app.db.session.safe_session``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool
+
+from app.config.settings import Settings
+from app.core import metrics
+
+log = structlog.get_logger("app.db.pool")
+
+_CHECKOUT_AT = "checkout_at"
+
+
+@dataclass
+class UsageLogLimiter:
+    """At most one line per level per interval (monotonic clock)."""
+
+    interval: float
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def allow(self, level: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(level)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[level] = now
+        return True
+
+
+@dataclass
+class PoolInstrumentation:
+    service: str
+    max_connections: int
+    high_ratio: float
+    critical_ratio: float
+    limiter: UsageLogLimiter
+    in_use: int = 0
+    open: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._in_use_gauge = metrics.DB_POOL_IN_USE.labels(self.service)
+        self._open_gauge = metrics.DB_POOL_OPEN.labels(self.service)
+        self._hold = metrics.DB_HOLD_SECONDS.labels(self.service)
+
+    # -- pool event listeners -------------------------------------------------------------------
+    def on_connect(self, _dbapi_conn: Any, _record: Any) -> None:
+        with self._lock:
+            self.open += 1
+            self._open_gauge.set(self.open)
+
+    def on_close(self, _dbapi_conn: Any, _record: Any = None) -> None:
+        with self._lock:
+            self.open = max(0, self.open - 1)
+            self._open_gauge.set(self.open)
+
+    def on_checkout(self, _dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        record.info[_CHECKOUT_AT] = time.perf_counter()
+        with self._lock:
+            self.in_use += 1
+            in_use = self.in_use
+            self._in_use_gauge.set(in_use)
+        self._log_usage(in_use)
+
+    def on_checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        started = record.info.pop(_CHECKOUT_AT, None)
+        if started is None:
+            return  # connection checked out before instrumentation, or already accounted
+        self._hold.observe(time.perf_counter() - started)
+        with self._lock:
+            self.in_use = max(0, self.in_use - 1)
+            self._in_use_gauge.set(self.in_use)
+
+    def _log_usage(self, checked_out: int) -> None:
+        ratio = checked_out / self.max_connections
+        if ratio >= self.critical_ratio:
+            if self.limiter.allow("critical"):
+                log.error(
+                    "db_pool_critical_usage",
+                    checked_out=checked_out,
+                    max_connections=self.max_connections,
+                    usage_ratio=round(100 * ratio, 1),
+                    pool_service=self.service,
+                )
+        elif ratio >= self.high_ratio and self.limiter.allow("high"):
+            log.info(
+                "db_pool_high_usage",
+                checked_out=checked_out,
+                max_connections=self.max_connections,
+                usage_ratio=round(100 * ratio, 1),
+                pool_service=self.service,
+            )
+
+
+def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> PoolInstrumentation:
+    pool: Pool = engine.sync_engine.pool
+    inst = PoolInstrumentation(
+        service=service,
+        max_connections=settings.db_pool_max_connections,
+        high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
+        critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
+        limiter=UsageLogLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
+    )
+    metrics.DB_POOL_SIZE.labels(service).set(settings.DB_POOL_SIZE)
+    metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(settings.db_pool_max_connections)
+    metrics.DB_POOL_IN_USE.labels(service).set(0)
+    metrics.DB_POOL_OPEN.labels(service).set(0)
+    # Exported at 0 from the start, so rate(db_pool_connection_timeouts_total[5m]) has a baseline.
+    metrics.DB_POOL_TIMEOUTS.labels(service)
+    event.listen(pool, "connect", inst.on_connect)
+    event.listen(pool, "close", inst.on_close)
+    event.listen(pool, "close_detached", inst.on_close)
+    event.listen(pool, "checkout", inst.on_checkout)
+    event.listen(pool, "checkin", inst.on_checkin)
+    return inst
+
+
+def record_pool_timeout(service: str) -> None:
+    metrics.DB_POOL_TIMEOUTS.labels(service).inc()

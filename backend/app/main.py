@@ -1,0 +1,69 @@
+"""The FastAPI application (``uvicorn app.main:app``).
+
+The lifespan owns this process's resources: at shutdown it disposes of the
+engine, closes Redis and tells prometheus-client the process is gone. The engine itself is built on the
+first request that needs it, in the worker process, never in uvicorn's supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.errors import install_error_handlers
+from app.api.metrics_middleware import HttpMetricsMiddleware
+from app.api.routes import health, metrics, task_logs
+from app.config.settings import get_settings
+from app.core.logging import configure_logging
+from app.core.metrics import mark_this_process_dead
+from app.core.redis_client import close_redis
+from app.db.engine import dispose_engine
+
+log = structlog.get_logger("app.main")
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    log.info(
+        "api_starting",
+        environment=settings.ENVIRONMENT,
+        pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+    )
+    try:
+        yield
+    finally:
+        await dispose_engine()
+        await close_redis()
+        mark_this_process_dead()
+        log.info("api_stopped")
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    # Before uvicorn's first line, so every line of the process has one format.
+    configure_logging(settings)
+    app = FastAPI(title=settings.PROJECT_NAME, debug=settings.DEBUG, lifespan=lifespan)
+    if settings.CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(HttpMetricsMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(task_logs.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,116 @@
+"""Real PostgreSQL and Redis for every test; one throw-away database per test session.
+
+The session's database is created from TEST_DATABASE_URL (a server on which we may create databases),
+migrated with the real prestart step, and dropped at the end, so test runs never see each other's rows
+and never touch a development database. Pools are kept small (2 + 1) so that the whole suite stays far
+below the local server's 100 connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = ROOT / "backend"
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_DB = f"test_{uuid.uuid4().hex[:12]}"
+
+# The environment every test starts from; individual tests override with monkeypatch.
+BASE_ENV = {
+    "ENVIRONMENT": "test",
+    "SERVICE_TYPE": "api",
+    "LOG_FORMAT": "console",
+    "DATABASE_URL": urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{TEST_DB}")),
+    "REDIS_URL": REDIS_URL,
+    "DB_POOL_SIZE": "2",
+    "DB_MAX_OVERFLOW": "1",
+    "DB_POOL_TIMEOUT": "1",
+    "DB_POOL_USAGE_LOG_INTERVAL": "0",
+    "DB_CONNECTION_BUDGET": "120",
+    "DB_ADMIN_RESERVE": "10",
+}
+os.environ.update(BASE_ENV)
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+os.environ.pop("ENV_FILE", None)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    asyncio.run(_admin(f'CREATE DATABASE "{TEST_DB}"'))
+    from app.db.prestart import main as prestart
+
+    prestart(["--wait", "10"])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def test_db_name() -> str:
+    return TEST_DB
+
+
+@pytest.fixture
+def database_url() -> str:
+    return BASE_ENV["DATABASE_URL"]
+
+
+@pytest.fixture(autouse=True)
+async def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Each test reads settings anew and builds its own engine on its own event loop."""
+    from app.config.settings import get_settings
+    from app.core.redis_client import close_redis
+    from app.db.engine import dispose_engine
+
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield
+    await dispose_engine()
+    await close_redis()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[object]:
+    import httpx
+
+    from app.main import app
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[asyncpg.Connection]:
+    """A direct admin connection for asserting on what the server sees (pg_stat_activity)."""
+    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def subprocess_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    yield env

@@ -1,0 +1,113 @@
+"""/health: the guide's shape, consistent figures, 503 within 2 s when the database is unreachable."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+
+from app.config.settings import get_settings
+from app.db.engine import get_engine
+
+POOL_KEYS = {"pool_size", "checked_out", "overflow", "max_overflow", "max_connections", "usage_ratio"}
+
+
+def assert_consistent(pool: dict[str, float]) -> None:
+    assert set(pool) == POOL_KEYS
+    assert 0 <= pool["checked_out"] <= pool["max_connections"]
+    assert pool["max_connections"] == pool["pool_size"] + pool["max_overflow"]
+    assert 0 <= pool["overflow"] <= pool["max_overflow"]
+    assert pool["usage_ratio"] == round(100 * pool["checked_out"] / pool["max_connections"], 1)
+
+
+async def test_healthy_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"status", "database", "redis"}
+    assert body["status"] == "healthy"
+    assert body["database"]["status"] == "healthy"
+    assert body["redis"] == {"status": "healthy"}
+    pool = body["database"]["pool"]
+    assert_consistent(pool)
+    settings = get_settings()
+    assert pool["pool_size"] == settings.DB_POOL_SIZE
+    assert pool["max_overflow"] == settings.DB_MAX_OVERFLOW
+    assert pool["checked_out"] == 0  # the probe's own connection is back in the pool
+
+
+async def test_figures_track_connections_in_use(client: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(get_engine().connect())
+        # 2 held + max 1 free for the probe itself (pool 2 + overflow 1)
+        body = (await client.get("/health")).json()
+    pool = body["database"]["pool"]
+    assert_consistent(pool)
+    assert pool["checked_out"] == 2
+    assert pool["usage_ratio"] == round(100 * 2 / 3, 1)
+    assert pool["overflow"] == 1  # the probe needed the overflow slot and it stays open until checkin
+
+
+async def test_exhausted_pool_makes_health_503_quickly(client: httpx.AsyncClient) -> None:
+    async with AsyncExitStack() as stack:
+        for _ in range(get_settings().db_pool_max_connections):
+            await stack.enter_async_context(get_engine().connect())
+        started = time.perf_counter()
+        response = await client.get("/health")
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 503
+    assert elapsed < 2.0
+    body = response.json()
+    assert body["database"]["status"] == "unhealthy"
+    assert_consistent(body["database"]["pool"])
+    assert body["database"]["pool"]["usage_ratio"] == 100.0
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback port that accepts TCP connections and never says a word: a hung server."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+async def test_unreachable_database_is_503_within_2s(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, silent_server: str, kind: str
+) -> None:
+    # Refused fails at once; a silent server is the slow failure only a timeout ends.
+    host = "127.0.0.1:9" if kind == "refused" else silent_server
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres:pw-not-shown@{host}/x")
+    get_settings.cache_clear()
+    started = time.perf_counter()
+    response = await client.get("/health")
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 503
+    assert elapsed < 2.0
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["database"]["status"] == "unhealthy"
+    assert_consistent(body["database"]["pool"])
+    assert "pw-not-shown" not in response.text and host not in response.text
+
+
+async def test_redis_down_degrades_but_stays_200(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
+    get_settings.cache_clear()
+    response = await client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["database"]["status"] == "healthy"
+    assert body["redis"]["status"] == "unhealthy"

@@ -1,0 +1,123 @@
+"""/metrics under ``uvicorn --workers 2``: prometheus-client multiprocess mode, aggregated and swept."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.metrics import sweep_dead_processes
+
+BACKEND = Path(__file__).resolve().parents[1] / "backend"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+@pytest.fixture
+def multiproc_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def api_server(subprocess_env: dict[str, str], multiproc_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2", "--no-access-log"],
+        cwd=BACKEND, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            proc.kill()
+            pytest.fail(f"uvicorn did not become healthy: {proc.communicate()[1][-2000:]}")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_metrics_count_every_request_across_workers(api_server: str) -> None:
+    n = 40
+    with httpx.Client(base_url=api_server, timeout=10) as http:
+        before = http.get("/metrics").text
+        for _ in range(n):
+            assert http.get("/api/v1/task-logs", params={"limit": 5}).status_code == 200
+        text = http.get("/metrics").text
+    route = {"route": "/api/v1/task-logs", "method": "GET", "status": "200"}
+    assert sample(text, "http_requests_total", **route) - sample(before, "http_requests_total", **route) == n
+    holds = sample(text, "db_connection_hold_seconds_count", service="api")
+    assert holds >= n  # one checkout per request at least
+    # Gauges are per live worker, summed: never more in use than the workers could hold.
+    assert 0 <= sample(text, "db_pool_connections_in_use", service="api") <= 2 * 3
+    assert sample(text, "db_pool_size", service="api") in (2.0, 4.0)  # 1 or 2 workers built engines
+    assert "# TYPE db_connection_hold_seconds histogram" in text
+    assert 'db_pool_connection_timeouts_total{service="api"} 0.0' in text
+
+
+def test_dead_process_gauges_are_swept(multiproc_dir: Path, subprocess_env: dict[str, str]) -> None:
+    env = {**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    code = (
+        "from app.core import metrics; import time; "
+        "metrics.DB_POOL_OPEN.labels('api').set(7); print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        def open_connections() -> float:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))
+            return sample(generate_latest(registry).decode(), "db_pool_connections_open", service="api")
+
+        assert sweep_dead_processes(multiproc_dir) == []  # alive: kept
+        assert open_connections() == 7
+        proc.kill()  # kill -9: no chance to clean up after itself
+        proc.wait()
+        assert sweep_dead_processes(multiproc_dir) == [proc.pid]
+        assert open_connections() == 0
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        proc.kill()

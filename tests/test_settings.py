@@ -1,0 +1,144 @@
+"""Settings: production defaults, development from its env file, one-line errors naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config.settings import InvalidSettingsError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "DB_POOL_SIZE": 6,
+    "DB_MAX_OVERFLOW": 4,
+    "UVICORN_WORKERS": 8,
+    "CELERY_LOGS_CONCURRENCY": 8,
+    "CELERY_CONTENT_CONCURRENCY": 10,
+    "CELERY_WORKFLOW_CONCURRENCY": 6,
+    "LANGGRAPH_POOL_MIN_SIZE": 2,
+    "LANGGRAPH_POOL_MAX_SIZE": 20,
+    "DB_CONNECTION_BUDGET": 280,
+    "DB_ADMIN_RESERVE": 20,
+    "POSTGRES_DB": "roadmap_prod",
+    "DB_POOL_TIMEOUT": 5.0,
+}
+SPEC_DEVELOPMENT = {
+    "ENVIRONMENT": "development",
+    "DEBUG": True,
+    "DB_POOL_SIZE": 4,
+    "DB_MAX_OVERFLOW": 3,
+    "UVICORN_WORKERS": 4,
+    "CELERY_LOGS_CONCURRENCY": 4,
+    "CELERY_CONTENT_CONCURRENCY": 6,
+    "CELERY_WORKFLOW_CONCURRENCY": 4,
+    "LANGGRAPH_POOL_MIN_SIZE": 2,
+    "LANGGRAPH_POOL_MAX_SIZE": 10,
+    "DB_CONNECTION_BUDGET": 120,
+    "DB_ADMIN_RESERVE": 10,
+    "POSTGRES_DB": "roadmap_dev",
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults_are_the_production_values(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    for name, expected in SPEC_PRODUCTION.items():
+        assert getattr(settings, name) == expected, name
+    assert settings.db_pool_max_connections == 10
+
+
+def test_development_values_come_from_the_example_env_file(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ENV_FILE", str(ROOT / ".env.development.example"))
+    settings = load_settings()
+    for name, expected in SPEC_DEVELOPMENT.items():
+        assert getattr(settings, name) == expected, name
+    assert settings.db_pool_max_connections == 7
+    assert settings.CORS_ORIGINS == ["http://localhost:3000", "http://localhost:5173"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("DB_POOL_SIZE", "-1", "greater than or equal to 1"),
+        ("DB_MAX_OVERFLOW", "-3", "greater than or equal to 0"),
+        ("ENVIRONMENT", "staging", "'development', 'production' or 'test'"),
+        ("DB_POOL_TIMEOUT", "five", "valid number"),
+        ("UVICORN_WORKERS", "eight", "valid integer"),
+        ("DB_POOL_PRE_PING", "perhaps", "valid boolean"),
+        ("REDIS_URL", "http://x", "redis://"),
+        ("SERVICE_TYPE", "worker", "'api', 'celery_logs', 'celery_content' or 'celery_workflow'"),
+    ],
+)
+def test_invalid_value_is_one_line_naming_the_variable(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, fragment: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert name in message
+    assert fragment in message
+
+
+def test_cross_field_rule_names_both_variables(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("LANGGRAPH_POOL_MIN_SIZE", "12")
+    clean_env.setenv("LANGGRAPH_POOL_MAX_SIZE", "10")
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    assert "LANGGRAPH_POOL_MIN_SIZE (12) must be <= LANGGRAPH_POOL_MAX_SIZE (10)" in str(caught.value)
+
+
+def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", "mysql://admin:hunter2-secret@db/x")
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    assert "DATABASE_URL" in str(caught.value)
+    assert "hunter2-secret" not in str(caught.value)
+
+
+def test_dsn_from_parts_or_url(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("POSTGRES_HOST", "db.internal")
+    clean_env.setenv("POSTGRES_PASSWORD", "p@ss:word/1")
+    settings = load_settings()
+    assert settings.database_url.startswith(
+        "postgresql+asyncpg://postgres:p%40ss%3Aword%2F1@db.internal:5432/"
+    )
+    assert "p%40ss" not in settings.database_url_masked
+    assert "***" in settings.database_url_masked
+    clean_env.setenv("DATABASE_URL", "postgres://u:pw-from-url@h:6543/app")
+    assert load_settings().database_url == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
+
+
+def test_rediss_url_with_cert_requirements_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
+    url = "rediss://default:pw@redis.example:6380/0?ssl_cert_reqs=required"
+    clean_env.setenv("REDIS_URL", url)
+    assert load_settings().redis_url == url
+
+
+def test_application_name_is_environment_dot_service(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ENVIRONMENT", "development")
+    clean_env.setenv("SERVICE_TYPE", "celery_content")
+    settings = load_settings()
+    assert settings.application_name() == "development.celery_content"
+    assert settings.application_name("migrate") == "development.migrate"
+
+
+def test_app_start_up_with_bad_setting_exits_with_one_line(subprocess_env: dict[str, str]) -> None:
+    env = {**subprocess_env, "DB_POOL_SIZE": "-2"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import app.main"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["invalid configuration: DB_POOL_SIZE='-2': Input should be greater than or equal to 1"]
