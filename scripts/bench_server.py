@@ -1,0 +1,102 @@
+"""Shared by the benchmark scripts: a throw-away migrated database and a real uvicorn server on it.
+
+Loopback only; every process and database it creates is removed on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = ROOT / "backend"
+ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """Yields the URL of a new, migrated database; drops it afterwards."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "app.db.prestart", "--wait", "10"],
+            cwd=BACKEND,
+            env={**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]:
+    """A real ``uvicorn app.main:app`` on a free loopback port; yields its base URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="prom-") as prom:
+        full_env = {
+            **os.environ,
+            "ENVIRONMENT": "production",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": prom,
+            **env,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+            cwd=BACKEND, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("uvicorn did not become healthy")
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
