@@ -35,10 +35,13 @@ async def measure(base: str, database_url: str, holders: int, extra: int) -> tup
         async with httpx.AsyncClient(base_url=base, timeout=120) as http:
             blocked = [asyncio.create_task(http.get("/api/v1/task-logs")) for _ in range(holders)]
             # Wait until every holder is really waiting on the lock with a pooled connection.
-            while await watch.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ) < holders:
+            while (
+                await watch.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                < holders
+            ):
                 await asyncio.sleep(0.05)
 
             async def probe() -> tuple[float, int]:

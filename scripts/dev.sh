@@ -21,10 +21,12 @@ python scripts/local_services.py ensure
 # shellcheck disable=SC1091
 . .data/services.env
 
+# Job control: every service runs in its own process group, so one signal stops all of its processes.
+set -m
 children=()
 cleanup() {
   trap - EXIT INT TERM
-  for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   python scripts/local_services.py stop
 }
@@ -32,11 +34,23 @@ trap cleanup EXIT INT TERM
 
 backend/scripts/prestart.sh
 
-# One multiprocess folder per service, emptied at start: stale files from a previous run would count.
-export PROMETHEUS_MULTIPROC_DIR="$PWD/.data/prometheus/api"
-rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-(cd backend && exec uvicorn app.main:app --host 127.0.0.1 --port "${PORT:-8000}" \
-  --workers "${UVICORN_WORKERS:-4}" --no-access-log) &
-children+=("$!")
-echo "[dev] API on http://127.0.0.1:${PORT:-8000}  (curl http://127.0.0.1:${PORT:-8000}/health)"
+# Each service exactly as in production (railway_entrypoint.sh), with the development values from
+# .env.development, its output prefixed with its name. The API binds to loopback only.
+start() {
+  local service=$1
+  local prom="$PWD/.data/prometheus/$service"
+  rm -rf "$prom" && mkdir -p "$prom"
+  (
+    cd backend
+    cmd=$(SERVICE_TYPE=$service DRY_RUN=1 scripts/railway_entrypoint.sh)
+    [ "$service" = api ] && cmd=${cmd/--host 0.0.0.0/--host 127.0.0.1}
+    # shellcheck disable=SC2086
+    SERVICE_TYPE=$service PROMETHEUS_MULTIPROC_DIR=$prom exec $cmd 2>&1 \
+      | sed -u "s/^/$(printf '%-18s' "[$service]")/"
+  ) &
+  children+=("$!")
+}
+export PORT="${PORT:-8000}"
+for service in api celery_logs celery_content celery_workflow; do start "$service"; done
+echo "[dev] API on http://127.0.0.1:$PORT  (curl http://127.0.0.1:$PORT/health); Ctrl-C stops all"
 wait -n "${children[@]}"

@@ -37,6 +37,9 @@ BASE_ENV = {
     "DB_POOL_USAGE_LOG_INTERVAL": "0",
     "DB_CONNECTION_BUDGET": "120",
     "DB_ADMIN_RESERVE": "10",
+    # Celery's keys and ours live under this prefix: a test run never takes another run's messages.
+    "REDIS_KEY_PREFIX": f"{TEST_DB}:",
+    "TASK_LOG_FLUSH_INTERVAL": "0.2",
 }
 os.environ.update(BASE_ENV)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -60,6 +63,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{TEST_DB}:*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture
@@ -103,6 +112,16 @@ async def client() -> AsyncIterator[object]:
 async def pg() -> AsyncIterator[asyncpg.Connection]:
     """A direct admin connection for asserting on what the server sees (pg_stat_activity)."""
     conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def test_db() -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the session's test database, for checking rows the app wrote."""
+    conn = await asyncpg.connect(BASE_ENV["DATABASE_URL"], timeout=5)
     try:
         yield conn
     finally:

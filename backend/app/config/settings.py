@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     CELERY_CONTENT_CONCURRENCY: int = Field(10, ge=1, le=64)
     CELERY_WORKFLOW_CONCURRENCY: int = Field(6, ge=1, le=64)
 
+    # --- Celery --------------------------------------------------------------------------------------
+    # Hard time limits per queue; the soft limit (SoftTimeLimitExceeded, a chance to clean up) is 90%.
+    CELERY_LOGS_TIME_LIMIT: int = Field(120, ge=1)
+    CELERY_CONTENT_TIME_LIMIT: int = Field(900, ge=1)
+    CELERY_WORKFLOW_TIME_LIMIT: int = Field(3600, ge=1)
+    # Task events wait in Redis and are written to task_logs this many rows per connection.
+    TASK_LOG_BATCH_SIZE: int = Field(500, ge=1, le=10_000)
+    # At most one flush task is queued per this many seconds, however many events arrive.
+    TASK_LOG_FLUSH_INTERVAL: float = Field(1.0, gt=0, le=300)
+    # Prefixes every Redis key (Celery's and ours) so several stacks can share one Redis.
+    REDIS_KEY_PREFIX: str = ""
+
     # --- LangGraph checkpointer pool (psycopg AsyncConnectionPool) ---------------------------------
     # Production 20; development sets 10. min_size 2 in both.
     LANGGRAPH_POOL_MIN_SIZE: int = Field(2, ge=0, le=100)
@@ -172,6 +184,14 @@ class Settings(BaseSettings):
     def db_pool_max_connections(self) -> int:
         """The most SQLAlchemy connections one process can hold."""
         return self.DB_POOL_SIZE + self.DB_MAX_OVERFLOW
+
+    @property
+    def celery_visibility_timeout(self) -> int:
+        """Redis redelivers an unacknowledged message after this long: longer than any task may run,
+        or a slow-but-alive task would be started twice."""
+        return 2 * max(
+            self.CELERY_LOGS_TIME_LIMIT, self.CELERY_CONTENT_TIME_LIMIT, self.CELERY_WORKFLOW_TIME_LIMIT
+        )
 
     @property
     def database_url(self) -> str:

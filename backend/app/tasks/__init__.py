@@ -1,0 +1,1 @@
+"""Celery tasks, one module per queue (routing is by module, see app.core.celery_app)."""

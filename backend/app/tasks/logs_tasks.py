@@ -1,0 +1,48 @@
+"""Queue ``logs``: writes buffered task events to task_logs, one connection per batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from app.config.settings import get_settings
+from app.core import async_runner
+from app.core.celery_app import celery_app, queue_options
+from app.db.session import safe_session
+from app.repositories.task_logs import TaskLogRepository
+from app.tasks import task_events
+from app.tasks.probe import probe_database
+
+log = structlog.get_logger("app.tasks.logs")
+
+
+async def _write(batch: list[dict[str, Any]]) -> None:
+    async with safe_session() as session:
+        await TaskLogRepository(session).add_many(batch)
+
+
+@celery_app.task(name="app.tasks.logs_tasks.flush_task_events", **queue_options("logs"))
+def flush_task_events() -> int:
+    """Drain the Redis buffer into task_logs. One flusher at a time (a Redis lock), so a batch is
+    trimmed from the buffer only by the process that committed it."""
+    size = get_settings().TASK_LOG_BATCH_SIZE
+    lock = task_events._redis().lock(f"{task_events.pending_key()}:lock", timeout=60, blocking=False)
+    if not lock.acquire():
+        return 0
+    written = 0
+    try:
+        while batch := task_events.peek_batch(size):
+            async_runner.run(_write(batch))
+            task_events.drop_batch(len(batch))
+            written += len(batch)
+    finally:
+        lock.release()
+    if written:
+        log.info("task_events_flushed", rows=written)
+    return written
+
+
+@celery_app.task(name="app.tasks.logs_tasks.probe", **queue_options("logs"))
+def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
+    return async_runner.run(probe_database(hold_seconds, sleep_seconds))

