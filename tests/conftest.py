@@ -40,6 +40,11 @@ BASE_ENV = {
     # Celery's keys and ours live under this prefix: a test run never takes another run's messages.
     "REDIS_KEY_PREFIX": f"{TEST_DB}:",
     "TASK_LOG_FLUSH_INTERVAL": "0.2",
+    "JWT_SECRET_KEY": "test-only-secret-0123456789abcdef0123456789",
+    "LLM_PROVIDER": "offline",
+    "SEARCH_PROVIDER": "offline",
+    "LANGGRAPH_POOL_MIN_SIZE": "1",
+    "LANGGRAPH_POOL_MAX_SIZE": "3",
 }
 os.environ.update(BASE_ENV)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -85,6 +90,7 @@ def database_url() -> str:
 async def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """Each test reads settings anew and builds its own engine on its own event loop."""
     from app.config.settings import get_settings
+    from app.core.orchestrator_factory import OrchestratorFactory
     from app.core.redis_client import close_redis
     from app.db.engine import dispose_engine
 
@@ -92,9 +98,16 @@ async def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield
+    await OrchestratorFactory.close()
     await dispose_engine()
     await close_redis()
     get_settings.cache_clear()
+
+
+def auth(role: str = "user", subject: str = "tester") -> dict[str, str]:
+    from app.core.security import create_token
+
+    return {"Authorization": f"Bearer {create_token(subject, role)}"}  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ async def test_healthy_shape(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "database", "redis"}
+    assert set(body) == {"status", "database", "redis", "langgraph"}
+    assert body["langgraph"]["pool"]["opened"] is False  # API processes run no graphs
     assert body["status"] == "healthy"
     assert body["database"]["status"] == "healthy"
     assert body["redis"] == {"status": "healthy"}

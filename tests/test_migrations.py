@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 
 from app.config.settings import get_settings
-from app.db.models import Base
+from app.db.models import LANGGRAPH_TABLES, Base, alembic_include_name
 from app.db.prestart import alembic_config
 
 
@@ -61,8 +61,16 @@ async def test_models_match_the_migrated_schema(database_url: str) -> None:
     try:
         async with engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"include_name": alembic_include_name}),
+                    Base.metadata,
+                )
             )
     finally:
         await engine.dispose()
     assert diff == []
+
+
+async def test_prestart_created_the_checkpointer_tables(test_db: object) -> None:
+    rows = await test_db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")  # type: ignore[attr-defined]
+    assert {r["tablename"] for r in rows} >= LANGGRAPH_TABLES

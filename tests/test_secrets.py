@@ -22,7 +22,7 @@ def secret_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     # Trust auth ignores the password, so the real database still answers with it in the URL.
     monkeypatch.setenv("DATABASE_URL", database_url.replace("postgres@", f"postgres:{PASSWORD}@"))
     monkeypatch.setenv("LLM_API_KEY", API_KEY)
-    monkeypatch.setenv("JWT_SECRET_KEY", "jwt-secret-never-shown")
+    monkeypatch.setenv("JWT_SECRET_KEY", "jwt-secret-never-shown-0123456789abcdef")
     get_settings.cache_clear()
 
 

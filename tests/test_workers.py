@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from app.config.settings import get_settings
 from app.core.celery_app import celery_app
-from tests.workers import Worker, client_pid, start_worker, wait_ready
+from tests.workers import Worker, client_pid, running_workers
 
 pytestmark = pytest.mark.slow
 CONCURRENCY = 2
@@ -36,17 +36,8 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
-    from tests.conftest import BASE_ENV
-
-    env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
-    log_dir = tmp_path_factory.mktemp("celery")
-    started = {q: start_worker(q, CONCURRENCY, env, log_dir) for q in SERVICES}
-    try:
-        wait_ready(list(started.values()))
+    with running_workers(tmp_path_factory.mktemp("celery"), CONCURRENCY) as started:
         yield started
-    finally:
-        for worker in started.values():
-            worker.stop()
 
 
 def probe_task(queue: str):

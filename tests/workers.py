@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +84,25 @@ def client_pid(port: int) -> int | None:
         if conn.laddr and conn.laddr.port == port and conn.pid:
             return conn.pid
     return None
+
+
+QUEUES = ("logs", "content_generation", "roadmap_workflow")
+
+
+@contextmanager
+def running_workers(
+    log_dir: Path, concurrency: int = 2, per_queue: dict[str, dict[str, str]] | None = None
+) -> Iterator[dict[str, Worker]]:
+    """The three workers on the test database and Redis prefix; stopped (and reaped) afterwards."""
+    from tests.conftest import BASE_ENV
+
+    env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
+    started = {
+        q: start_worker(q, concurrency, {**env, **(per_queue or {}).get(q, {})}, log_dir) for q in QUEUES
+    }
+    try:
+        wait_ready(list(started.values()))
+        yield started
+    finally:
+        for worker in started.values():
+            worker.stop()

@@ -16,10 +16,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
-from app.api.routes import health, metrics, task_logs
+from app.api.routes import admin, health, metrics, roadmaps, task_logs
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import mark_this_process_dead
+from app.core.orchestrator_factory import OrchestratorFactory
 from app.core.redis_client import close_redis
 from app.db.engine import dispose_engine
 
@@ -39,6 +40,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await OrchestratorFactory.close()
         await dispose_engine()
         await close_redis()
         mark_this_process_dead()
@@ -62,6 +64,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(roadmaps.router)
+    app.include_router(admin.router)
     app.include_router(task_logs.router)
     return app
 

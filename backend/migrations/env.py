@@ -9,13 +9,18 @@ from sqlalchemy.engine import Connection
 
 from app.config.settings import get_settings
 from app.db.engine import build_unpooled_engine
-from app.db.models import Base
+from app.db.models import Base, alembic_include_name
 
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=alembic_include_name,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 
+import kombu.exceptions
+import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -50,7 +52,15 @@ async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
     raise error
 
 
+async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
+    log.warning("request_rejected_queue_unavailable", path=request.url.path, error=str(error))
+    return _unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    # Publishing a task failed (broker down): the request's transaction rolls back, nothing is lost.
+    app.add_exception_handler(kombu.exceptions.OperationalError, queue_unavailable)
+    app.add_exception_handler(redis.exceptions.ConnectionError, queue_unavailable)
     app.add_exception_handler(exc.TimeoutError, pool_exhausted)
     app.add_exception_handler(exc.DBAPIError, dbapi_error)
     # asyncpg raises these directly, unwrapped, when it cannot even open a connection.

@@ -120,6 +120,41 @@ class Settings(BaseSettings):
     # Production 20; development sets 10. min_size 2 in both.
     LANGGRAPH_POOL_MIN_SIZE: int = Field(2, ge=0, le=100)
     LANGGRAPH_POOL_MAX_SIZE: int = Field(20, ge=1, le=100)
+    LANGGRAPH_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
+    # PgBouncer in transaction mode cannot keep prepared statements: asyncpg's statement cache and
+    # psycopg's automatic prepares are switched off when this is true.
+    DB_BEHIND_PGBOUNCER: bool = False
+
+    # --- roadmap domain ------------------------------------------------------------------------------
+    ROADMAP_DEFAULT_CONCEPTS: int = Field(30, ge=1, le=200)
+    ROADMAP_MAX_CONCEPTS: int = Field(60, ge=1, le=200)
+    # Concepts of one roadmap generated at once (the guide: 15; 10 roadmaps x 15 = 150 in flight).
+    CONCEPT_CONCURRENCY_LIMIT: int = Field(15, ge=1, le=200)
+    CONCEPT_MAX_ATTEMPTS: int = Field(3, ge=1, le=10)
+
+    # --- LLM and web search providers -----------------------------------------------------------------
+    # auto: the OpenAI-compatible API when LLM_API_KEY is set, else the offline provider.
+    LLM_PROVIDER: Literal["auto", "openai", "offline"] = "auto"
+    LLM_BASE_URL: str = "https://api.openai.com/v1"
+    LLM_MODEL: str = "gpt-4o-mini"
+    LLM_TIMEOUT: float = Field(60.0, gt=0, le=600)
+    # Simulated latency of the offline provider per call (load tests: the guide's 1 s LLM call).
+    LLM_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
+    # Tavily keys live in the database (admin API); "offline" searches nothing outside this machine.
+    SEARCH_PROVIDER: Literal["tavily", "offline"] = "tavily"
+    TAVILY_BASE_URL: str = "https://api.tavily.com"
+    SEARCH_TIMEOUT: float = Field(20.0, gt=0, le=120)
+    SEARCH_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
+    # The guide's Redis cache of key availability (tavily:keys:available, 0/1).
+    TAVILY_AVAILABILITY_CACHE_TTL: int = Field(30, ge=1, le=3600)
+
+    # --- auth -------------------------------------------------------------------------------------------
+    JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
+    JWT_EXPIRE_MINUTES: int = Field(60, ge=1)
+
+    # --- worker metrics -----------------------------------------------------------------------------------
+    # A Celery worker's parent serves its children's metrics on this port (0: off).
+    WORKER_METRICS_PORT: int = Field(0, ge=0, le=65535)
 
     # --- Redis ----------------------------------------------------------------------------------------
     # rediss://...?ssl_cert_reqs=required works as well; may carry a password, hence secret.
@@ -132,10 +167,10 @@ class Settings(BaseSettings):
     # Sent with every 503 so clients back off instead of hammering an exhausted pool.
     RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
 
-    # --- secrets for later features (LLM, web search, auth) -------------------------------------------
+    # --- secrets ----------------------------------------------------------------------------------------
+    # Signs API bearer tokens; write and admin routes answer 401 until it is set (32+ characters).
     JWT_SECRET_KEY: SecretStr = SecretStr("")
     LLM_API_KEY: SecretStr = SecretStr("")
-    TAVILY_API_KEY: SecretStr = SecretStr("")
 
     @field_validator("CORS_ORIGINS", mode="before")
     @classmethod
@@ -172,6 +207,11 @@ class Settings(BaseSettings):
             )
         if self.DB_POOL_HIGH_USAGE_RATIO > self.DB_POOL_CRITICAL_USAGE_RATIO:
             raise ValueError("DB_POOL_HIGH_USAGE_RATIO must be <= DB_POOL_CRITICAL_USAGE_RATIO")
+        secret = self.JWT_SECRET_KEY.get_secret_value()
+        if secret and len(secret) < 32:
+            raise ValueError("JWT_SECRET_KEY must be at least 32 characters (or empty to disable writes)")
+        if self.ROADMAP_DEFAULT_CONCEPTS > self.ROADMAP_MAX_CONCEPTS:
+            raise ValueError("ROADMAP_DEFAULT_CONCEPTS must be <= ROADMAP_MAX_CONCEPTS")
         if self.DB_ADMIN_RESERVE >= self.DB_CONNECTION_BUDGET:
             raise ValueError(
                 f"DB_ADMIN_RESERVE ({self.DB_ADMIN_RESERVE}) must be < "
@@ -205,6 +245,25 @@ class Settings(BaseSettings):
         return (
             f"postgresql+asyncpg://{auth}@{self.POSTGRES_HOST}:{self.POSTGRES_PORT}/"
             f"{quote(self.POSTGRES_DB, safe='')}"
+        )
+
+    @property
+    def checkpointer_conninfo(self) -> str:
+        """libpq URL for psycopg (the LangGraph checkpointer): its own database or the main one."""
+        url = (
+            self.CHECKPOINTER_DATABASE_URL.get_secret_value()
+            if self.CHECKPOINTER_DATABASE_URL is not None
+            else self.database_url
+        )
+        for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql://" + url[len(prefix) :]
+        return url
+
+    @property
+    def llm_offline(self) -> bool:
+        return self.LLM_PROVIDER == "offline" or (
+            self.LLM_PROVIDER == "auto" and not self.LLM_API_KEY.get_secret_value()
         )
 
     @property

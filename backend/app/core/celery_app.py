@@ -114,6 +114,17 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
+        # Publishing gives up within about a second when Redis is down, so the API answers 503
+        # instead of hanging a request on the broker.
+        broker_connection_timeout=2,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        redis_socket_connect_timeout=2,
+        redis_socket_timeout=5,
         broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout, **prefix},
         result_backend_transport_options=prefix,
         broker_use_ssl=_ssl_options(url),
@@ -172,9 +183,11 @@ def _on_child_start(**_: Any) -> None:
 def _on_child_stop(**_: Any) -> None:
     from app.core import async_runner
     from app.core.metrics import mark_this_process_dead
+    from app.core.orchestrator_factory import OrchestratorFactory
     from app.db.engine import dispose_engine
 
     try:
+        async_runner.run(OrchestratorFactory.close())
         async_runner.run(dispose_engine())
     finally:
         async_runner.stop_process_loop()

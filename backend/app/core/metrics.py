@@ -73,6 +73,32 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
 )
 
+LANGGRAPH_POOL_SIZE = Gauge(
+    "langgraph_pool_size",
+    "Connections the LangGraph checkpointer pool holds open.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+LANGGRAPH_POOL_IN_USE = Gauge(
+    "langgraph_pool_connections_in_use",
+    "Checkpointer connections lent out right now.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+LANGGRAPH_POOL_MAX = Gauge(
+    "langgraph_pool_max_size",
+    "LANGGRAPH_POOL_MAX_SIZE, summed over the live processes that opened a checkpointer pool.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+
+
+TAVILY_AVAILABILITY_LOOKUPS = Counter(
+    "tavily_availability_lookups_total",
+    "Tavily key availability checks, by where the answer came from (cache or database).",
+    ["source"],
+)
+
 _LIVE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
 
 

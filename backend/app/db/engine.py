@@ -26,10 +26,15 @@ log = structlog.get_logger("app.db")
 
 
 def connect_args(settings: Settings, service: str) -> dict[str, object]:
-    return {
+    args: dict[str, object] = {
         "timeout": settings.DB_CONNECT_TIMEOUT,
         "server_settings": {"application_name": settings.application_name(service)},
     }
+    if settings.DB_BEHIND_PGBOUNCER:
+        # Transaction pooling hands each transaction a different server connection: a statement
+        # prepared on one is unknown on the next.
+        args["statement_cache_size"] = 0
+    return args
 
 
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:

@@ -31,6 +31,17 @@ NAMING_CONVENTION = {
 }
 
 
+# LangGraph's checkpointer owns these (created by AsyncPostgresSaver.setup() in the prestart step);
+# Alembic must neither create nor drop them.
+LANGGRAPH_TABLES = frozenset(
+    {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"}
+)
+
+
+def alembic_include_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    return not (type_ == "table" and name in LANGGRAPH_TABLES)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -52,6 +63,7 @@ class Roadmap(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     topic: Mapped[str] = mapped_column(String(500), nullable=False)
     status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    requested_concepts: Mapped[int] = mapped_column(Integer, nullable=False, default=30)
     owner: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     log.info("prestart_begin", database=settings.database_url_masked)
     wait_for_database(args.wait)
     command.upgrade(alembic_config(), args.revision)
+    # LangGraph's checkpoint tables are created here too, never by a worker at run time.
+    from app.core.orchestrator_factory import setup_checkpointer_tables
+
+    asyncio.run(setup_checkpointer_tables())
     log.info("prestart_done", revision=args.revision)
 
 

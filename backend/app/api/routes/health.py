@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.config.settings import get_settings
+from app.core.orchestrator_factory import OrchestratorFactory
 from app.core.redis_client import get_redis
 from app.db.engine import pool_snapshot
 from app.db.session import safe_session
@@ -64,5 +65,12 @@ async def health() -> JSONResponse:
     status = "healthy" if db_ok and redis_ok else ("degraded" if db_ok else "unhealthy")
     return JSONResponse(
         status_code=200 if db_ok else 503,
-        content={"status": status, "database": database, "redis": redis},
+        content={
+            "status": status,
+            "database": database,
+            "redis": redis,
+            # The checkpointer pool of *this* process: API processes do not open one (only workflow
+            # workers run graphs), so here it normally reads opened=false with its configured sizes.
+            "langgraph": {"pool": OrchestratorFactory.stats()},
+        },
     )

@@ -1,0 +1,45 @@
+"""``/api/v1/admin``: Tavily key management (admin role). Keys are write-only: listed masked."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy.exc import IntegrityError
+
+from app.api.deps import AdminUser, SessionDep
+from app.api.routes import API_V1
+from app.repositories.tavily_keys import TavilyKeyRepository
+from app.schemas.tavily_keys import TavilyKeyCreate, TavilyKeyOut
+from app.tools.search.web_search_router import WebSearchRouter
+
+router = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"])
+
+
+@router.get("/tavily-keys", response_model=list[TavilyKeyOut])
+async def list_keys(session: SessionDep, _admin: AdminUser) -> list[TavilyKeyOut]:
+    return [TavilyKeyOut.model_validate(k) for k in await TavilyKeyRepository(session).list()]
+
+
+@router.post("/tavily-keys", status_code=status.HTTP_201_CREATED, response_model=TavilyKeyOut)
+async def add_key(body: TavilyKeyCreate, session: SessionDep, _admin: AdminUser) -> TavilyKeyOut:
+    try:
+        async with session.begin_nested():
+            key = await TavilyKeyRepository(session).add(
+                body.api_key.get_secret_value(), body.remaining_credits
+            )
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this api_key is already stored") from None
+    await session.refresh(key)
+    out = TavilyKeyOut.model_validate(key)
+    await WebSearchRouter().invalidate()  # availability may have changed: do not wait for the TTL
+    return out
+
+
+@router.post("/tavily-keys/{key_id}/disable", response_model=TavilyKeyOut)
+async def disable_key(key_id: int, session: SessionDep, _admin: AdminUser) -> TavilyKeyOut:
+    key = await TavilyKeyRepository(session).set_status(key_id, "disabled")
+    if key is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"tavily key {key_id} not found")
+    await session.refresh(key)
+    out = TavilyKeyOut.model_validate(key)
+    await WebSearchRouter().invalidate()
+    return out

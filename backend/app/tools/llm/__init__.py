@@ -1,0 +1,23 @@
+"""LLM providers behind one small interface; ``get_llm()`` picks one from settings."""
+
+from __future__ import annotations
+
+from app.config.settings import Settings, get_settings
+from app.tools.llm.base import RoadmapLLM
+from app.tools.llm.offline import OfflineLLM
+from app.tools.llm.openai_compatible import OpenAICompatibleLLM
+
+
+def get_llm(settings: Settings | None = None) -> RoadmapLLM:
+    settings = settings or get_settings()
+    if settings.llm_offline:
+        return OfflineLLM(latency=settings.LLM_OFFLINE_LATENCY)
+    return OpenAICompatibleLLM(
+        base_url=settings.LLM_BASE_URL,
+        model=settings.LLM_MODEL,
+        api_key=settings.LLM_API_KEY,
+        timeout=settings.LLM_TIMEOUT,
+    )
+
+
+__all__ = ["OfflineLLM", "OpenAICompatibleLLM", "RoadmapLLM", "get_llm"]

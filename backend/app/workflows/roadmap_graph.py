@@ -1,0 +1,138 @@
+"""The roadmap workflow: analyse -> plan_concepts -> dispatch_content -> (content phase) -> assemble.
+
+Checkpointed per roadmap (thread id = roadmap id) in PostgreSQL through the orchestrator factory's
+pool. A worker killed mid-run resumes, on redelivery, from the last completed step, not from scratch.
+
+Content generation runs on its own queue. The graph stops before ``assemble`` (``interrupt_before``) and
+the content task resumes it when every concept has been tried. Each node holds a database session only
+around its own reads and writes, never across the LLM call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from app.core.orchestrator_factory import OrchestratorFactory
+from app.db.session import safe_session
+from app.repositories.roadmaps import RoadmapRepository
+from app.tasks import task_events
+from app.tools.llm import get_llm
+
+
+class RoadmapState(TypedDict, total=False):
+    roadmap_id: str
+    topic: str
+    concept_count: int
+    titles: list[str]
+    outcome: str
+
+
+def _event(node: str, state: RoadmapState, **extra: Any) -> None:
+    task_events.emit(
+        "workflow_node",
+        task_name="roadmap_workflow",
+        task_id=state.get("roadmap_id"),
+        queue="roadmap_workflow",
+        node=node,
+        pid=os.getpid(),
+        **extra,
+    )
+
+
+async def analyse(state: RoadmapState) -> RoadmapState:
+    _event("analyse", state)
+    topic = re.sub(r"\s+", " ", state["topic"]).strip()
+    async with safe_session() as session:
+        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), "planning")
+    return {"topic": topic}
+
+
+async def plan_concepts(state: RoadmapState) -> RoadmapState:
+    _event("plan_concepts", state)
+    titles = await get_llm().plan_concepts(state["topic"], state["concept_count"])  # no session held
+    async with safe_session() as session:
+        await RoadmapRepository(session).add_concepts(uuid.UUID(state["roadmap_id"]), titles)
+    return {"titles": titles}
+
+
+async def dispatch_content(state: RoadmapState) -> RoadmapState:
+    _event("dispatch_content", state)
+    from app.tasks.content_generation_tasks import generate_roadmap_content
+
+    async with safe_session() as session:
+        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), "generating")
+    # Repeating this after a crash enqueues the content task twice; its writes are conditional, so a
+    # concept's content is still stored exactly once.
+    generate_roadmap_content.delay(state["roadmap_id"])
+    return {}
+
+
+async def assemble(state: RoadmapState) -> RoadmapState:
+    _event("assemble", state)
+    roadmap_id = uuid.UUID(state["roadmap_id"])
+    async with safe_session() as session:
+        repo = RoadmapRepository(session)
+        counts = await repo.concept_counts(roadmap_id)
+        failed = counts.get("failed", 0) + counts.get("pending", 0) + counts.get("generating", 0)
+        if failed:
+            await repo.set_status(roadmap_id, "failed", f"{failed} of {sum(counts.values())} concepts failed")
+        else:
+            await repo.set_status(roadmap_id, "completed")
+    return {"outcome": "failed" if failed else "completed"}
+
+
+def build_graph() -> StateGraph:
+    graph = StateGraph(RoadmapState)
+    graph.add_node("analyse", analyse)
+    graph.add_node("plan_concepts", plan_concepts)
+    graph.add_node("dispatch_content", dispatch_content)
+    graph.add_node("assemble", assemble)
+    graph.add_edge(START, "analyse")
+    graph.add_edge("analyse", "plan_concepts")
+    graph.add_edge("plan_concepts", "dispatch_content")
+    graph.add_edge("dispatch_content", "assemble")
+    graph.add_edge("assemble", END)
+    return graph
+
+
+async def compiled_graph() -> CompiledStateGraph:
+    checkpointer = await OrchestratorFactory.get_checkpointer()
+    return build_graph().compile(checkpointer=checkpointer, interrupt_before=["assemble"])
+
+
+def thread_config(roadmap_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": roadmap_id}}
+
+
+async def run(roadmap_id: str, topic: str, concept_count: int) -> str:
+    """Start the workflow, or resume it from its last checkpoint. Returns where it stands."""
+    graph = await compiled_graph()
+    config = thread_config(roadmap_id)
+    snapshot = await graph.aget_state(config)
+    if snapshot.next == ("assemble",):
+        return "awaiting_content"  # content phase running; the content task resumes the graph
+    if snapshot.values and not snapshot.next:
+        return "finished"
+    initial = None if snapshot.next else {
+        "roadmap_id": roadmap_id, "topic": topic, "concept_count": concept_count
+    }  # fmt: skip
+    # durability="sync": a step's checkpoint is stored before the next step starts, so a worker killed
+    # during a step resumes exactly there.
+    await graph.ainvoke(initial, config, durability="sync")
+    return "awaiting_content"
+
+
+async def resume_after_content(roadmap_id: str) -> str:
+    graph = await compiled_graph()
+    config = thread_config(roadmap_id)
+    snapshot = await graph.aget_state(config)
+    if snapshot.next != ("assemble",):
+        return "finished" if snapshot.values and not snapshot.next else "not_waiting"
+    result = await graph.ainvoke(None, config, durability="sync")
+    return str(result.get("outcome", "finished"))

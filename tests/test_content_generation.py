@@ -1,0 +1,97 @@
+"""Concept generation in this process, on the real database: the semaphore, retries, short sessions."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from app.config.settings import get_settings
+from app.db.session import safe_session
+from app.repositories.roadmaps import RoadmapRepository
+from app.tasks.content_generation_tasks import generate_content
+from app.tools.llm import OfflineLLM
+from app.tools.llm.base import LLMError
+from app.tools.search.base import SearchResult
+from app.tools.search.offline import OfflineSearch
+from app.tools.search.web_search_router import WebSearchRouter
+
+
+async def new_roadmap(concepts: int) -> str:
+    async with safe_session() as session:
+        repo = RoadmapRepository(session)
+        roadmap = await repo.create("Concurrency", "tester", concepts)
+        await repo.add_concepts(roadmap.id, await OfflineLLM().plan_concepts("Concurrency", concepts))
+        return str(roadmap.id)
+
+
+def hold_buckets() -> tuple[float, float]:
+    label = {"service": "api"}
+    total = REGISTRY.get_sample_value("db_connection_hold_seconds_count", label) or 0
+    fast = REGISTRY.get_sample_value("db_connection_hold_seconds_bucket", {**label, "le": "0.1"}) or 0
+    return total, fast
+
+
+async def test_thirty_concepts_fifteen_at_a_time(test_db: asyncpg.Connection) -> None:
+    roadmap_id = await new_roadmap(30)
+    total_before, fast_before = hold_buckets()
+    report = await generate_content(
+        roadmap_id, llm=OfflineLLM(latency=0.3), router=WebSearchRouter(OfflineSearch())
+    )
+    assert report.concepts == 30 and report.written == 30 and report.failed == 0
+    assert report.max_in_flight == get_settings().CONCEPT_CONCURRENCY_LIMIT == 15
+    assert 0.6 <= report.seconds < 1.5  # two waves of 0.3 s, not thirty
+    rows = await test_db.fetch(
+        "SELECT status, attempts, content FROM concepts WHERE roadmap_id = $1", uuid.UUID(roadmap_id)
+    )
+    assert len(rows) == 30 and all(r["status"] == "completed" and r["attempts"] == 1 for r in rows)
+    assert all("Generated offline" in r["content"] for r in rows)
+    # No session was held across the 0.3 s LLM call: every checkout was back within 100 ms.
+    total_after, fast_after = hold_buckets()
+    assert total_after - total_before >= 60  # at least a start and a write per concept
+    assert fast_after - fast_before == total_after - total_before
+
+
+class FlakyLLM(OfflineLLM):
+    """Fails the first attempt of every concept, and every attempt of concepts named in ``broken``."""
+
+    def __init__(self, broken: set[int]) -> None:
+        super().__init__()
+        self.broken = broken
+        self.calls: dict[str, int] = {}
+
+    async def write_concept(self, topic: str, concept: str, sources: list[SearchResult]) -> str:
+        self.calls[concept] = self.calls.get(concept, 0) + 1
+        position = int(concept.rsplit("#", 1)[1]) if "#" in concept else -1
+        if self.calls[concept] == 1 or position in self.broken:
+            raise LLMError(f"simulated failure for {concept}")
+        return await super().write_concept(topic, concept, sources)
+
+
+async def test_failed_concepts_are_retried_and_recorded_without_failing_others(
+    test_db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONCEPT_MAX_ATTEMPTS", "3")
+    get_settings.cache_clear()
+    async with safe_session() as session:
+        repo = RoadmapRepository(session)
+        roadmap = await repo.create("Flaky", "tester", 6)
+        await repo.add_concepts(roadmap.id, [f"concept #{i}" for i in range(6)])
+    llm = FlakyLLM(broken={2, 4})
+    report = await generate_content(str(roadmap.id), llm=llm, router=WebSearchRouter(OfflineSearch()))
+    assert (report.written, report.failed) == (4, 2)
+    rows = await test_db.fetch(
+        "SELECT position, status, attempts, error FROM concepts WHERE roadmap_id = $1 ORDER BY position",
+        roadmap.id,
+    )
+    for row in rows:
+        if row["position"] in (2, 4):
+            assert row["status"] == "failed" and row["attempts"] == 3
+            assert "simulated failure" in row["error"]
+        else:
+            assert row["status"] == "completed" and row["attempts"] == 2 and row["error"] is None
+    # A second run (a redelivery) only touches what is unfinished, and writes nothing twice.
+    again = await generate_content(str(roadmap.id), llm=OfflineLLM(), router=WebSearchRouter(OfflineSearch()))
+    assert (again.concepts, again.written) == (2, 2)
