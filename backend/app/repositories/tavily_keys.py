@@ -7,10 +7,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import TavilyApiKey
 
-# One statement picks the key with the most credits and spends one: no window between reading and
-# decrementing, so two workers can never both spend a key's last credit (and the CHECK constraint
-# remaining_credits >= 0 backs that up).
-_RESERVE = """
+# One statement picks the key with the most credits and spends one of them. The subquery takes no
+# lock; the UPDATE locks that single row and re-checks ``remaining_credits > 0`` on the latest version,
+# so two workers can never both spend a key's last credit (the CHECK constraint backs that up). When a
+# competitor got there first the statement updates nothing and the caller tries again. Locking only one
+# row per statement is what keeps this deadlock-free (a FOR UPDATE subquery with ORDER BY ... LIMIT
+# can lock a row, find it changed, move on and lock another: two such statements deadlock).
+RESERVE_CREDIT = """
 UPDATE tavily_api_keys
 SET remaining_credits = remaining_credits - 1,
     last_used_at = now(),
@@ -20,10 +23,11 @@ WHERE id = (
     WHERE status = 'active' AND remaining_credits > 0
     ORDER BY remaining_credits DESC, id
     LIMIT 1
-    FOR UPDATE {lock}
 )
+AND status = 'active' AND remaining_credits > 0
 RETURNING id, api_key, remaining_credits
 """
+_ANY_LEFT = "SELECT EXISTS (SELECT 1 FROM tavily_api_keys WHERE status = 'active' AND remaining_credits > 0)"
 
 
 class TavilyKeyRepository:
@@ -39,17 +43,15 @@ class TavilyKeyRepository:
             .limit(1)
         )
 
-    async def reserve_credit(self) -> tuple[int, str, int] | None:
-        """Spend one credit of the best key: (id, key, credits left), or None when none is left.
-
-        SKIP LOCKED first, so concurrent workers spread over keys instead of queueing on one; if every
-        candidate is locked, wait once for the best one.
-        """
-        for lock in ("SKIP LOCKED", ""):
-            row = (await self.session.execute(text(_RESERVE.format(lock=lock)))).first()
+    async def reserve_credit(self, attempts: int = 10) -> tuple[int, str, int] | None:
+        """Spend one credit of the best key: (id, key, credits left), or None when none is left."""
+        for _ in range(attempts):
+            row = (await self.session.execute(text(RESERVE_CREDIT))).first()
             if row is not None:
                 return int(row.id), str(row.api_key), int(row.remaining_credits)
-        return None
+            if not await self.session.scalar(text(_ANY_LEFT)):
+                return None
+        return None  # lost every race: report "none" rather than spin
 
     async def add(self, api_key: str, credits: int) -> TavilyApiKey:
         key = TavilyApiKey(api_key=api_key, remaining_credits=credits, status="active")
