@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
+from tests.test_metrics import free_port, sample
 from tests.workers import Worker, running_workers
 
 pytestmark = pytest.mark.slow
@@ -25,10 +26,18 @@ PLAN_LATENCY = "2.0"
 WRITE_LATENCY = "0.3"
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
+    prom = tmp_path_factory.mktemp("prom-workflow")
     per_queue = {
-        "roadmap_workflow": {"LLM_OFFLINE_LATENCY": PLAN_LATENCY},
+        "roadmap_workflow": {
+            "LLM_OFFLINE_LATENCY": PLAN_LATENCY,
+            "WORKER_METRICS_PORT": str(METRICS_PORT),
+            "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        },
         "content_generation": {"LLM_OFFLINE_LATENCY": WRITE_LATENCY},
     }
     with running_workers(tmp_path_factory.mktemp("e2e"), 2, per_queue) as started:
@@ -81,6 +90,13 @@ async def test_create_to_completed(
     report = (await settled_events(test_db, roadmap_id, "content_generated", 1))[0]
     assert report["max_in_flight"] == 15  # CONCEPT_CONCURRENCY_LIMIT, reached and not exceeded
     assert report["seconds"] < 30 * float(WRITE_LATENCY) / 3
+
+    # The workflow worker's checkpointer pool, as Prometheus scrapes it from the worker's parent.
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"http://127.0.0.1:{METRICS_PORT}/metrics")).text
+    assert sample(text, "langgraph_pool_max_size", service="celery_workflow") in (3.0, 6.0)  # 1-2 children
+    assert 1 <= sample(text, "langgraph_pool_size", service="celery_workflow") <= 6
+    assert sample(text, "db_pool_connections_open", service="celery_workflow") >= 1
 
 
 async def test_killed_workflow_resumes_from_its_checkpoint(

@@ -168,6 +168,12 @@ def _on_worker_parent_init(options: dict[str, Any] | None = None, **_: Any) -> N
 
     configure_logging(get_settings(), service=_worker_service, force=True)
     log.info("celery_worker_starting", worker_service=_worker_service)
+    port = get_settings().WORKER_METRICS_PORT
+    if port:
+        from app.core.metrics import serve_worker_metrics
+
+        serve_worker_metrics(port)  # a thread of the parent only: it does not survive fork
+        log.info("worker_metrics_serving", port=port)
 
 
 @signals.worker_process_init.connect

@@ -139,12 +139,31 @@ def mark_this_process_dead() -> None:
         multiprocess.mark_process_dead(os.getpid(), str(directory))
 
 
-def render_latest() -> tuple[bytes, str]:
-    """The exposition text for ``/metrics``, aggregated over processes when in multiprocess mode."""
+class _SweepingCollector(multiprocess.MultiProcessCollector):
+    """Aggregates the per-process files, after dropping those of dead processes."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        sweep_dead_processes(Path(self._path))
+        return super().collect()
+
+
+def exposition_registry() -> CollectorRegistry:
+    """The registry to expose: all live processes' files in multiprocess mode, else this process's."""
     directory = multiprocess_dir()
     if directory is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    sweep_dead_processes(directory)
+        return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    _SweepingCollector(registry, path=str(directory))
+    return registry
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for ``/metrics``, aggregated over processes when in multiprocess mode."""
+    return generate_latest(exposition_registry()), CONTENT_TYPE_LATEST
+
+
+def serve_worker_metrics(port: int) -> None:
+    """A Celery worker has no web server: its parent serves its children's metrics on ``port``."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, registry=exposition_registry())

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.config.settings import Settings, get_settings
 from app.core import metrics
+from app.db.engine import configured_service
 
 log = structlog.get_logger("app.orchestrator")
 
@@ -74,7 +75,7 @@ class OrchestratorFactory:
             cls._pool = cls._saver = None  # inherited across fork: not ours to use or close
         if cls._pool is None:
             settings = get_settings()
-            service = service or settings.SERVICE_TYPE
+            service = service or configured_service()
             pool = cls.build_pool(settings, service)
             await pool.open(wait=True, timeout=settings.LANGGRAPH_POOL_TIMEOUT)
             cls._pool, cls._pid, cls._service = pool, os.getpid(), service
@@ -114,7 +115,7 @@ class OrchestratorFactory:
             "available": available,
             "waiting": raw.get("requests_waiting", 0),
         }
-        service = cls._service or settings.SERVICE_TYPE
+        service = cls._service or configured_service()
         metrics.LANGGRAPH_POOL_SIZE.labels(service).set(size)
         metrics.LANGGRAPH_POOL_IN_USE.labels(service).set(size - available)
         metrics.LANGGRAPH_POOL_MAX.labels(service).set(settings.LANGGRAPH_POOL_MAX_SIZE)

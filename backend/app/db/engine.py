@@ -94,6 +94,11 @@ def set_service(service: str) -> None:
     _service_override = service
 
 
+def configured_service() -> str:
+    """The service this process is (set_service, else SERVICE_TYPE), without building an engine."""
+    return _service_override or get_settings().SERVICE_TYPE
+
+
 def _state() -> _ProcessEngine:
     global _current
     if _current is not None and _current.pid != os.getpid():
@@ -102,7 +107,7 @@ def _state() -> _ProcessEngine:
         _current = None
     if _current is None:
         settings = get_settings()
-        service = _service_override or settings.SERVICE_TYPE
+        service = configured_service()
         engine, instrumentation = build_engine(settings, service)
         _current = _ProcessEngine(
             pid=os.getpid(),

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Wall time of a roadmap's content phase against the ideal, at several concept concurrency limits.
+
+Runs the real ``generate_content`` (semaphore + gather, real PostgreSQL sessions, the real search router
+with one Tavily key in the database and the offline search provider) with the offline LLM's simulated
+latency. Ideal = ceil(concepts / limit) x latency.
+
+    python scripts/bench_roadmap_content.py [--concepts 30 --latency 1.0 --limits 15,5,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import uuid
+
+from bench_server import REDIS_URL, bench_database
+
+
+async def one_run(concepts: int, latency: float) -> object:
+    from app.db.session import safe_session
+    from app.repositories.roadmaps import RoadmapRepository
+    from app.tasks.content_generation_tasks import generate_content
+    from app.tools.llm import OfflineLLM
+    from app.tools.search.offline import OfflineSearch
+    from app.tools.search.web_search_router import WebSearchRouter
+
+    async with safe_session() as session:
+        repo = RoadmapRepository(session)
+        roadmap = await repo.create("Benchmark topic", "bench", concepts)
+        await repo.add_concepts(roadmap.id, await OfflineLLM().plan_concepts("Benchmark topic", concepts))
+    return await generate_content(
+        str(roadmap.id), llm=OfflineLLM(latency=latency), router=WebSearchRouter(OfflineSearch())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--concepts", type=int, default=30)
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--limits", default="15,5,1")
+    args = parser.parse_args()
+    with bench_database() as url:
+        os.environ.update(
+            DATABASE_URL=url, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:",
+            LOG_LEVEL="WARNING", ENVIRONMENT="production",
+        )  # fmt: skip
+        from app.config.settings import get_settings
+        from app.core import async_runner
+        from app.db.engine import dispose_engine
+
+        async def add_key() -> None:
+            from app.db.session import safe_session
+            from app.repositories.tavily_keys import TavilyKeyRepository
+
+            async with safe_session() as session:
+                await TavilyKeyRepository(session).add(f"bench-{uuid.uuid4().hex}", 100_000)
+
+        async_runner.run(add_key())
+        print(f"{args.concepts} concepts, offline LLM latency {args.latency:g} s, pool 6+4")
+        print(f"{'limit':>6}{'wall s':>9}{'ideal s':>9}{'ratio':>7}{'peak in flight':>16}{'written':>9}")
+        for limit in [int(x) for x in args.limits.split(",")]:
+            os.environ["CONCEPT_CONCURRENCY_LIMIT"] = str(limit)
+            get_settings.cache_clear()
+            report = async_runner.run(one_run(args.concepts, args.latency))
+            ideal = math.ceil(args.concepts / limit) * args.latency
+            print(f"{limit:>6}{report.seconds:>9.2f}{ideal:>9.2f}{report.seconds / ideal:>7.2f}"
+                  f"{report.max_in_flight:>16}{report.written:>9}")  # fmt: skip
+        async_runner.run(dispose_engine())
+
+
+if __name__ == "__main__":
+    main()
