@@ -33,6 +33,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 backend/scripts/prestart.sh
+# The budget guard once for the whole stack (the services skip it when this is set).
+(cd backend && python -m app.budget --guard --service dev-stack)
+export DB_BUDGET_CHECKED=1
 
 # Each service exactly as in production (railway_entrypoint.sh), with the development values from
 # .env.development, its output prefixed with its name. The API binds to loopback only.

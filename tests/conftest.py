@@ -45,6 +45,8 @@ BASE_ENV = {
     "SEARCH_PROVIDER": "offline",
     "LANGGRAPH_POOL_MIN_SIZE": "1",
     "LANGGRAPH_POOL_MAX_SIZE": "3",
+    # The guard has its own tests; here it would only warn about the small test topology.
+    "DB_BUDGET_ENFORCEMENT": "off",
 }
 os.environ.update(BASE_ENV)
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

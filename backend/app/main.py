@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import admin, health, metrics, roadmaps, task_logs
+from app.budget.guard import enforce_budget
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import mark_this_process_dead
@@ -51,6 +52,8 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # Before uvicorn's first line, so every line of the process has one format.
     configure_logging(settings)
+    # Strict budget enforcement refuses to start here (unless railway_entrypoint.sh checked already).
+    enforce_budget(settings, "api")
     app = FastAPI(title=settings.PROJECT_NAME, debug=settings.DEBUG, lifespan=lifespan)
     if settings.CORS_ORIGINS:
         app.add_middleware(

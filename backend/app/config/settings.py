@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     DB_CONNECTION_BUDGET: int = Field(280, ge=1)
     # Left free for psql and monitoring: production 20; development sets 10.
     DB_ADMIN_RESERVE: int = Field(20, ge=0)
+    # The guide's "estimated real peak" as a share of the theoretical maximum (app.budget shows both).
+    DB_BUDGET_PEAK_FACTOR: float = Field(0.6, gt=0, le=1)
+    # What a service does at start when the worst case exceeds DB_CONNECTION_BUDGET:
+    # off (nothing), warn (one log line), strict (refuse to start, naming the variables to change).
+    DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
+    # /metrics runs the pg_stat_activity audit (one short query) so alerts see the server's own count.
+    DB_AUDIT_ON_SCRAPE: bool = True
 
     # --- process counts (the budget's inputs; railway_entrypoint.sh reads the same names) ----------
     # Production defaults; development sets 4 / 4 / 6 / 4.

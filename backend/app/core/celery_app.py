@@ -168,6 +168,9 @@ def _on_worker_parent_init(options: dict[str, Any] | None = None, **_: Any) -> N
 
     configure_logging(get_settings(), service=_worker_service, force=True)
     log.info("celery_worker_starting", worker_service=_worker_service)
+    from app.budget.guard import enforce_budget
+
+    enforce_budget(get_settings(), _worker_service)  # skipped when railway_entrypoint.sh already checked
     port = get_settings().WORKER_METRICS_PORT
     if port:
         from app.core.metrics import serve_worker_metrics

@@ -93,6 +93,25 @@ LANGGRAPH_POOL_MAX = Gauge(
 )
 
 
+# From the live audit (pg_stat_activity), refreshed at each scrape of the API's /metrics.
+DB_SERVER_CONNECTIONS = Gauge(
+    "db_server_connections",
+    "Connections the PostgreSQL server shows for each service of this environment (pg_stat_activity).",
+    ["service"],
+    multiprocess_mode="livemostrecent",
+)
+DB_CONNECTION_SERVICE_BUDGET = Gauge(
+    "db_connection_service_budget",
+    "The most connections a service may open (processes x pool, plus its checkpointer pools).",
+    ["service"],
+    multiprocess_mode="livemostrecent",
+)
+DB_CONNECTION_ALLOCATION = Gauge(
+    "db_connection_allocation",
+    "DB_CONNECTION_BUDGET: this environment's share of the server's max_connections.",
+    multiprocess_mode="livemostrecent",
+)
+
 TAVILY_AVAILABILITY_LOOKUPS = Counter(
     "tavily_availability_lookups_total",
     "Tavily key availability checks, by where the answer came from (cache or database).",

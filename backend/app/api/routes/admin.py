@@ -1,17 +1,29 @@
-"""``/api/v1/admin``: Tavily key management (admin role). Keys are write-only: listed masked."""
+"""``/api/v1/admin`` (admin role): the connection audit, and Tavily keys (write-only, listed masked)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import AdminUser, SessionDep
 from app.api.routes import API_V1
+from app.budget.audit import publish, run_audit
+from app.config.settings import get_settings
 from app.repositories.tavily_keys import TavilyKeyRepository
 from app.schemas.tavily_keys import TavilyKeyCreate, TavilyKeyOut
 from app.tools.search.web_search_router import WebSearchRouter
 
 router = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"])
+
+
+@router.get("/connections")
+async def connections(session: SessionDep, _admin: AdminUser) -> dict[str, Any]:
+    """The live audit: pg_stat_activity grouped as the guide groups it, each service against its budget."""
+    audit = await run_audit(session, get_settings())
+    publish(audit)
+    return audit.as_dict()
 
 
 @router.get("/tavily-keys", response_model=list[TavilyKeyOut])
