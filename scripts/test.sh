@@ -12,6 +12,20 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib/bootstrap.sh
 . scripts/lib/bootstrap.sh
 
+# System programs a few tests use (pgbouncer, promtool): installed from Debian packages when we may;
+# otherwise those tests skip and say why (CI sets REQUIRE_SYSTEM_TOOLS=1, turning that into a failure).
+missing=()
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[test] installing ${missing[*]} (Debian packages)" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "[test] not installed: ${missing[*]} (apt-get install ${missing[*]}); their tests will skip" >&2
+  fi
+fi
+
 export LOCAL_DATA_DIR="$PWD/.data/test"
 DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}" \
 REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \

@@ -129,6 +129,20 @@ def render_suggestion(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def render_pgbouncer(budget: Budget) -> str:
+    return "\n".join(
+        [
+            f"; {budget.environment}: allocation {budget.allocation} - admin reserve {budget.admin_reserve}",
+            "[pgbouncer]",
+            "pool_mode = transaction",
+            f"max_db_connections = {budget.pgbouncer_max_db_connections}",
+            f"default_pool_size = {budget.pgbouncer_max_db_connections}",
+            "max_client_conn = 2000",
+            "; and in the services: DB_BEHIND_PGBOUNCER=true",
+        ]
+    )
+
+
 async def _audit(settings: Settings) -> str:
     from app.db.engine import build_unpooled_engine
 
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--suggest", action="store_true")
     group.add_argument("--audit", action="store_true")
     group.add_argument("--guard", action="store_true")
+    group.add_argument("--pgbouncer", action="store_true", help="pgbouncer.ini settings for the allocation")
     parser.add_argument("--service", default=None, help="with --guard: the service being started")
     args = parser.parse_args(argv)
     settings = settings_for(args.environment)
@@ -174,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 1
         return 0
-    if args.suggest:
+    if args.pgbouncer:
+        print(render_pgbouncer(budget_from_settings(settings)))
+    elif args.suggest:
         print(render_suggestion(settings))
     elif args.audit:
         print(asyncio.run(_audit(settings)))

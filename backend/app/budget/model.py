@@ -87,6 +87,12 @@ class Budget:
         """How far the worst case exceeds the allocation (0 when it fits)."""
         return max(0, self.worst_case - self.allocation)
 
+    @property
+    def pgbouncer_max_db_connections(self) -> int:
+        """PgBouncer's hard cap on server connections to the database: the allocation less the admin
+        reserve (admins connect to PostgreSQL directly, not through PgBouncer)."""
+        return self.allocation - self.admin_reserve
+
     def service(self, name: str) -> ServiceBudget:
         return next(s for s in self.services if s.service == name)
 

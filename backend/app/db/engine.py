@@ -13,9 +13,11 @@ pg_stat_activity queries, the budget audit and the Prometheus labels all name th
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -32,15 +34,24 @@ def connect_args(settings: Settings, service: str) -> dict[str, object]:
     }
     if settings.DB_BEHIND_PGBOUNCER:
         # Transaction pooling hands each transaction a different server connection: a statement
-        # prepared on one is unknown on the next.
+        # prepared on one is unknown on the next. asyncpg's cache goes, and the statements SQLAlchemy
+        # still prepares get unique names so they never collide on a shared server connection.
         args["statement_cache_size"] = 0
+        args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4().hex}__"
     return args
+
+
+def engine_url(settings: Settings) -> str:
+    url = make_url(settings.database_url)
+    if settings.DB_BEHIND_PGBOUNCER:
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+    return url.render_as_string(hide_password=False)
 
 
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
     engine = create_async_engine(
-        settings.database_url,
+        engine_url(settings),
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_timeout=settings.DB_POOL_TIMEOUT,
@@ -67,7 +78,7 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
 def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
     """For one-shot tools (migrations, CLIs): no pool to size, nothing left open afterwards."""
     return create_async_engine(
-        settings.database_url, poolclass=NullPool, connect_args=connect_args(settings, service)
+        engine_url(settings), poolclass=NullPool, connect_args=connect_args(settings, service)
     )
 
 
