@@ -144,3 +144,13 @@ def test_guard_is_quiet_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     with structlog.testing.capture_logs() as logs:
         enforce_budget(settings, "api")
     assert logs == []
+
+
+def test_the_english_guide_shows_the_tables_the_code_computes(subprocess_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BACKEND.parent / "scripts" / "update_docs_budget.py"), "--check"],
+        env=subprocess_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = (BACKEND.parent / "docs" / "connection-pool-guide.md").read_text()
+    assert "**250 < 280**" in doc and "**108 < 120**" in doc and "**460**" in doc
