@@ -125,3 +125,23 @@ async def test_unreachable_database_is_503_not_500(
     assert response.status_code == 503
     assert response.json()["reason"] == "database_unavailable"
     assert "Retry-After" in response.headers
+
+
+async def test_leak_detection_names_where_a_long_held_connection_was_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_LEAK_DETECTION_THRESHOLD", "0.2")
+    get_settings.cache_clear()
+    with structlog.testing.capture_logs() as logs:
+        async with safe_session() as session:  # returned in time: no warning
+            await session.execute(text("SELECT 1"))
+        await asyncio.sleep(0.3)
+        async with get_engine().connect() as conn:  # held past the threshold
+            await conn.execute(text("SELECT 1"))
+            await asyncio.sleep(0.35)
+    leaks = [e for e in logs if e["event"] == "db_connection_leak_suspected"]
+    assert len(leaks) == 1
+    assert leaks[0]["log_level"] == "warning" and leaks[0]["threshold_seconds"] == 0.2
+    assert leaks[0]["held_seconds"] >= 0.2
+    assert "test_pool.py" in leaks[0]["checked_out_at"]
+    assert "test_leak_detection_names_where" in leaks[0]["checked_out_at"]

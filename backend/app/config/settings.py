@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     DB_POOL_CRITICAL_USAGE_RATIO: float = Field(0.9, gt=0, le=1)
     # At most one usage log line per level per process in this many seconds.
     DB_POOL_USAGE_LOG_INTERVAL: float = Field(10.0, ge=0)
+    # Like HikariCP's leakDetectionThreshold: a connection checked out longer than this logs
+    # db_connection_leak_suspected with where it was checked out (0 turns it off).
+    DB_LEAK_DETECTION_THRESHOLD: float = Field(30.0, ge=0)
+    # queue: the sized, instrumented pool. null: no pooling (a connection per checkout), only to
+    # measure what pooling is worth (scripts/load_harness.py --compare).
+    DB_POOL_CLASS: Literal["queue", "null"] = "queue"
 
     # --- connection allocation (of the server's max_connections) ------------------------------------
     # Production 280 of 400; development sets 120.

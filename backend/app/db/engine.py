@@ -50,17 +50,22 @@ def engine_url(settings: Settings) -> str:
 
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
-    engine = create_async_engine(
-        engine_url(settings),
-        pool_size=settings.DB_POOL_SIZE,
-        max_overflow=settings.DB_MAX_OVERFLOW,
-        pool_timeout=settings.DB_POOL_TIMEOUT,
-        pool_recycle=settings.DB_POOL_RECYCLE,
-        pool_pre_ping=settings.DB_POOL_PRE_PING,
-        # A request that exhausts the pool should wait in line fairly, oldest first.
-        pool_use_lifo=False,
-        connect_args=connect_args(settings, service),
-    )
+    if settings.DB_POOL_CLASS == "null":
+        engine = create_async_engine(
+            engine_url(settings), poolclass=NullPool, connect_args=connect_args(settings, service)
+        )
+    else:
+        engine = create_async_engine(
+            engine_url(settings),
+            pool_size=settings.DB_POOL_SIZE,
+            max_overflow=settings.DB_MAX_OVERFLOW,
+            pool_timeout=settings.DB_POOL_TIMEOUT,
+            pool_recycle=settings.DB_POOL_RECYCLE,
+            pool_pre_ping=settings.DB_POOL_PRE_PING,
+            # A request that exhausts the pool should wait in line fairly, oldest first.
+            pool_use_lifo=False,
+            connect_args=connect_args(settings, service),
+        )
     instrumentation = instrument_pool(engine, service, settings) if settings.DB_POOL_METRICS_ENABLED else None
     log.info(
         "db_engine_created",
@@ -176,12 +181,14 @@ def pool_snapshot() -> PoolSnapshot:
     pool = state.engine.sync_engine.pool
     settings = state.settings
     max_connections = settings.db_pool_max_connections
-    checked_out = min(pool.checkedout(), max_connections)  # type: ignore[attr-defined]
+    if not hasattr(pool, "overflow"):  # NullPool (DB_POOL_CLASS=null): nothing pooled to report
+        return PoolSnapshot(settings.DB_POOL_SIZE, 0, 0, settings.DB_MAX_OVERFLOW, max_connections, 0.0)
+    checked_out = min(pool.checkedout(), max_connections)
     return PoolSnapshot(
         pool_size=settings.DB_POOL_SIZE,
         checked_out=checked_out,
         # QueuePool.overflow() starts at -pool_size; only connections beyond pool_size are overflow.
-        overflow=max(0, pool.overflow()),  # type: ignore[attr-defined]
+        overflow=max(0, pool.overflow()),
         max_overflow=settings.DB_MAX_OVERFLOW,
         max_connections=max_connections,
         usage_ratio=round(100 * checked_out / max_connections, 1),

@@ -12,11 +12,16 @@ Pool timeouts are counted where they surface, in ``app.db.session.safe_session``
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
+import greenlet
 import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +33,48 @@ from app.core import metrics
 log = structlog.get_logger("app.db.pool")
 
 _CHECKOUT_AT = "checkout_at"
+_LEAK_TIMER = "leak_timer"
+# Frames from these files are the pool's own machinery, not the code that asked for a connection.
+_MACHINERY = (
+    "/sqlalchemy/",
+    "/app/db/",
+    "/asyncio/",
+    "/greenlet/",
+    "contextlib.py",
+    "/starlette/",
+    "/fastapi/",
+)
+
+
+def _stack() -> Iterator[FrameType]:
+    """This thread's frames, newest first, through the greenlets SQLAlchemy's asyncio layer runs the
+    pool in: the code that awaited the connection is suspended in a parent greenlet."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+    current = greenlet.getcurrent().parent
+    while current is not None:
+        frame = current.gr_frame
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+        current = current.parent
+
+
+def checkout_site(depth: int = 3) -> str:
+    """Where the connection was asked for: the first few frames outside the pool machinery.
+
+    Walking frames is cheap (no source lines are read), so this can run on every checkout.
+    """
+    sites: list[str] = []
+    for frame in _stack():
+        filename = frame.f_code.co_filename
+        if not any(part in filename for part in _MACHINERY) and "site-packages" not in filename:
+            sites.append(f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            if len(sites) == depth:
+                break
+    return " <- ".join(sites) or "unknown"
 
 
 @dataclass
@@ -53,6 +100,7 @@ class PoolInstrumentation:
     high_ratio: float
     critical_ratio: float
     limiter: UsageLogLimiter
+    leak_threshold: float = 0.0
     in_use: int = 0
     open: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,6 +123,8 @@ class PoolInstrumentation:
 
     def on_checkout(self, _dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         record.info[_CHECKOUT_AT] = time.perf_counter()
+        if self.leak_threshold:
+            self._arm_leak_timer(record)
         with self._lock:
             self.in_use += 1
             in_use = self.in_use
@@ -82,6 +132,9 @@ class PoolInstrumentation:
         self._log_usage(in_use)
 
     def on_checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        timer = record.info.pop(_LEAK_TIMER, None)
+        if timer is not None:
+            timer.cancel()
         started = record.info.pop(_CHECKOUT_AT, None)
         if started is None:
             return  # connection checked out before instrumentation, or already accounted
@@ -89,6 +142,26 @@ class PoolInstrumentation:
         with self._lock:
             self.in_use = max(0, self.in_use - 1)
             self._in_use_gauge.set(self.in_use)
+
+    def _arm_leak_timer(self, record: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a synchronous checkout (no loop to time it on): nothing to arm
+        site = checkout_site()
+        started = record.info[_CHECKOUT_AT]
+
+        def suspect() -> None:
+            if record.info.get(_CHECKOUT_AT) is started:  # still the same checkout
+                log.warning(
+                    "db_connection_leak_suspected",
+                    pool_service=self.service,
+                    held_seconds=round(time.perf_counter() - started, 1),
+                    threshold_seconds=self.leak_threshold,
+                    checked_out_at=site,
+                )
+
+        record.info[_LEAK_TIMER] = loop.call_later(self.leak_threshold, suspect)
 
     def _log_usage(self, checked_out: int) -> None:
         ratio = checked_out / self.max_connections
@@ -119,6 +192,7 @@ def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> Po
         high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
         critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
         limiter=UsageLogLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
+        leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
     )
     metrics.DB_POOL_SIZE.labels(service).set(settings.DB_POOL_SIZE)
     metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(settings.db_pool_max_connections)
