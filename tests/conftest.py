@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,6 +50,8 @@ BASE_ENV = {
     "DB_BUDGET_ENFORCEMENT": "off",
 }
 os.environ.update(BASE_ENV)
+# scripts/own_services.py: private PostgreSQL and Redis servers for the fault tests.
+sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 os.environ.pop("ENV_FILE", None)
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import httpx
 import pytest
 
 from app.core.metrics import sweep_dead_processes
+from tests.servers import running_api
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 pytestmark = pytest.mark.slow
@@ -49,32 +48,9 @@ def multiproc_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def api_server(subprocess_env: dict[str, str], multiproc_dir: Path) -> Iterator[str]:
-    port = free_port()
     env = {**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2", "--no-access-log"],
-        cwd=BACKEND, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            proc.kill()
-            pytest.fail(f"uvicorn did not become healthy: {proc.communicate()[1][-2000:]}")
+    with running_api(env, free_port(), workers=2) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_metrics_count_every_request_across_workers(api_server: str) -> None:

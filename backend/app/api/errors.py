@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
 from app.config.settings import get_settings
+from app.db.errors import is_database_unavailable
 
 log = structlog.get_logger("app.api")
 
@@ -45,9 +46,7 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
 
 
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
-    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
-        return await database_unavailable(request, error)
-    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+    if is_database_unavailable(error):
         return await database_unavailable(request, error)
     raise error
 

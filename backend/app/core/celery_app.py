@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 
 from app.config.settings import Settings, get_settings
@@ -63,6 +63,31 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": _SSL_REQS[wanted]}
 
 
+class DatabaseTask(Task):
+    """Retries a task whose database went away (restart, failover, network) instead of failing it.
+
+    Only "unavailable" errors qualify (app.db.errors); a bug or a constraint violation fails as usual.
+    The backoff (1, 2, 4, ... up to 30 s) rides out a managed failover.
+    """
+
+    abstract = True
+    max_retries = 8
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from app.db.errors import is_database_unavailable
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:
+            if not is_database_unavailable(error) or self.request.called_directly:
+                raise
+            delay = min(30, 2 ** (self.request.retries or 0))
+            log.warning(
+                "task_database_unavailable_retrying", task=self.name, retry_in=delay, error=str(error)
+            )
+            raise self.retry(exc=error, countdown=delay) from None
+
+
 def queue_options(queue: str, settings: Settings | None = None) -> dict[str, Any]:
     """Per-queue task options, derived from settings in this one place."""
     settings = settings or get_settings()
@@ -73,6 +98,7 @@ def queue_options(queue: str, settings: Settings | None = None) -> dict[str, Any
     }[queue]
     long_running = queue != "logs"
     return {
+        "base": DatabaseTask,
         "time_limit": hard,
         "soft_time_limit": max(1, int(hard * 0.9)),
         # Late ack + reject on a dead child: a killed worker's task is redelivered, not lost.

