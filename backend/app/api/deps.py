@@ -11,7 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.security import AuthError, Principal, verify_token
 from app.db.session import get_db_session
 
-SessionDep = Annotated[AsyncSession, Depends(get_db_session)]
+# scope="function": the session commits and returns its connection when the endpoint returns, *before*
+# the response is sent. A commit that fails (the server went away) then becomes a 503 through the
+# error handlers, instead of an exception after the response started and a dropped connection.
+SessionDep = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
 
 _bearer = HTTPBearer(auto_error=False)
 

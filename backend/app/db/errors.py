@@ -16,15 +16,26 @@ from sqlalchemy import exc
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 
 
+def _chain(error: BaseException, limit: int = 8) -> list[BaseException]:
+    """The error, what SQLAlchemy wrapped (``orig``) and their causes: drivers nest the real reason
+    (asyncpg: Error <- ConnectionDoesNotExistError <- AdminShutdownError 57P01)."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending and len(seen) < limit:
+        current = pending.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return seen
+
+
 def _sqlstate(error: BaseException) -> str | None:
-    for candidate in (error, getattr(error, "orig", None), getattr(error, "__cause__", None)):
+    for candidate in _chain(error):
         state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
         if isinstance(state, str):
             return state
-    orig = getattr(error, "orig", None)
-    cause = getattr(orig, "__cause__", None)
-    state = getattr(cause, "sqlstate", None)
-    return state if isinstance(state, str) else None
+    return None
 
 
 def is_database_unavailable(error: BaseException) -> bool:
@@ -35,6 +46,11 @@ def is_database_unavailable(error: BaseException) -> bool:
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    if any(
+        isinstance(e, ConnectionError) or type(e).__name__ == "ConnectionDoesNotExistError"
+        for e in _chain(error)
+    ):
         return True
     state = _sqlstate(error)
     return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)

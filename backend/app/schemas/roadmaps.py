@@ -8,13 +8,18 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.config.settings import get_settings
+from app.schemas.types import integral_float_to_int
 
 
 class RoadmapCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # true is not 1, "5" is not 5
 
-    topic: str = Field(min_length=2, max_length=300)
-    concept_count: int | None = Field(default=None, ge=1, le=200)
+    # Two visible characters at least, and no NUL (PostgreSQL text cannot store it).
+    topic: str = Field(min_length=2, max_length=300, pattern=r"^\s*[^\s\x00][^\x00]*[^\s\x00]\s*$")
+    # The cap is ROADMAP_MAX_CONCEPTS, read when the app is built so the OpenAPI schema states it.
+    concept_count: int | None = Field(default=None, ge=1, le=get_settings().ROADMAP_MAX_CONCEPTS)
+
+    _integral = field_validator("concept_count", mode="before")(integral_float_to_int)
 
     @field_validator("topic")
     @classmethod
@@ -22,14 +27,6 @@ class RoadmapCreate(BaseModel):
         value = " ".join(value.split())
         if len(value) < 2:
             raise ValueError("topic must contain at least 2 visible characters")
-        return value
-
-    @field_validator("concept_count")
-    @classmethod
-    def _within_limit(cls, value: int | None) -> int | None:
-        limit = get_settings().ROADMAP_MAX_CONCEPTS
-        if value is not None and value > limit:
-            raise ValueError(f"concept_count must be <= {limit}")
         return value
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import AdminUser, SessionDep
@@ -12,10 +12,11 @@ from app.api.routes import API_V1
 from app.budget.audit import publish, run_audit
 from app.config.settings import get_settings
 from app.repositories.tavily_keys import TavilyKeyRepository
+from app.schemas.errors import AUTH, BAD_BODY, CONFLICT, NOT_FOUND, UNAVAILABLE
 from app.schemas.tavily_keys import TavilyKeyCreate, TavilyKeyOut
 from app.tools.search.web_search_router import WebSearchRouter
 
-router = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"])
+router = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"], responses={**AUTH, **UNAVAILABLE})
 
 
 @router.get("/connections")
@@ -31,7 +32,12 @@ async def list_keys(session: SessionDep, _admin: AdminUser) -> list[TavilyKeyOut
     return [TavilyKeyOut.model_validate(k) for k in await TavilyKeyRepository(session).list()]
 
 
-@router.post("/tavily-keys", status_code=status.HTTP_201_CREATED, response_model=TavilyKeyOut)
+@router.post(
+    "/tavily-keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TavilyKeyOut,
+    responses={**CONFLICT, **BAD_BODY},
+)
 async def add_key(body: TavilyKeyCreate, session: SessionDep, _admin: AdminUser) -> TavilyKeyOut:
     try:
         async with session.begin_nested():
@@ -46,8 +52,10 @@ async def add_key(body: TavilyKeyCreate, session: SessionDep, _admin: AdminUser)
     return out
 
 
-@router.post("/tavily-keys/{key_id}/disable", response_model=TavilyKeyOut)
-async def disable_key(key_id: int, session: SessionDep, _admin: AdminUser) -> TavilyKeyOut:
+@router.post("/tavily-keys/{key_id}/disable", response_model=TavilyKeyOut, responses=NOT_FOUND)
+async def disable_key(
+    key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, _admin: AdminUser
+) -> TavilyKeyOut:
     key = await TavilyKeyRepository(session).set_status(key_id, "disabled")
     if key is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"tavily key {key_id} not found")

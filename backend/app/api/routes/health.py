@@ -50,7 +50,7 @@ async def _redis_ok() -> tuple[bool, str | None]:
         return False, type(exc).__name__
 
 
-@router.get("/health")
+@router.get("/health", responses={503: {"description": "the database is unreachable (same body)"}})
 async def health() -> JSONResponse:
     (db_ok, db_error), (redis_ok, redis_error) = await asyncio.gather(_database_ok(), _redis_ok())
     database: dict[str, Any] = {

@@ -12,6 +12,7 @@ from app.api.deps import CurrentUser, SessionDep
 from app.api.routes import API_V1
 from app.config.settings import get_settings
 from app.repositories.roadmaps import RoadmapRepository
+from app.schemas.errors import AUTH, BAD_BODY, NOT_FOUND, UNAVAILABLE
 from app.schemas.roadmaps import (
     ConceptOut,
     RoadmapAccepted,
@@ -22,10 +23,12 @@ from app.schemas.roadmaps import (
 )
 from app.tasks import task_events
 
-router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"])
+router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"], responses=UNAVAILABLE)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=RoadmapAccepted)
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=RoadmapAccepted, responses={**AUTH, **BAD_BODY}
+)
 async def create_roadmap(body: RoadmapCreate, session: SessionDep, user: CurrentUser) -> RoadmapAccepted:
     from app.tasks.roadmap_workflow_tasks import run_roadmap_workflow
 
@@ -41,7 +44,7 @@ async def create_roadmap(body: RoadmapCreate, session: SessionDep, user: Current
     return RoadmapAccepted(id=roadmap.id, status=roadmap.status)
 
 
-@router.get("/{roadmap_id}", response_model=RoadmapDetail)
+@router.get("/{roadmap_id}", response_model=RoadmapDetail, responses=NOT_FOUND)
 async def get_roadmap(roadmap_id: uuid.UUID, session: SessionDep) -> RoadmapDetail:
     roadmap = await RoadmapRepository(session).get(roadmap_id, with_concepts=True)
     if roadmap is None:

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from app.api.deps import SessionDep
 from app.api.routes import API_V1
 from app.repositories.task_logs import TaskLogRepository
+from app.schemas.errors import UNAVAILABLE
 from app.schemas.task_logs import TaskLogOut, TaskLogPage
 
-router = APIRouter(prefix=f"{API_V1}/task-logs", tags=["task-logs"])
+router = APIRouter(prefix=f"{API_V1}/task-logs", tags=["task-logs"], responses=UNAVAILABLE)
 
 
 @router.get("", response_model=TaskLogPage)
@@ -19,7 +20,7 @@ async def list_task_logs(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
 ) -> TaskLogPage:
     rows, total = await TaskLogRepository(session).list(limit=limit, offset=offset, task_id=task_id)
     return TaskLogPage(

@@ -1,0 +1,35 @@
+"""The error bodies the API answers with, documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    reason: str | None = None  # machine-readable, on 503s: db_pool_exhausted, database_unavailable, ...
+
+
+def _doc(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"model": ErrorOut, "description": description}
+    if headers:
+        entry["headers"] = headers
+    return entry
+
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
+}
+
+UNAVAILABLE = {503: _doc("database pool exhausted, database or task queue unreachable", _RETRY_AFTER)}
+AUTH = {
+    401: _doc(
+        "missing, invalid or expired bearer token", {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    ),
+    403: _doc("the token's role may not do this"),
+}
+NOT_FOUND = {404: _doc("no such resource")}
+BAD_BODY = {400: _doc("the body is not valid JSON")}
+CONFLICT = {409: _doc("already exists")}
