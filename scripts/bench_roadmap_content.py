@@ -15,7 +15,7 @@ import math
 import os
 import uuid
 
-from bench_server import REDIS_URL, bench_database
+from bench_server import bench_database, use_in_this_process
 
 
 async def one_run(concepts: int, latency: float) -> object:
@@ -42,10 +42,7 @@ def main() -> None:
     parser.add_argument("--limits", default="15,5,1")
     args = parser.parse_args()
     with bench_database() as url:
-        os.environ.update(
-            DATABASE_URL=url, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:",
-            LOG_LEVEL="WARNING", ENVIRONMENT="production",
-        )  # fmt: skip
+        use_in_this_process(url)
         from app.config.settings import get_settings
         from app.core import async_runner
         from app.db.engine import dispose_engine

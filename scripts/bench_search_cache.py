@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import uuid
 
-from bench_server import REDIS_URL, bench_database
+from bench_server import bench_database, use_in_this_process
 
 
 async def scenario(searches: int, concurrency: int, credits: int, use_cache: bool) -> tuple:
@@ -53,10 +52,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     args = parser.parse_args()
     with bench_database() as url:
-        os.environ.update(
-            DATABASE_URL=url, REDIS_URL=REDIS_URL, REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:",
-            LOG_LEVEL="WARNING", ENVIRONMENT="production",
-        )  # fmt: skip
+        use_in_this_process(url)
         from app.core import async_runner
         from app.db.engine import dispose_engine
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,18 +17,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
+from own_services import free_port, running_api
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _admin(sql: str) -> None:
@@ -65,7 +56,6 @@ def bench_database() -> Iterator[str]:
 @contextmanager
 def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]:
     """A real ``uvicorn app.main:app`` on a free loopback port; yields its base URL."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="prom-") as prom:
         full_env = {
             **os.environ,
@@ -76,27 +66,16 @@ def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]
             "PROMETHEUS_MULTIPROC_DIR": prom,
             **env,
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
-            cwd=BACKEND, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("uvicorn did not become healthy")
-                time.sleep(0.2)
+        with running_api(full_env, free_port(), workers=workers) as base:
             yield base
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+
+
+def use_in_this_process(database_url: str) -> None:
+    """Point this process's settings at the benchmark database (for in-process benchmarks)."""
+    os.environ.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        REDIS_KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}:",
+        LOG_LEVEL="WARNING",
+        ENVIRONMENT="production",
+    )

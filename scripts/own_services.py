@@ -1,4 +1,4 @@
-"""Private PostgreSQL and Redis servers on loopback, for fault tests and the load harness.
+"""Private PostgreSQL, Redis and API servers on loopback, for tests, benchmarks and the load harness.
 
 A test that restarts PostgreSQL or stops Redis must not do it to the machine's shared servers, and the
 production topology needs ``max_connections=400``; these start their own, in their own folder, on a
@@ -19,10 +19,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 
 def free_port() -> int:
@@ -62,21 +67,42 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam("pgserver")
 
 
+def ensure_traversable(path: Path) -> None:
+    """Let the unprivileged server user reach ``path`` (execute bit on each parent folder only)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
 class OwnPostgres:
-    def __init__(self, *, max_connections: int = 100, port: int | None = None) -> None:
+    """``folder=None``: a throw-away server in a temporary folder, removed at stop. With a folder
+    (scripts/local_services.py's ``.data/postgres``), the data is kept between runs."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        port: int | None = None,
+        folder: Path | None = None,
+        superuser: str = "postgres",
+    ) -> None:
         self.port = port or free_port()
         self.max_connections = max_connections
-        self.folder = Path(tempfile.mkdtemp(prefix="own-pg-"))
+        self.keep = folder is not None
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="own-pg-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.data = self.folder / "data"
+        self.superuser = superuser
         self.bin = postgres_bin()
         self.user = _unprivileged_user()
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.url("postgres")
 
     def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         user = self.user
@@ -93,8 +119,10 @@ class OwnPostgres:
     def start(self) -> OwnPostgres:
         if self.user is not None:
             os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
+            ensure_traversable(self.folder)
+            ensure_traversable(self.bin)
         if not (self.data / "PG_VERSION").exists():
-            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=trust",
                       "-E", "UTF8", "--no-sync")  # fmt: skip
         self._pg_ctl("start")
         return self
@@ -107,15 +135,41 @@ class OwnPostgres:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"),
                   "-w", "-t", "60", "-o", options, *extra, action)  # fmt: skip
 
+    def create_database(self, name: str, *statements: str) -> str:
+        """CREATE DATABASE, run ``statements`` in it, and return its URL."""
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            admin = await asyncpg.connect(self.admin_url)
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+            if statements:
+                conn = await asyncpg.connect(self.url(name))
+                try:
+                    for statement in statements:
+                        await conn.execute(statement)
+                finally:
+                    await conn.close()
+
+        asyncio.run(run())
+        return self.url(name)
+
     def restart(self) -> None:
         """A fast restart: every client connection is cut, as in a managed failover."""
         self._pg_ctl("restart", "-m", "fast")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
+            # Kept data is shut down cleanly; a throw-away server just goes.
+            mode = "fast" if self.keep else "immediate"
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop",
                       check=False)  # fmt: skip
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class OwnRedis:
@@ -160,3 +214,40 @@ class OwnRedis:
         self.proc = None
         if remove:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+BACKEND = Path(__file__).resolve().parents[1] / "backend"
+
+
+@contextmanager
+def running_api(env: dict[str, str], port: int, workers: int = 1) -> Iterator[str]:
+    # The log goes to a file, never to an undrained pipe: a full pipe blocks the server's next write,
+    # which looks exactly like the hang these tests exist to rule out.
+    log = tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--no-access-log"],
+        cwd=BACKEND, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"uvicorn did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        os.unlink(log.name)

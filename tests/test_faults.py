@@ -17,10 +17,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from own_services import OwnPostgres, OwnRedis, free_port
+from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
 
 from tests.conftest import auth
-from tests.servers import BACKEND, running_api
 from tests.workers import start_worker, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -81,8 +80,7 @@ def test_redis_stopped(
         assert health.json()["status"] == "degraded" and health.json()["redis"]["status"] == "unhealthy"
         assert http.get("/api/v1/roadmaps").status_code == 200  # reads do not need Redis
 
-        OwnRedis(port=own_redis.port).start()  # back on the same port
-        own_redis.proc = None
+        own_redis.start()  # back, on the same port
         deadline = time.monotonic() + 15
         while True:
             again = http.post("/api/v1/roadmaps", json={"topic": "after the outage"}, headers=headers)
@@ -104,7 +102,7 @@ async def count_topic(url: str, topic: str) -> int:
 def own_postgres(subprocess_env: dict[str, str]) -> Iterator[OwnPostgres]:
     pg = OwnPostgres(max_connections=100).start()
     try:
-        subprocess.run(["psql", pg.admin_url, "-qc", "CREATE DATABASE app"], check=True)
+        pg.create_database("app")
         subprocess.run(
             [sys.executable, "-m", "app.db.prestart", "--wait", "10"],
             cwd=BACKEND, env={**subprocess_env, "DATABASE_URL": pg.url("app")}, check=True,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from own_services import running_api
 
 from app.core.metrics import sweep_dead_processes
-from tests.servers import running_api
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 pytestmark = pytest.mark.slow

@@ -131,6 +131,7 @@ async def test_killed_child_task_is_redelivered_and_completes_once(
 def test_task_events_are_written_one_connection_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run in this process (no worker), to count checkouts exactly: 120 events, batches of 50 -> 3."""
     from app.core import async_runner
+    from app.core.redis_client import get_sync_redis
     from app.db.engine import dispose_engine
     from app.tasks import task_events
     from app.tasks.logs_tasks import flush_task_events
@@ -153,4 +154,4 @@ def test_task_events_are_written_one_connection_per_batch(monkeypatch: pytest.Mo
     finally:
         async_runner.run(dispose_engine())
         async_runner.stop_process_loop()
-        task_events._redis().delete(task_events.pending_key(), task_events.flush_guard_key())
+        get_sync_redis().delete(task_events.pending_key(), task_events.flush_guard_key())

@@ -47,15 +47,15 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   exit 0
 fi
 
-# The connection budget, checked once per service start: DB_BUDGET_ENFORCEMENT=strict refuses an
-# over-allocated topology here with one line naming the variables; warn logs it once.
-python -m app.budget --guard --service "$SERVICE_TYPE"
-export DB_BUDGET_CHECKED=1
-
 # One prometheus multiprocess folder per container, emptied at start: files of a previous run's
 # processes would otherwise be summed into this one's gauges.
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus-${SERVICE_TYPE}}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+
+# The connection budget, checked once per service start: DB_BUDGET_ENFORCEMENT=strict refuses an
+# over-allocated topology here with one line naming the variables; warn logs it once.
+python -m app.budget --guard --service "$SERVICE_TYPE"
+export DB_BUDGET_CHECKED=1
 
 if [ "$SERVICE_TYPE" = "api" ] && [ "${RUN_MIGRATIONS:-1}" = "1" ]; then
   scripts/prestart.sh

@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 from app.budget.audit import run_audit
 from app.budget.guard import enforce_budget
 from app.budget.model import Budget, budget_from_settings, suggest
-from app.config.settings import InvalidSettingsError, Settings, get_settings
+from app.config.settings import InvalidSettingsError, Settings, get_settings, settings_from_mapping
 
 REPO = Path(__file__).resolve().parents[3]
 LABELS = {
@@ -29,14 +29,6 @@ LABELS = {
     "celery_content": "Celery `content_generation` ({p})",
     "celery_workflow": "Celery `roadmap_workflow` ({p})",
 }
-
-
-class _DeclaredSettings(Settings):
-    """Settings from the code's defaults and the values passed in, ignoring the process environment."""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def,override]
-        return (init_settings,)
 
 
 def settings_for(environment: str | None) -> Settings:
@@ -51,9 +43,9 @@ def settings_for(environment: str | None) -> Settings:
         values = {k: v for k, v in dotenv_values(example).items() if v not in (None, "")}
     values["ENVIRONMENT"] = environment
     try:
-        return _DeclaredSettings(**values)  # type: ignore[arg-type]
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidSettingsError(f"invalid configuration for {environment}: {exc}") from None
+        return settings_from_mapping(values)
+    except InvalidSettingsError as exc:
+        raise InvalidSettingsError(f"{exc} (for {environment})") from None
 
 
 def render(budget: Budget) -> str:

@@ -18,6 +18,7 @@ password, key or DSN is a ``SecretStr`` so that no repr, log line or response ca
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Literal, get_args
 from urllib.parse import quote
@@ -359,6 +360,24 @@ def load_settings(**overrides: object) -> Settings:
     env_file = os.environ.get("ENV_FILE") or None
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise InvalidSettingsError(_one_line(exc)) from None
+
+
+class _DeclaredSettings(Settings):
+    """Settings from the code's defaults and the values given, ignoring this process's environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def,override]
+        return (init_settings,)
+
+
+def settings_from_mapping(values: Mapping[str, object]) -> Settings:
+    """The settings another process would get from ``values`` (its environment or an env file):
+    the budget CLI and the load harness compute budgets for processes other than themselves."""
+    known = {k: v for k, v in values.items() if k in Settings.model_fields}
+    try:
+        return _DeclaredSettings(**known)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise InvalidSettingsError(_one_line(exc)) from None
 

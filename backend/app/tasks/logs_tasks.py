@@ -9,6 +9,7 @@ import structlog
 from app.config.settings import get_settings
 from app.core import async_runner
 from app.core.celery_app import celery_app, queue_options
+from app.core.redis_client import get_sync_redis
 from app.db.session import safe_session
 from app.repositories.task_logs import TaskLogRepository
 from app.tasks import task_events
@@ -27,7 +28,7 @@ def flush_task_events() -> int:
     """Drain the Redis buffer into task_logs. One flusher at a time (a Redis lock), so a batch is
     trimmed from the buffer only by the process that committed it."""
     size = get_settings().TASK_LOG_BATCH_SIZE
-    lock = task_events._redis().lock(f"{task_events.pending_key()}:lock", timeout=60, blocking=False)
+    lock = get_sync_redis().lock(f"{task_events.pending_key()}:lock", timeout=60, blocking=False)
     if not lock.acquire():
         return 0
     written = 0

@@ -12,32 +12,15 @@ never a lost event.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from redis import Redis
 
 from app.config.settings import get_settings
+from app.core.redis_client import get_sync_redis
 
 log = structlog.get_logger("app.task_events")
-
-_client: Redis | None = None
-_pid: int | None = None
-
-
-def _redis() -> Redis:
-    global _client, _pid
-    if _client is None or _pid != os.getpid():
-        settings = get_settings()
-        _client = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.REDIS_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_TIMEOUT,
-        )
-        _pid = os.getpid()
-    return _client
 
 
 def pending_key() -> str:
@@ -68,7 +51,7 @@ def emit(
         "created_at": datetime.now(UTC).isoformat(),
     }
     try:
-        client = _redis()
+        client = get_sync_redis()
         client.rpush(pending_key(), json.dumps(record, default=str))
         interval_ms = int(get_settings().TASK_LOG_FLUSH_INTERVAL * 1000)
         if client.set(flush_guard_key(), "1", nx=True, px=interval_ms):
@@ -80,7 +63,7 @@ def emit(
 
 
 def peek_batch(size: int) -> list[dict[str, Any]]:
-    raw = _redis().lrange(pending_key(), 0, size - 1)
+    raw = get_sync_redis().lrange(pending_key(), 0, size - 1)
     events = []
     for item in raw:
         record = json.loads(item)
@@ -90,8 +73,8 @@ def peek_batch(size: int) -> list[dict[str, Any]]:
 
 
 def drop_batch(count: int) -> None:
-    _redis().ltrim(pending_key(), count, -1)
+    get_sync_redis().ltrim(pending_key(), count, -1)
 
 
 def pending_count() -> int:
-    return int(_redis().llen(pending_key()))
+    return int(get_sync_redis().llen(pending_key()))

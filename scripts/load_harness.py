@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""The production topology on one machine, under rising load, watched from the server side.
+
+    python scripts/load_harness.py                      # full profile (a few minutes), JSON + PNG
+    python scripts/load_harness.py --profile ci         # about a minute; exit 1 if a budget is exceeded
+    python scripts/load_harness.py --compare            # + the guide's old pools, NullPool, no semaphore
+
+What it does, all on loopback, every process it starts stopped at the end:
+
+1. its own PostgreSQL (max_connections=400, like the managed instance) and Redis, on free ports;
+2. the four services exactly as production starts them (backend/scripts/railway_entrypoint.sh) with
+   the production defaults: API with 8 uvicorn workers, Celery at concurrency 8 / 10 / 6; offline LLM
+   and search providers with simulated latency;
+3. load in stages of rising concurrency: reads (roadmap list and detail) and a bounded number of
+   roadmap creations, each of which runs the whole workflow and content generation;
+4. pg_stat_activity sampled every 100 ms by application_name.
+
+It reports peak server connections in total and per service against the budget (app.budget), pool
+timeouts, 503s, latency p50/p95/p99 and throughput per stage, connection hold time p95 per service,
+and roadmaps completed; writes JSON and a PNG plot. Exit status 1 when a service's peak exceeds its
+budget or the total exceeds the allocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from own_services import OwnPostgres, OwnRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = ROOT / "backend"
+SERVICES = ("api", "celery_logs", "celery_content", "celery_workflow")
+JWT_SECRET = "load-harness-secret-" + "x" * 32
+
+
+@dataclass(frozen=True)
+class Profile:
+    stages: tuple[int, ...]  # concurrent clients per stage
+    stage_seconds: float
+    roadmaps: int  # creations in all, spread over the stages
+    concepts: int
+    llm_latency: float
+    settle_seconds: float  # after the load, waiting for roadmaps to finish
+
+
+PROFILES = {
+    "full": Profile((4, 16, 64, 160, 320), 20.0, 20, 30, 1.0, 120.0),
+    "ci": Profile((4, 32, 128), 6.0, 6, 10, 0.2, 45.0),
+    "compare": Profile((16, 64, 160), 10.0, 8, 30, 1.0, 60.0),
+}
+
+VARIANTS = {
+    "this project": {},
+    "guide's old pools (2 + 2, 30 s timeout)": {
+        "DB_POOL_SIZE": "2",
+        "DB_MAX_OVERFLOW": "2",
+        "DB_POOL_TIMEOUT": "30",
+    },
+    "NullPool": {"DB_POOL_CLASS": "null"},
+    "no concept semaphore": {"CONCEPT_CONCURRENCY_LIMIT": "200"},
+}
+
+
+@dataclass
+class Topology:
+    """The four services, started through the production entrypoint."""
+
+    env: dict[str, str]
+    api_port: int
+    metrics_ports: dict[str, int]
+    folder: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        for service in SERVICES:
+            env = {
+                **self.env,
+                "SERVICE_TYPE": service,
+                "PROMETHEUS_MULTIPROC_DIR": str(self.folder / f"prom-{service}"),
+                "WORKER_METRICS_PORT": str(self.metrics_ports.get(service, 0)),
+            }
+            log = (self.folder / f"{service}.log").open("wb")
+            self.procs[service] = subprocess.Popen(
+                ["bash", str(BACKEND / "scripts" / "railway_entrypoint.sh")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 180
+        while True:
+            ready = self._api_ready() and all(
+                " ready." in (self.folder / f"{s}.log").read_text(errors="replace") for s in SERVICES[1:]
+            )
+            if ready:
+                return
+            for service, proc in self.procs.items():
+                if proc.poll() is not None:
+                    tail = (self.folder / f"{service}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{service} exited:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the topology did not start within 180 s")
+            time.sleep(0.5)
+
+    def _api_ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.api_port}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class Sampler(threading.Thread):
+    """pg_stat_activity every 100 ms, grouped by application_name (its own connection, not counted)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._halt = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        conn = await asyncpg.connect(self.url, server_settings={"application_name": "harness.sampler"})
+        try:
+            while not self._halt.is_set():
+                rows = await conn.fetch(
+                    "SELECT application_name, count(*) AS n FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend' AND application_name <> 'harness.sampler'"
+                    " GROUP BY 1"
+                )
+                self.samples.append(
+                    (time.monotonic() - self.t0, {r["application_name"]: r["n"] for r in rows})
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def service_of(application_name: str) -> str | None:
+    """production.celery_workflow.langgraph -> celery_workflow (the checkpointer counts for its service)."""
+    parts = application_name.split(".")
+    return parts[1] if len(parts) >= 2 and parts[0] == "production" and parts[1] in SERVICES else None
+
+
+@dataclass
+class StageResult:
+    concurrency: int
+    requests: int
+    seconds: float
+    statuses: dict[int, int]
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+async def drive(base: str, profile: Profile, token: str, t0: float) -> tuple[list[StageResult], list[str]]:
+    created: list[str] = []
+    stages: list[StageResult] = []
+    transport_errors: dict[str, int] = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    creations_per_stage = max(1, profile.roadmaps // len(profile.stages))
+    limits = httpx.Limits(max_connections=max(profile.stages), max_keepalive_connections=max(profile.stages))
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+        for concurrency in profile.stages:
+            latencies: list[float] = []
+            statuses: dict[int, int] = {}
+            to_create = min(creations_per_stage, profile.roadmaps - len(created))
+            deadline = time.monotonic() + profile.stage_seconds
+
+            async def client(
+                index: int,
+                to_create: int = to_create,
+                deadline: float = deadline,
+                latencies: list[float] = latencies,
+                statuses: dict[int, int] = statuses,
+            ) -> None:
+                creates = to_create if index == 0 else 0
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    try:
+                        if creates:
+                            creates -= 1
+                            response = await http.post(
+                                "/api/v1/roadmaps",
+                                headers=headers,
+                                json={
+                                    "topic": f"Load test {uuid.uuid4().hex[:6]}",
+                                    "concept_count": profile.concepts,
+                                },
+                            )
+                            if response.status_code == 202:
+                                created.append(response.json()["id"])
+                        elif created and random.random() < 0.5:
+                            response = await http.get(f"/api/v1/roadmaps/{random.choice(created)}")
+                        else:
+                            response = await http.get("/api/v1/roadmaps", params={"limit": 20})
+                        status = response.status_code
+                    except httpx.HTTPError as exc:
+                        status = 0  # no HTTP answer at all
+                        transport_errors[type(exc).__name__] = transport_errors.get(type(exc).__name__, 0) + 1
+                    latencies.append(time.perf_counter() - started)
+                    statuses[status] = statuses.get(status, 0) + 1
+
+            started = time.monotonic()
+            await asyncio.gather(*(client(i) for i in range(concurrency)))
+            elapsed = time.monotonic() - started
+            latencies.sort()
+
+            def pct(q: float, latencies: list[float] = latencies) -> float:
+                return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+
+            stage = StageResult(
+                concurrency, len(latencies), elapsed, statuses, pct(0.5), pct(0.95), pct(0.99)
+            )
+            stages.append(stage)
+            print(
+                f"  stage {concurrency:>4} clients: {stage.throughput:8.1f} req/s  "
+                f"p50 {stage.p50_ms:7.1f} ms  p95 {stage.p95_ms:7.1f} ms  p99 {stage.p99_ms:7.1f} ms  "
+                f"statuses {statuses}",
+                flush=True,
+            )
+    if transport_errors:
+        print(f"  transport errors by type: {transport_errors}", flush=True)
+    return stages, created
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    import re
+
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
+        if match:
+            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")))
+            out.setdefault(match.group(1), {})[labels] = float(match.group(3))
+    return out
+
+
+def hold_p95(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[str, float]:
+    """p95 of db_connection_hold_seconds per service, from the cumulative buckets."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for labels, value in metrics.get("db_connection_hold_seconds_bucket", {}).items():
+        d = dict(labels)
+        le = float("inf") if d["le"] == "+Inf" else float(d["le"])
+        buckets.setdefault(d["service"], []).append((le, value))
+    result = {}
+    for service, points in buckets.items():
+        points.sort()
+        total = points[-1][1]
+        if total:
+            result[service] = next(le for le, count in points if count >= 0.95 * total)
+    return result
+
+
+def collect_metrics(api_port: int, metrics_ports: dict[str, int]) -> dict[str, Any]:
+    merged: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    urls = [f"http://127.0.0.1:{api_port}/metrics"] + [
+        f"http://127.0.0.1:{p}/metrics" for p in metrics_ports.values()
+    ]
+    for url in urls:
+        try:
+            text = httpx.get(url, timeout=10).text
+        except httpx.HTTPError:
+            continue
+        for name, series in parse_metrics(text).items():
+            merged.setdefault(name, {}).update(series)
+    timeouts = {
+        dict(k).get("service", "?"): v for k, v in merged.get("db_pool_connection_timeouts_total", {}).items()
+    }
+    return {"pool_timeouts": timeouts, "hold_p95_seconds": hold_p95(merged)}
+
+
+async def completed_roadmaps(url: str, ids: list[str], wait: float) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            rows = await conn.fetch(
+                "SELECT status, count(*) AS n FROM roadmaps WHERE id = ANY($1::uuid[]) GROUP BY 1", ids
+            )
+            counts = {r["status"]: r["n"] for r in rows}
+            if (
+                counts.get("completed", 0) + counts.get("failed", 0) >= len(ids)
+                or time.monotonic() > deadline
+            ):
+                return counts
+            await asyncio.sleep(1)
+    finally:
+        await conn.close()
+
+
+async def seed_keys(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO tavily_api_keys (api_key, remaining_credits, status)"
+            " VALUES ('load-key-1', 1000000, 'active'), ('load-key-2', 1000000, 'active')"
+        )
+    finally:
+        await conn.close()
+
+
+def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[str, Any]:
+    sys.path.insert(0, str(BACKEND))
+    pg = OwnPostgres(max_connections=400).start()
+    redis = OwnRedis().start()
+    folder = Path(tempfile.mkdtemp(prefix="load-"))
+    topology: Topology | None = None
+    sampler: Sampler | None = None
+    try:
+        url = pg.create_database("roadmap")
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("DB_", "CELERY_", "UVICORN_", "LANGGRAPH_"))
+            },
+            "ENVIRONMENT": "production",
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            "DATABASE_URL": url,
+            "REDIS_URL": redis.url,
+            "JWT_SECRET_KEY": JWT_SECRET,
+            "LLM_PROVIDER": "offline",
+            "LLM_OFFLINE_LATENCY": str(profile.llm_latency),
+            "SEARCH_PROVIDER": "offline",
+            "SEARCH_OFFLINE_LATENCY": "0.05",
+            "DB_BUDGET_ENFORCEMENT": "warn",
+            "DB_LEAK_DETECTION_THRESHOLD": "30",
+            **overrides,
+        }
+        subprocess.run(
+            [sys.executable, "-m", "app.db.prestart"],
+            cwd=BACKEND,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Tavily keys with plenty of credits, so the search router does its real work.
+        asyncio.run(seed_keys(url))
+        api_port = free_port()
+        metrics_ports = {s: free_port() for s in SERVICES[1:]}
+        topology = Topology({**env, "PORT": str(api_port)}, api_port, metrics_ports, folder)
+        print(
+            f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port} "
+            "(8 workers), Celery 8 / 10 / 6",
+            flush=True,
+        )
+        started = time.monotonic()
+        topology.start()
+        print(f"[{label}] topology up in {time.monotonic() - started:.1f} s", flush=True)
+
+        os.environ["JWT_SECRET_KEY"] = JWT_SECRET
+        from app.config.settings import get_settings, load_settings
+        from app.core.security import create_token
+
+        get_settings.cache_clear()
+        token = create_token("load-harness", "user", settings=load_settings(), expires_minutes=120)
+
+        sampler = Sampler(pg.admin_url)
+        sampler.start()
+        load_started = time.monotonic() - sampler.t0
+        stages, created = asyncio.run(drive(f"http://127.0.0.1:{api_port}", profile, token, sampler.t0))
+        load_ended = time.monotonic() - sampler.t0
+        roadmaps = asyncio.run(completed_roadmaps(url, created, profile.settle_seconds))
+        settled = time.monotonic() - sampler.t0
+        metrics = collect_metrics(api_port, metrics_ports)
+        sampler.stop()
+        return report(
+            env,
+            label,
+            profile,
+            overrides,
+            sampler,
+            stages,
+            created,
+            roadmaps,
+            metrics,
+            (load_started, load_ended, settled),
+        )
+    finally:
+        # Each step on its own: one failing must not leave the others' processes running.
+        for cleanup in (
+            sampler.stop if sampler is not None else None,
+            topology.stop if topology is not None else None,
+            redis.stop,
+            pg.stop,
+        ):
+            if cleanup is None:
+                continue
+            try:
+                cleanup()
+            except Exception as exc:  # noqa: BLE001
+                print(f"cleanup {cleanup.__qualname__} failed: {exc!r}", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report(
+    services_env: dict[str, str],
+    label: str,
+    profile: Profile,
+    overrides: dict[str, str],
+    sampler: Sampler,
+    stages: list[StageResult],
+    created: list[str],
+    roadmaps: dict[str, int],
+    metrics: dict[str, Any],
+    phases: tuple[float, float, float],
+) -> dict[str, Any]:
+    from app.budget.model import budget_from_settings
+    from app.config.settings import settings_from_mapping
+
+    # The budget of the services as they were started: their environment, not this process's.
+    settings = settings_from_mapping(services_env)
+    budget = budget_from_settings(settings)
+    budgets = {s.service: s.real_total for s in budget.services}
+    peaks = dict.fromkeys(SERVICES, 0)
+    total_peak = 0
+    timeline = []
+    for t, counts in sampler.samples:
+        per: dict[str, int] = dict.fromkeys(SERVICES, 0)
+        for name, n in counts.items():
+            service = service_of(name)
+            if service:
+                per[service] += n
+        total = sum(counts.values())
+        total_peak = max(total_peak, total)
+        for s in SERVICES:
+            peaks[s] = max(peaks[s], per[s])
+        timeline.append({"t": round(t, 2), "total": total, **per})
+    over = {s: peaks[s] for s in SERVICES if peaks[s] > budgets[s]}
+    result = {
+        "label": label,
+        "overrides": overrides,
+        "profile": profile.__dict__,
+        "allocation": budget.allocation,
+        "budget_worst_case": budget.worst_case,
+        "budgets": budgets,
+        "peak_server_connections": {"total": total_peak, **peaks},
+        "over_budget": over,
+        "over_allocation": total_peak > budget.allocation,
+        "stages": [{**s.__dict__, "throughput": round(s.throughput, 1)} for s in stages],
+        "responses_503": sum(s.statuses.get(503, 0) for s in stages),
+        "responses_5xx_other": sum(v for s in stages for k, v in s.statuses.items() if k >= 500 and k != 503),
+        "transport_errors": sum(s.statuses.get(0, 0) for s in stages),
+        "pool_timeouts": metrics["pool_timeouts"],
+        "hold_p95_seconds": metrics["hold_p95_seconds"],
+        "roadmaps": {"created": len(created), **roadmaps},
+        "phases": {"load_start": phases[0], "load_end": phases[1], "settled": phases[2]},
+        "timeline": timeline,
+    }
+    print(
+        f"[{label}] peak server connections: total {total_peak} / allocation {budget.allocation}; "
+        + ", ".join(f"{s} {peaks[s]}/{budgets[s]}" for s in SERVICES),
+        flush=True,
+    )
+    print(
+        f"[{label}] 503s {result['responses_503']}, other 5xx {result['responses_5xx_other']}, "
+        f"transport errors {result['transport_errors']}, pool timeouts {metrics['pool_timeouts']}, "
+        f"hold p95 {metrics['hold_p95_seconds']}, roadmaps {result['roadmaps']}",
+        flush=True,
+    )
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 9))
+    t = [p["t"] for p in result["timeline"]]
+    for service in SERVICES:
+        top.plot(t, [p[service] for p in result["timeline"]], label=service)
+    top.plot(t, [p["total"] for p in result["timeline"]], label="total", color="black", linewidth=2)
+    top.axhline(
+        result["allocation"], color="red", linestyle="--", label=f"allocation ({result['allocation']})"
+    )
+    top.axvspan(
+        result["phases"]["load_start"], result["phases"]["load_end"], color="grey", alpha=0.1, label="load"
+    )
+    top.set_xlabel("seconds")
+    top.set_ylabel("server connections (pg_stat_activity)")
+    top.set_title(f"{result['label']}: connections per service")
+    top.legend(loc="upper right", fontsize=8)
+    stages = result["stages"]
+    x = [s["concurrency"] for s in stages]
+    bottom.plot(
+        x, [s["throughput"] for s in stages], marker="o", color="tab:blue", label="throughput (req/s)"
+    )
+    bottom.set_xscale("log", base=2)
+    bottom.set_xlabel("concurrent clients")
+    bottom.set_ylabel("requests / s", color="tab:blue")
+    right = bottom.twinx()
+    for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+        right.plot(x, [s[key] for s in stages], linestyle=style, color="tab:orange", marker=".", label=key)
+    right.set_ylabel("latency (ms)", color="tab:orange")
+    right.legend(loc="upper left", fontsize=8)
+    bottom.set_title("throughput and latency against load")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--profile", choices=["full", "ci"], default="full")
+    parser.add_argument("--compare", action="store_true", help="also run the comparison variants")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run_once(PROFILES[args.profile], {}, f"production topology ({args.profile})")
+    (args.out / f"load-{args.profile}.json").write_text(json.dumps(result, indent=1))
+    plot(result, args.out / f"load-{args.profile}.png")
+    print(f"wrote {args.out / f'load-{args.profile}.json'} and .png")
+    if args.compare:
+        rows = []
+        for label, overrides in VARIANTS.items():
+            r = run_once(PROFILES["compare"], overrides, label)
+            rows.append(r)
+        (args.out / "load-compare.json").write_text(json.dumps(rows, indent=1))
+        base = rows[0]
+        print(
+            "\ncomparison (same load: stages 16/64/160 clients x 10 s, "
+            "8 roadmaps of 30 concepts at 1 s LLM latency)"
+        )
+        print(
+            f"{'variant':<42}{'req/s (max)':>12}{'p95 ms (160)':>13}{'503s':>7}"
+            f"{'peak conns':>11}{'roadmaps done':>15}"
+        )
+        for r in rows:
+            best = max(s["throughput"] for s in r["stages"])
+            print(
+                f"{r['label']:<42}{best:>12.1f}{r['stages'][-1]['p95_ms']:>13.1f}{r['responses_503']:>7}"
+                f"{r['peak_server_connections']['total']:>11}{r['roadmaps'].get('completed', 0):>15}"
+            )
+        best_base = max(s["throughput"] for s in base["stages"])
+        for r in rows[1:]:
+            best = max(s["throughput"] for s in r["stages"])
+            print(f"throughput ratio this project / {r['label']}: {best_base / best:.2f}")
+    ok = not result["over_budget"] and not result["over_allocation"] and not result["responses_5xx_other"]
+    if not ok:
+        print(
+            f"FAIL: over budget {result['over_budget']}, over allocation {result['over_allocation']}, "
+            f"other 5xx {result['responses_5xx_other']}",
+            file=sys.stderr,
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
