@@ -5,7 +5,6 @@ Loopback only; every process and database it creates is removed on exit.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -16,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-from own_services import free_port, running_api
+from own_services import execute, free_port, running_api
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
@@ -25,19 +23,11 @@ ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @contextmanager
 def bench_database() -> Iterator[str]:
     """Yields the URL of a new, migrated database; drops it afterwards."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    execute(ADMIN_URL, f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
     try:
         subprocess.run(
@@ -50,7 +40,7 @@ def bench_database() -> Iterator[str]:
         )
         yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        execute(ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

@@ -44,6 +44,23 @@ def _listening(port: int) -> bool:
         return False
 
 
+def execute(url: str, *statements: str) -> None:
+    """Run statements on one short-lived connection (CREATE/DROP DATABASE need no transaction)."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def postgres_bin() -> Path:
     system = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if system:
@@ -137,25 +154,9 @@ class OwnPostgres:
 
     def create_database(self, name: str, *statements: str) -> str:
         """CREATE DATABASE, run ``statements`` in it, and return its URL."""
-        import asyncio
-
-        import asyncpg
-
-        async def run() -> None:
-            admin = await asyncpg.connect(self.admin_url)
-            try:
-                await admin.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await admin.close()
-            if statements:
-                conn = await asyncpg.connect(self.url(name))
-                try:
-                    for statement in statements:
-                        await conn.execute(statement)
-                finally:
-                    await conn.close()
-
-        asyncio.run(run())
+        execute(self.admin_url, f'CREATE DATABASE "{name}"')
+        if statements:
+            execute(self.url(name), *statements)
         return self.url(name)
 
     def restart(self) -> None:

@@ -8,7 +8,6 @@ below the local server's 100 connections.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import uuid
@@ -56,23 +55,19 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 os.environ.pop("ENV_FILE", None)
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    asyncio.run(_admin(f'CREATE DATABASE "{TEST_DB}"'))
+    from own_services import execute
+
+    execute(ADMIN_URL, f'CREATE DATABASE "{TEST_DB}"')
     from app.db.prestart import main as prestart
 
     prestart(["--wait", "10"])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+    from own_services import execute
+
+    execute(ADMIN_URL, f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
