@@ -125,3 +125,11 @@ async def test_router_spends_credits_concurrently_without_overdraft(keys: asyncp
     outcomes = await asyncio.gather(*(router.search(f"q{i}") for i in range(20)))
     assert sum(o.reason == "ok" for o in outcomes) == 7
     assert await keys.fetchval("SELECT remaining_credits FROM tavily_api_keys") == 0
+
+
+async def test_concurrent_misses_share_one_database_lookup(keys: asyncpg.Connection) -> None:
+    await add_key(keys, 0)
+    router = WebSearchRouter(OfflineSearch())
+    outcomes = await asyncio.gather(*(router.search(f"q{i}") for i in range(25)))
+    assert {o.reason for o in outcomes} == {"no_search_keys"}
+    assert router.stats.availability_queries == 1  # single flight, not 25 queries at expiry

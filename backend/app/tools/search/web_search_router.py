@@ -15,6 +15,7 @@ answers with no results, so content generation continues without sources.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import structlog
@@ -75,6 +76,10 @@ class WebSearchRouter:
         self._redis = redis
         self.use_cache = use_cache
         self.stats = RouterStats()
+        # Single flight: concurrent misses in this process wait for one database lookup, instead of
+        # all asking at once the moment the cache entry expires.
+        self._refresh = asyncio.Lock()
+        self._redis_down = False
 
     @property
     def cache_key(self) -> str:
@@ -85,8 +90,11 @@ class WebSearchRouter:
 
     async def _cache_get(self) -> bytes | None:
         try:
-            return await self._redis_client().get(self.cache_key)
+            value = await self._redis_client().get(self.cache_key)
+            self._redis_down = False
+            return value
         except (RedisError, OSError) as exc:
+            self._redis_down = True
             self.stats.redis_errors += 1
             log.warning("tavily_availability_cache_unavailable", fallback="database", error=str(exc))
             return None
@@ -106,12 +114,26 @@ class WebSearchRouter:
             self.stats.redis_errors += 1
 
     async def is_available(self) -> bool:
-        if self.use_cache:
-            cached = await self._cache_get()
-            if cached is not None:
-                self.stats.cache_hits += 1
-                metrics.TAVILY_AVAILABILITY_LOOKUPS.labels("cache").inc()
-                return cached == b"1"
+        if not self.use_cache:
+            return await self._lookup()
+        cached = await self._cached_answer()
+        if cached is not None:
+            return cached
+        if self._redis_down:
+            return await self._lookup()  # nothing to wait for: every caller asks the database
+        async with self._refresh:
+            cached = await self._cached_answer()  # filled while we waited for the lock?
+            return cached if cached is not None else await self._lookup()
+
+    async def _cached_answer(self) -> bool | None:
+        cached = await self._cache_get()
+        if cached is None:
+            return None
+        self.stats.cache_hits += 1
+        metrics.TAVILY_AVAILABILITY_LOOKUPS.labels("cache").inc()
+        return cached == b"1"
+
+    async def _lookup(self) -> bool:
         self.stats.cache_misses += 1
         self.stats.availability_queries += 1
         metrics.TAVILY_AVAILABILITY_LOOKUPS.labels("database").inc()
