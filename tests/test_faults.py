@@ -53,9 +53,7 @@ def own_redis() -> Iterator[OwnRedis]:
         redis.stop()
 
 
-def test_redis_stopped(
-    own_redis: OwnRedis, subprocess_env: dict[str, str], test_db: asyncpg.Connection
-) -> None:
+def test_redis_stopped(own_redis: OwnRedis, subprocess_env: dict[str, str]) -> None:
     env = {**subprocess_env, "REDIS_URL": own_redis.url}
     headers = auth()
     with running_api(env, free_port()) as base, httpx.Client(base_url=base, timeout=30) as http:

@@ -76,6 +76,7 @@ def test_development_values_come_from_the_example_env_file(clean_env: pytest.Mon
         ("UVICORN_WORKERS", "eight", "valid integer"),
         ("DB_POOL_PRE_PING", "perhaps", "valid boolean"),
         ("REDIS_URL", "http://x", "redis://"),
+        ("REDIS_URL", "rediss://h:6380/0?ssl_cert_reqs=maybe", "ssl_cert_reqs must be required"),
         ("SERVICE_TYPE", "worker", "'api', 'celery_logs', 'celery_content' or 'celery_workflow'"),
     ],
 )

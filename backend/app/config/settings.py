@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Literal, get_args
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import (
     Field,
@@ -208,8 +208,12 @@ class Settings(BaseSettings):
     @field_validator("REDIS_URL")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+        url = value.get_secret_value()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        wanted = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])[0].lower()
+        if wanted.removeprefix("cert_") not in ("required", "optional", "none"):
+            raise ValueError("ssl_cert_reqs must be required, optional or none")
         return value
 
     @model_validator(mode="after")
