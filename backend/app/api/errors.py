@@ -18,9 +18,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
 from app.config.settings import get_settings
+from app.core.logging import LogRateLimiter
 from app.db.errors import is_database_unavailable
 
 log = structlog.get_logger("app.api")
+# During an outage every request is rejected: one warning per reason per second tells the story.
+_rejections = LogRateLimiter(interval=1.0)
 
 
 def _unavailable(reason: str, detail: str) -> JSONResponse:
@@ -32,7 +35,8 @@ def _unavailable(reason: str, detail: str) -> JSONResponse:
 
 
 async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
-    log.warning("request_rejected_pool_exhausted", path=request.url.path)
+    if _rejections.allow("pool"):
+        log.warning("request_rejected_pool_exhausted", path=request.url.path)
     return _unavailable(
         "db_pool_exhausted",
         f"all {get_settings().db_pool_max_connections} database connections of this process are busy; "
@@ -41,7 +45,8 @@ async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
 
 
 async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    log.warning("request_rejected_database_unavailable", path=request.url.path, error=str(error))
+    if _rejections.allow("database"):
+        log.warning("request_rejected_database_unavailable", path=request.url.path, error=str(error))
     return _unavailable("database_unavailable", "the database is unreachable; retry shortly")
 
 
@@ -52,7 +57,8 @@ async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
-    log.warning("request_rejected_queue_unavailable", path=request.url.path, error=str(error))
+    if _rejections.allow("queue"):
+        log.warning("request_rejected_queue_unavailable", path=request.url.path, error=str(error))
     return _unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -15,6 +17,23 @@ import structlog
 from app.config.settings import Settings
 
 _configured = False
+
+
+@dataclass
+class LogRateLimiter:
+    """At most one line per key per ``interval`` seconds (monotonic clock): an incident that repeats
+    a thousand times a second should cost a line a second, not flood the log."""
+
+    interval: float
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[key] = now
+        return True
 
 
 class SecretRedactor:

@@ -29,6 +29,7 @@ from sqlalchemy.pool import Pool
 
 from app.config.settings import Settings
 from app.core import metrics
+from app.core.logging import LogRateLimiter
 
 log = structlog.get_logger("app.db.pool")
 
@@ -78,28 +79,12 @@ def checkout_site(depth: int = 3) -> str:
 
 
 @dataclass
-class UsageLogLimiter:
-    """At most one line per level per interval (monotonic clock)."""
-
-    interval: float
-    _last: dict[str, float] = field(default_factory=dict)
-
-    def allow(self, level: str) -> bool:
-        now = time.monotonic()
-        last = self._last.get(level)
-        if last is not None and now - last < self.interval:
-            return False
-        self._last[level] = now
-        return True
-
-
-@dataclass
 class PoolInstrumentation:
     service: str
     max_connections: int
     high_ratio: float
     critical_ratio: float
-    limiter: UsageLogLimiter
+    limiter: LogRateLimiter
     leak_threshold: float = 0.0
     in_use: int = 0
     open: int = 0
@@ -191,7 +176,7 @@ def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> Po
         max_connections=settings.db_pool_max_connections,
         high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
         critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
-        limiter=UsageLogLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
+        limiter=LogRateLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
         leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
     )
     metrics.DB_POOL_SIZE.labels(service).set(settings.DB_POOL_SIZE)
