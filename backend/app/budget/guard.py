@@ -10,7 +10,7 @@ import os
 
 import structlog
 
-from app.budget.model import BUDGET_VARIABLES, budget_from_settings
+from app.budget.model import BUDGET_VARIABLES, Budget, budget_from_settings
 from app.config.settings import InvalidSettingsError, Settings
 
 log = structlog.get_logger("app.budget")
@@ -18,10 +18,7 @@ log = structlog.get_logger("app.budget")
 CHECKED_MARKER = "DB_BUDGET_CHECKED"
 
 
-def overrun_message(settings: Settings) -> str | None:
-    budget = budget_from_settings(settings)
-    if not budget.overrun:
-        return None
+def overrun_message(budget: Budget) -> str:
     return (
         f"connection budget exceeded: worst case {budget.worst_case} > DB_CONNECTION_BUDGET "
         f"{budget.allocation} (over by {budget.overrun}); lower {', '.join(BUDGET_VARIABLES)} "
@@ -33,11 +30,10 @@ def enforce_budget(settings: Settings, service: str | None = None, *, force: boo
     """Log (warn) or refuse (strict) an over-allocated topology; once per service start."""
     if settings.DB_BUDGET_ENFORCEMENT == "off" or (os.environ.get(CHECKED_MARKER) == "1" and not force):
         return
-    message = overrun_message(settings)
-    if message is not None:
+    budget = budget_from_settings(settings)
+    if budget.overrun:
         if settings.DB_BUDGET_ENFORCEMENT == "strict":
-            raise InvalidSettingsError(message)
-        budget = budget_from_settings(settings)
+            raise InvalidSettingsError(overrun_message(budget))
         log.warning(
             "db_budget_exceeded",
             worst_case=budget.worst_case,

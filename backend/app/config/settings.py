@@ -211,8 +211,7 @@ class Settings(BaseSettings):
         url = value.get_secret_value()
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        wanted = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])[0].lower()
-        if wanted.removeprefix("cert_") not in ("required", "optional", "none"):
+        if redis_cert_reqs(url) not in (None, "required", "optional", "none"):
             raise ValueError("ssl_cert_reqs must be required, optional or none")
         return value
 
@@ -292,6 +291,10 @@ class Settings(BaseSettings):
     def redis_url(self) -> str:
         return self.REDIS_URL.get_secret_value()
 
+    @property
+    def redis_ssl_cert_reqs(self) -> str | None:
+        return redis_cert_reqs(self.redis_url)
+
     def application_name(self, service: str | None = None) -> str:
         """``<environment>.<service>``: what pg_stat_activity groups the server's connections by."""
         return f"{self.ENVIRONMENT}.{service or self.SERVICE_TYPE}"
@@ -307,6 +310,14 @@ class Settings(BaseSettings):
         if password:
             values.append(password)
         return values
+
+
+def redis_cert_reqs(url: str) -> str | None:
+    """For a ``rediss://`` URL, its ``ssl_cert_reqs`` (required, optional, none; default required)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    return parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower().removeprefix("cert_")
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -28,7 +28,6 @@ import os
 import ssl
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from celery import Celery, Task, signals
@@ -51,13 +50,10 @@ TASK_MODULES: dict[str, str] = {
 _SSL_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
-def _ssl_options(url: str) -> dict[str, Any] | None:
+def _ssl_options(settings: Settings) -> dict[str, Any] | None:
     """``rediss://...?ssl_cert_reqs=required`` (the managed-Redis URL form) -> redis-py SSL options."""
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    wanted = parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower()
-    return {"ssl_cert_reqs": _SSL_REQS[wanted.removeprefix("cert_")]}  # validated by Settings
+    wanted = settings.redis_ssl_cert_reqs
+    return None if wanted is None else {"ssl_cert_reqs": _SSL_REQS[wanted]}
 
 
 class DatabaseTask(Task):
@@ -150,8 +146,8 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
         redis_socket_timeout=5,
         broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout, **prefix},
         result_backend_transport_options=prefix,
-        broker_use_ssl=_ssl_options(url),
-        redis_backend_use_ssl=_ssl_options(url),
+        broker_use_ssl=_ssl_options(settings),
+        redis_backend_use_ssl=_ssl_options(settings),
     )
     return app
 

@@ -51,9 +51,7 @@ def engine_url(settings: Settings) -> str:
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
     if settings.DB_POOL_CLASS == "null":
-        engine = create_async_engine(
-            engine_url(settings), poolclass=NullPool, connect_args=connect_args(settings, service)
-        )
+        engine = build_unpooled_engine(settings, service)
     else:
         engine = create_async_engine(
             engine_url(settings),

@@ -30,8 +30,8 @@ def _chain(error: BaseException, limit: int = 8) -> list[BaseException]:
     return seen
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    for candidate in _chain(error):
+def _sqlstate(chain: list[BaseException]) -> str | None:
+    for candidate in chain:
         state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
         if isinstance(state, str):
             return state
@@ -47,10 +47,10 @@ def is_database_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
         return True
+    chain = _chain(error)
     if any(
-        isinstance(e, ConnectionError) or type(e).__name__ == "ConnectionDoesNotExistError"
-        for e in _chain(error)
+        isinstance(e, ConnectionError) or type(e).__name__ == "ConnectionDoesNotExistError" for e in chain
     ):
         return True
-    state = _sqlstate(error)
+    state = _sqlstate(chain)
     return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
