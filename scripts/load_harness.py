@@ -265,14 +265,13 @@ async def drive(base: str, profile: Profile, token: str, t0: float) -> tuple[lis
 
 
 def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    import re
+    """Prometheus text -> {sample name: {sorted labels: value}}, with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for line in text.splitlines():
-        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
-        if match:
-            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")))
-            out.setdefault(match.group(1), {})[labels] = float(match.group(3))
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
 
 

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from own_services import running_api
+from own_services import free_port, running_api
 from schemathesis.specs.openapi import checks
 
 from app.main import app
 from tests.conftest import BASE_ENV, auth
-from tests.test_metrics import free_port
 
 pytestmark = pytest.mark.slow
 schema = schemathesis.openapi.from_dict(app.openapi())

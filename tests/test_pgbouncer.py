@@ -19,11 +19,11 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+from own_services import free_port
 
 from app.config.settings import get_settings
 from tests.conftest import BASE_ENV, auth
 from tests.system_tools import require
-from tests.test_metrics import free_port
 
 MAX_DB_CONNECTIONS = 4
 RUN_AS = "postgres"  # pgbouncer refuses to run as root

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 import pytest
+from own_services import free_port
 
 from tests.conftest import auth
-from tests.test_metrics import free_port, sample
+from tests.test_metrics import sample
 from tests.workers import Worker, running_workers
 
 pytestmark = pytest.mark.slow
