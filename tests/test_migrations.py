@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
+from own_services import execute
 
 from app.config.settings import get_settings
 from app.db.models import LANGGRAPH_TABLES, Base, alembic_include_name
 from app.db.prestart import alembic_config
+from tests.conftest import BACKEND
 
 
 async def tables(url: str) -> set[str]:
@@ -74,3 +79,37 @@ async def test_models_match_the_migrated_schema(database_url: str) -> None:
 async def test_prestart_created_the_checkpointer_tables(test_db: object) -> None:
     rows = await test_db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")  # type: ignore[attr-defined]
     assert {r["tablename"] for r in rows} >= LANGGRAPH_TABLES
+
+
+def test_two_concurrent_prestarts_migrate_once(database_url: str, subprocess_env: dict[str, str]) -> None:
+    """Two replicas (or two services' preDeployCommand) starting together: both succeed, one migrates."""
+    name = f"test_mig_{uuid.uuid4().hex[:8]}"
+    admin = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    execute(admin, f'CREATE DATABASE "{name}"')
+    try:
+        env = {**subprocess_env, "DATABASE_URL": url}
+        command = [sys.executable, "-m", "app.db.prestart", "--wait", "20"]
+        procs = [
+            subprocess.Popen(
+                command, cwd=BACKEND, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            for _ in range(2)
+        ]
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outputs
+        migrated = [out for out in outputs if "Running upgrade  -> 0001" in out]
+        assert len(migrated) == 1, outputs  # the other waited for the lock, then found head
+        assert sum("migrated_to=" in out for out in outputs) == 2
+        head = asyncio.run(scalar(url, "SELECT version_num FROM alembic_version"))
+        assert head == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    finally:
+        execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def scalar(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()

@@ -1,17 +1,26 @@
-"""The explicit prestart step: wait for PostgreSQL, then migrate to head.
+"""The explicit prestart step: wait for PostgreSQL, then migrate to head, once, under a lock.
 
-Run by ``backend/scripts/prestart.sh`` (and so by the api service before it starts serving). Migrations
-never run as a side effect of importing the app: with eight uvicorn workers that would be eight
-concurrent migrations.
+Run by ``backend/scripts/prestart.sh``: Railway's ``preDeployCommand``, compose's ``migrate`` service,
+``dev.sh``. Migrations never run as a side effect of importing the app: with eight uvicorn workers that
+would be eight concurrent migrations.
+
+Two prestarts may still start together (two services deploying at once, replicas started with
+``RUN_MIGRATIONS=1``). Each takes a session-level PostgreSQL advisory lock first, on its own
+connection, and holds it until the migration and the checkpointer tables are done: the second waits,
+then finds the schema at head and does nothing. Both exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
@@ -24,6 +33,8 @@ from app.db.engine import build_unpooled_engine
 log = structlog.get_logger("app.prestart")
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+# pg_advisory_lock key of the migration step: any constant, the same in every process of every version.
+MIGRATION_LOCK_KEY = 0x726F61646D6170  # "roadmap"
 
 
 def alembic_config() -> Config:
@@ -55,21 +66,57 @@ def wait_for_database(timeout: float) -> None:
             time.sleep(min(2.0, 0.25 * attempt))
 
 
+@contextmanager
+def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
+    """Hold the migration advisory lock for the block; wait for it at most ``timeout`` seconds."""
+    settings = get_settings()
+    with psycopg.connect(
+        settings.database_conninfo,
+        connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
+        application_name=settings.application_name("migrate"),
+        autocommit=True,
+    ) as conn:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()[0]:
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"another prestart held the migration lock for more than {timeout:.0f} s")
+            if not waited:
+                log.info("prestart_waiting_for_migration_lock")
+                waited = True
+            time.sleep(0.5)
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def schema_revision(conn: psycopg.Connection) -> str | None:
+    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return None if row is None else str(row[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the database")
     parser.add_argument("--revision", default="head")
+    parser.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings, service="migrate")
     log.info("prestart_begin", database=settings.database_url_masked)
     wait_for_database(args.wait)
-    command.upgrade(alembic_config(), args.revision)
-    # LangGraph's checkpoint tables are created here too, never by a worker at run time.
-    from app.core.orchestrator_factory import setup_checkpointer_tables
+    with migration_lock(args.lock_timeout) as conn:
+        before = schema_revision(conn)
+        command.upgrade(alembic_config(), args.revision)
+        # LangGraph's checkpoint tables are created here too, never by a worker at run time.
+        from app.core.orchestrator_factory import setup_checkpointer_tables
 
-    asyncio.run(setup_checkpointer_tables())
-    log.info("prestart_done", revision=args.revision)
+        asyncio.run(setup_checkpointer_tables())
+        after = schema_revision(conn)
+    log.info("prestart_done", revision=args.revision, migrated_from=before, migrated_to=after)
 
 
 if __name__ == "__main__":
