@@ -199,7 +199,11 @@ async def drive(base: str, profile: Profile, token: str, t0: float) -> tuple[lis
     transport_errors: dict[str, int] = {}
     headers = {"Authorization": f"Bearer {token}"}
     creations_per_stage = max(1, profile.roadmaps // len(profile.stages))
-    limits = httpx.Limits(max_connections=max(profile.stages), max_keepalive_connections=max(profile.stages))
+    # Idle keep-alive connections expire on our side well before uvicorn's own 5 s timeout: with
+    # httpx's default (also 5 s) a connection idle between stages can be reused just as the server
+    # closes it, a transport error of the harness, not of the service.
+    most = max(profile.stages)
+    limits = httpx.Limits(max_connections=most, max_keepalive_connections=most, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
         for concurrency in profile.stages:
             latencies: list[float] = []
