@@ -54,6 +54,7 @@ start() {
   children+=("$!")
 }
 export PORT="${PORT:-8000}"
-for service in api celery_logs celery_content celery_workflow; do start "$service"; done
+# Every service of the topology (backend/app/topology.py), the API first.
+for service in $(cd backend && python -c 'from app.topology import NAMES; print(*NAMES)'); do start "$service"; done
 echo "[dev] API on http://127.0.0.1:$PORT  (curl http://127.0.0.1:$PORT/health); Ctrl-C stops all"
 wait -n "${children[@]}"

@@ -46,7 +46,13 @@ from own_services import OwnPostgres, OwnRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
-SERVICES = ("api", "celery_logs", "celery_content", "celery_workflow")
+sys.path.insert(0, str(BACKEND))
+
+from app import topology as app_topology  # noqa: E402 - every service, declared once
+from app.config.settings import Settings, settings_from_mapping  # noqa: E402
+
+SERVICES = app_topology.NAMES
+WORKER_SERVICES = tuple(s.name for s in app_topology.WORKERS)
 JWT_SECRET = "load-harness-secret-" + "x" * 32
 
 
@@ -107,7 +113,7 @@ class Topology:
         deadline = time.monotonic() + 180
         while True:
             ready = self._api_ready() and all(
-                " ready." in (self.folder / f"{s}.log").read_text(errors="replace") for s in SERVICES[1:]
+                " ready." in (self.folder / f"{s}.log").read_text(errors="replace") for s in WORKER_SERVICES
             )
             if ready:
                 return
@@ -344,7 +350,6 @@ async def seed_keys(url: str) -> None:
 
 
 def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[str, Any]:
-    sys.path.insert(0, str(BACKEND))
     pg = OwnPostgres(max_connections=400).start()
     redis = OwnRedis().start()
     folder = Path(tempfile.mkdtemp(prefix="load-"))
@@ -353,11 +358,8 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
     try:
         url = pg.create_database("roadmap")
         env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("DB_", "CELERY_", "UVICORN_", "LANGGRAPH_"))
-            },
+            # the production profile: none of this shell's settings leak into the topology
+            **{k: v for k, v in os.environ.items() if k not in Settings.model_fields},
             "ENVIRONMENT": "production",
             "LOG_LEVEL": "INFO",
             "LOG_FORMAT": "json",
@@ -383,11 +385,12 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
         # Tavily keys with plenty of credits, so the search router does its real work.
         asyncio.run(seed_keys(url))
         api_port = free_port()
-        metrics_ports = {s: free_port() for s in SERVICES[1:]}
+        metrics_ports = {s: free_port() for s in WORKER_SERVICES}
         topology = Topology({**env, "PORT": str(api_port)}, api_port, metrics_ports, folder)
+        plans = app_topology.fleet(settings_from_mapping(env))
         print(
-            f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port} "
-            "(8 workers), Celery 8 / 10 / 6",
+            f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port}; "
+            + ", ".join(f"{p.name} {p.replicas} x {p.processes}" for p in plans),
             flush=True,
         )
         started = time.monotonic()
@@ -452,7 +455,6 @@ def report(
     phases: tuple[float, float, float],
 ) -> dict[str, Any]:
     from app.budget.model import budget_from_settings
-    from app.config.settings import settings_from_mapping
 
     # The budget of the services as they were started: their environment, not this process's.
     settings = settings_from_mapping(services_env)

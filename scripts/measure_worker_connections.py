@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import subprocess
@@ -27,11 +28,8 @@ import asyncpg
 from bench_server import BACKEND, REDIS_URL, bench_database
 
 sys.path.insert(0, str(BACKEND))
-WORKERS = {  # service -> (queue, production concurrency)
-    "celery_logs": ("logs", 8),
-    "celery_content": ("content_generation", 10),
-    "celery_workflow": ("roadmap_workflow", 6),
-}
+from app import topology
+from app.config.settings import Settings, settings_from_mapping
 
 
 async def count(url: str) -> dict[str, int]:
@@ -71,11 +69,14 @@ def main() -> None:
     args = parser.parse_args()
     prefix = f"measure-{uuid.uuid4().hex[:8]}:"
     with bench_database() as url, tempfile.TemporaryDirectory() as logs:
-        env = {**os.environ, "ENVIRONMENT": "production", "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
+        env = {**{k: v for k, v in os.environ.items() if k not in Settings.model_fields},
+               "ENVIRONMENT": "production", "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "INFO"}  # fmt: skip
+        settings = settings_from_mapping(env)
+        plans = {s.name: topology.plan(settings, s.name) for s in topology.WORKERS}
         os.environ.update(env)
         procs = {}
-        for service in WORKERS:
+        for service in plans:
             log = Path(logs) / f"{service}.log"
             procs[service] = (subprocess.Popen(
                 ["bash", str(BACKEND / "scripts" / "railway_entrypoint.sh")],
@@ -90,15 +91,16 @@ def main() -> None:
                 time.sleep(0.3)
             time.sleep(2)
             from app.core.celery_app import celery_app
-            from app.tasks import content_generation_tasks, logs_tasks, roadmap_workflow_tasks
 
             idle = asyncio.run(count(url))
-            tasks = {"celery_logs": logs_tasks.probe, "celery_content": content_generation_tasks.probe,
-                     "celery_workflow": roadmap_workflow_tasks.probe}  # fmt: skip
+            # each queue's task module has a probe task, routed to that queue
+            tasks = {
+                name: importlib.import_module(p.service.task_module or "").probe for name, p in plans.items()
+            }
             results = [
                 tasks[service].delay(hold_seconds=args.hold)
-                for service, (_, concurrency) in WORKERS.items()
-                for _ in range(concurrency * args.tasks_per_child)
+                for service, plan in plans.items()
+                for _ in range(plan.processes * args.tasks_per_child)
             ]
             peaks: dict[str, int] = {}
             started = time.perf_counter()
@@ -106,13 +108,12 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             failed = sum(1 for r in results if r.failed())
             after = asyncio.run(count(url))
-            pool_max = int(os.environ.get("DB_POOL_SIZE", 6)) + int(os.environ.get("DB_MAX_OVERFLOW", 4))
             print(f"{len(results)} probe tasks holding a connection {args.hold:g} s each, "
                   f"done in {elapsed:.1f} s, {failed} failed")  # fmt: skip
             print(f"{'service':<16}{'concurrency':>12}{'idle':>6}{'peak':>6}{'after':>7}{'budget':>8}")
-            for service, (_, concurrency) in WORKERS.items():
-                print(f"{service:<16}{concurrency:>12}{idle.get(service, 0):>6}{peaks.get(service, 0):>6}"
-                      f"{after.get(service, 0):>7}{concurrency * pool_max:>8}")  # fmt: skip
+            for service, plan in plans.items():
+                print(f"{service:<16}{plan.processes:>12}{idle.get(service, 0):>6}{peaks.get(service, 0):>6}"
+                      f"{after.get(service, 0):>7}{plan.sqlalchemy:>8}")  # fmt: skip
             celery_app.close()
         finally:
             for proc, _ in procs.values():

@@ -142,6 +142,11 @@ async def test_db() -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
+async def pg_max_connections(pg: asyncpg.Connection) -> int:
+    return int(await pg.fetchval("SHOW max_connections"))
+
+
+@pytest.fixture
 def subprocess_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)

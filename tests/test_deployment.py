@@ -7,11 +7,13 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from app.config.settings import load_settings
+from app import topology
+from app.config.settings import InvalidSettingsError, load_settings, settings_from_mapping
 from app.core.celery_app import create_celery, queue_options, service_for_queues
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ def entrypoint(**env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("environment", ["production", "development"])
-@pytest.mark.parametrize("service", ["api", "celery_logs", "celery_content", "celery_workflow"])
+@pytest.mark.parametrize("service", topology.NAMES)
 def test_dry_run_prints_the_guide_command(environment: str, service: str) -> None:
     env = env_file(ROOT / ".env.development.example") if environment == "development" else {}
     result = entrypoint(**env, SERVICE_TYPE=service, DRY_RUN="1")
@@ -58,17 +60,33 @@ def test_dry_run_prints_the_guide_command(environment: str, service: str) -> Non
     assert result.stdout.splitlines() == [EXPECTED[environment][service]]
 
 
+def test_the_command_follows_the_settings_the_budget_reads() -> None:
+    """No defaults in the shell: the process count is the service's setting, the service an argument."""
+    result = entrypoint(ENVIRONMENT="development", CELERY_CONTENT_CONCURRENCY="3", DRY_RUN="1")
+    assert result.returncode != 0  # neither SERVICE_TYPE nor an argument
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), "celery_content"],
+        env={"PATH": os.environ["PATH"], "ENVIRONMENT": "development", "CELERY_CONTENT_CONCURRENCY": "3",
+             "DRY_RUN": "1"},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.stdout.split() == [*EXPECTED["development"]["celery_content"].split()[:-2],
+                                     "--concurrency=3", "--hostname=content@%h"]  # fmt: skip
+
+
 def test_port_is_honoured() -> None:
     result = entrypoint(SERVICE_TYPE="api", DRY_RUN="1", PORT="31337")
     assert "--port 31337" in result.stdout
 
 
+@pytest.mark.parametrize("dry_run", ["1", "0"])
 @pytest.mark.parametrize("value", ["", "worker", "API"])
-def test_bad_service_type_fails_naming_valid_values(value: str) -> None:
-    result = entrypoint(SERVICE_TYPE=value, DRY_RUN="1")
-    assert result.returncode != 0
+def test_bad_service_type_fails_naming_valid_values(value: str, dry_run: str) -> None:
+    result = entrypoint(SERVICE_TYPE=value, DRY_RUN=dry_run)
+    assert result.returncode == 64
     assert result.stdout == ""
     assert "api, celery_logs, celery_content, celery_workflow" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +108,20 @@ def compose() -> dict:
 
 def test_compose_runs_every_service_with_health_and_order(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {
-        "postgres", "redis", "migrate", "pgbouncer",
-        "api", "celery_logs", "celery_content", "celery_workflow",
-    }  # fmt: skip
+    assert set(services) == {"postgres", "redis", "migrate", "pgbouncer", *topology.NAMES}
     assert "max_connections=400" in services["postgres"]["command"]
-    for name in ("postgres", "redis", "api", "celery_logs", "celery_content", "celery_workflow"):
+    for name in ("postgres", "redis", *topology.NAMES):
         assert services[name].get("healthcheck", {}).get("test"), name
-    for name in ("api", "celery_logs", "celery_content", "celery_workflow"):
+    for name in topology.NAMES:
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
-        assert services[name]["environment"]["SERVICE_TYPE"] == name
-        # development values from the example env file
-        assert services[name]["environment"]["DB_POOL_SIZE"] == "4"
-        assert services[name]["environment"]["ENVIRONMENT"] == "development"
+        environment = services[name]["environment"]
+        assert environment["SERVICE_TYPE"] == name
+        assert environment["ENVIRONMENT"] == "development"
+        # the development profile, as a container of this service would read it
+        settings = settings_from_mapping(environment)
+        assert settings.pool(name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["pgbouncer"]["profiles"] == ["pgbouncer"]
 
@@ -120,11 +137,17 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
     conf = app.conf
     assert conf.task_create_missing_queues is False
     assert {q.name for q in conf.task_queues} == {"logs", "content_generation", "roadmap_workflow"}
+    assert conf.include == [s.task_module for s in topology.WORKERS]
     assert conf.worker_prefetch_multiplier == 1
     assert app.amqp.router.route({}, "app.tasks.content_generation_tasks.anything")["queue"].name == (
         "content_generation"
     )
     assert service_for_queues("roadmap_workflow") == "celery_workflow"
+    # A worker on several queues, or on none without a worker SERVICE_TYPE, is in no service's budget.
+    for queues in ("logs,content_generation", None):
+        with pytest.raises(InvalidSettingsError, match="a worker serves exactly one queue"):
+            service_for_queues(queues, load_settings())
+    assert service_for_queues(None, load_settings(SERVICE_TYPE="celery_logs")) == "celery_logs"
     long_task = queue_options("content_generation", load_settings())
     assert long_task["acks_late"] and long_task["reject_on_worker_lost"]
     assert long_task["soft_time_limit"] < long_task["time_limit"] == load_settings().CELERY_CONTENT_TIME_LIMIT
@@ -137,3 +160,29 @@ def test_rediss_url_with_required_certificates(monkeypatch: pytest.MonkeyPatch) 
     assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert app.conf.redis_backend_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+
+
+def test_railway_files_and_docs_match_the_topology(subprocess_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "update_generated.py"), "--check"],
+        env=subprocess_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    files = sorted((ROOT / "deploy" / "railway").glob("*.json"))
+    assert [f.stem for f in files] == sorted(topology.NAMES)
+    for spec in topology.SERVICES:
+        config = json.loads((ROOT / "deploy" / "railway" / f"{spec.name}.json").read_text())
+        assert config["build"]["builder"] == "DOCKERFILE"
+        deploy = config["deploy"]
+        assert deploy["startCommand"] == f"scripts/railway_entrypoint.sh {spec.name}"
+        assert deploy["preDeployCommand"] == ["scripts/prestart.sh"]  # once per deploy, not per replica
+        assert deploy["numReplicas"] == getattr(load_settings(ENVIRONMENT="production"), spec.replicas_var)
+        assert deploy["restartPolicyType"] == "ON_FAILURE"
+        assert ("healthcheckPath" in deploy) == (not spec.is_worker)
+        # the start command, run as Railway runs it (exec form, no shell), resolves to the guide's
+        program, *args = deploy["startCommand"].split()
+        command = subprocess.run(
+            ["bash", str(ROOT / "backend" / program), *args],
+            env={"PATH": os.environ["PATH"], "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert command.stdout.strip() == EXPECTED["production"][spec.name], command.stderr

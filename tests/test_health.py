@@ -56,7 +56,7 @@ async def test_figures_track_connections_in_use(client: httpx.AsyncClient) -> No
 
 async def test_exhausted_pool_makes_health_503_quickly(client: httpx.AsyncClient) -> None:
     async with AsyncExitStack() as stack:
-        for _ in range(get_settings().db_pool_max_connections):
+        for _ in range(get_settings().pool().max_connections):
             await stack.enter_async_context(get_engine().connect())
         started = time.perf_counter()
         response = await client.get("/health")

@@ -33,7 +33,7 @@ async def server_count(pg: asyncpg.Connection, db: str, application_name: str = 
 
 async def test_gauges_equal_what_pg_stat_activity_counts(pg: asyncpg.Connection, test_db_name: str) -> None:
     engine = get_engine()
-    max_connections = get_settings().db_pool_max_connections
+    max_connections = get_settings().pool().max_connections
     async with AsyncExitStack() as stack:
         for held in range(1, max_connections + 1):
             conn = await stack.enter_async_context(engine.connect())
@@ -102,7 +102,7 @@ async def test_exhausted_pool_answers_503_within_pool_timeout(client: httpx.Asyn
     timeouts_before = gauge("db_pool_connection_timeouts_total")
     engine = get_engine()
     async with AsyncExitStack() as stack:
-        for _ in range(settings.db_pool_max_connections):
+        for _ in range(settings.pool().max_connections):
             await stack.enter_async_context(engine.connect())
         started = time.perf_counter()
         response = await client.get("/api/v1/task-logs")

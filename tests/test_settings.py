@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app import topology
 from app.config.settings import InvalidSettingsError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,8 @@ def test_defaults_are_the_production_values(clean_env: pytest.MonkeyPatch) -> No
     settings = load_settings()
     for name, expected in SPEC_PRODUCTION.items():
         assert getattr(settings, name) == expected, name
-    assert settings.db_pool_max_connections == 10
+    assert settings.pool().max_connections == 10
+    assert all(getattr(settings, s.replicas_var) == 1 for s in topology.SERVICES)
 
 
 def test_development_values_come_from_the_example_env_file(clean_env: pytest.MonkeyPatch) -> None:
@@ -62,8 +64,45 @@ def test_development_values_come_from_the_example_env_file(clean_env: pytest.Mon
     settings = load_settings()
     for name, expected in SPEC_DEVELOPMENT.items():
         assert getattr(settings, name) == expected, name
-    assert settings.db_pool_max_connections == 7
+    assert settings.pool().max_connections == 7
     assert settings.CORS_ORIGINS == ["http://localhost:3000", "http://localhost:5173"]
+
+
+def test_environment_alone_selects_the_development_profile(clean_env: pytest.MonkeyPatch) -> None:
+    """What the guide's Railway section sets: ENVIRONMENT=development and nothing else."""
+    clean_env.setenv("ENVIRONMENT", "development")
+    settings = load_settings()
+    for name, expected in SPEC_DEVELOPMENT.items():
+        if name != "DEBUG":  # opt-in in the env file: a traceback page is no default for a reachable host
+            assert getattr(settings, name) == expected, name
+    assert settings.DEBUG is False
+    assert {s.name: settings.pool(s.name).max_connections for s in topology.SERVICES} == dict.fromkeys(
+        topology.NAMES, 7
+    )
+
+
+def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ENVIRONMENT", "development")
+    clean_env.setenv("CELERY_CONTENT_CONCURRENCY", "3")
+    clean_env.setenv("DB_CONNECTION_BUDGET", "150")
+    clean_env.setenv("CELERY_CONTENT_DB_POOL_SIZE", "2")
+    settings = load_settings()
+    assert settings.CELERY_CONTENT_CONCURRENCY == 3 and settings.DB_CONNECTION_BUDGET == 150
+    assert settings.UVICORN_WORKERS == 4  # still the profile's
+    assert (settings.pool("celery_content").pool_size, settings.pool("celery_content").max_overflow) == (2, 3)
+    assert settings.pool("api").pool_size == 4  # the shared fallback
+
+
+def test_every_service_has_its_variables(clean_env: pytest.MonkeyPatch) -> None:
+    """The topology generates each service's settings: adding a service adds its variables."""
+    fields = Settings.model_fields
+    for spec in topology.SERVICES:
+        for name in (spec.processes_var, spec.replicas_var, spec.pool_size_var, spec.max_overflow_var):
+            assert name in fields, name
+        assert (spec.time_limit_var in fields) == spec.is_worker
+    clean_env.setenv("CELERY_LOGS_REPLICAS", "0")
+    with pytest.raises(InvalidSettingsError, match="CELERY_LOGS_REPLICAS='0'"):
+        load_settings()
 
 
 @pytest.mark.parametrize(

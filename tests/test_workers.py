@@ -10,28 +10,30 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 from celery.result import AsyncResult
 from prometheus_client import REGISTRY
 
+from app import topology
 from app.config.settings import get_settings
 from app.core.celery_app import celery_app
-from tests.workers import Worker, client_pid, running_workers
+from tests.workers import BACKEND, Worker, client_pid, running_workers
 
 pytestmark = pytest.mark.slow
 CONCURRENCY = 2
-SERVICES = {
-    "logs": "celery_logs",
-    "content_generation": "celery_content",
-    "roadmap_workflow": "celery_workflow",
-}
+SERVICES = {s.queue: s.name for s in topology.WORKERS}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +43,10 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Work
 
 
 def probe_task(queue: str):
-    from app.tasks import content_generation_tasks, logs_tasks, roadmap_workflow_tasks
-
-    return {
-        "logs": logs_tasks.probe,
-        "content_generation": content_generation_tasks.probe,
-        "roadmap_workflow": roadmap_workflow_tasks.probe,
-    }[queue]
+    """Each queue's task module has a ``probe`` task (routed by module to that queue)."""
+    spec = topology.for_queue(queue)
+    assert spec is not None and spec.task_module
+    return importlib.import_module(spec.task_module).probe
 
 
 async def wait_for_rows(
@@ -76,7 +75,6 @@ async def test_burst_stays_within_budget_and_parent_holds_none(
     workers: dict[str, Worker], pg: asyncpg.Connection, test_db_name: str
 ) -> None:
     settings = get_settings()
-    per_worker_cap = CONCURRENCY * settings.db_pool_max_connections
     results = [probe_task(q).delay(hold_seconds=0.3) for q in SERVICES for _ in range(4 * CONCURRENCY)]
     peaks: dict[str, int] = {}
     owners: dict[str, set[int]] = {s: set() for s in SERVICES.values()}
@@ -99,6 +97,7 @@ async def test_burst_stays_within_budget_and_parent_holds_none(
     for result in results:
         result.get(timeout=30)
     for queue, service in SERVICES.items():
+        per_worker_cap = CONCURRENCY * settings.pool(service).max_connections
         assert 1 <= peaks.get(service, 0) <= per_worker_cap, (service, peaks)
         assert owners[service], service
         assert workers[queue].pid not in owners[service]  # the prefork parent holds no connection
@@ -155,3 +154,80 @@ def test_task_events_are_written_one_connection_per_batch(monkeypatch: pytest.Mo
         async_runner.run(dispose_engine())
         async_runner.stop_process_loop()
         get_sync_redis().delete(task_events.pending_key(), task_events.flush_guard_key())
+
+
+def plain_worker(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``celery -A app.core.celery_app worker`` with whatever a Procfile or compose file might pass."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "app.core.celery_app", "worker", "--loglevel=INFO",
+         "--without-gossip", "--without-mingle", "--without-heartbeat",
+         f"--hostname=plain-{uuid.uuid4().hex[:6]}@%h", *args],
+        cwd=BACKEND, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def wait_for_children(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        if " ready." in log.read_text(errors="replace"):
+            time.sleep(0.5)  # let the pool finish forking
+            return [c.pid for c in psutil.Process(proc.pid).children()]
+        time.sleep(0.2)
+    raise AssertionError(f"worker not ready:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "queue", "children"),
+    [
+        # the module docstring's command: children from CELERY_LOGS_CONCURRENCY, not one per CPU
+        (["--queues=logs"], {"CELERY_LOGS_CONCURRENCY": "3"}, "logs", 3),
+        # no --queues: SERVICE_TYPE names the service, and the worker consumes its queue only
+        ([], {"SERVICE_TYPE": "celery_content", "CELERY_CONTENT_CONCURRENCY": "1"}, "content_generation", 1),
+    ],
+)
+def test_a_plain_worker_runs_the_budgeted_children(
+    tmp_path: Path, subprocess_env: dict[str, str], args: list[str], extra: dict[str, str], queue: str,
+    children: int,
+) -> None:  # fmt: skip
+    log = tmp_path / "worker.log"
+    proc = plain_worker(args, {**subprocess_env, **extra}, log)
+    try:
+        assert len(wait_for_children(proc, log)) == children
+        banner = log.read_text(errors="replace")
+        consumed = {q for q in topology.QUEUES if f".> {q} " in banner}
+        assert consumed == {queue}, banner[-2000:]
+    finally:
+        stop(proc)
+
+
+def test_an_unbudgeted_concurrency_flag_is_refused_in_strict_mode(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    env = {**subprocess_env, "CELERY_LOGS_CONCURRENCY": "2", "DB_BUDGET_ENFORCEMENT": "strict",
+           "DB_CONNECTION_BUDGET": "400"}  # fmt: skip
+    log = tmp_path / "worker.log"
+    proc = plain_worker(["--queues=logs", "--concurrency=5"], env, log)
+    try:
+        assert proc.wait(timeout=60) != 0
+    finally:
+        stop(proc)
+    text = log.read_text(errors="replace")
+    assert "--concurrency=5 differs from CELERY_LOGS_CONCURRENCY=2" in text
+    # several queues at once belong to no service's budget
+    proc = plain_worker(["--queues=logs,content_generation"], subprocess_env, log)
+    try:
+        assert proc.wait(timeout=60) != 0
+    finally:
+        stop(proc)
+    assert "a worker serves exactly one queue" in log.read_text(errors="replace")

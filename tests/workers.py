@@ -53,13 +53,20 @@ def kill_quietly(pid: int) -> None:
 
 
 def start_worker(queue: str, concurrency: int, env: dict[str, str], log_dir: Path) -> Worker:
+    """A plain ``celery worker --queues=<queue>``, no ``--concurrency``: the child count comes from the
+    queue's service setting (``<PREFIX>_CONCURRENCY``), as in any deployment's start command."""
+    from app import topology
+
+    spec = topology.for_queue(queue)
+    assert spec is not None, queue
     log_path = log_dir / f"{queue}.log"
     node = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "app.core.celery_app", "worker", f"--queues={queue}",
-         f"--concurrency={concurrency}", f"--hostname={node}", "--loglevel=INFO",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=BACKEND, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+         f"--hostname={node}", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=BACKEND, env={**env, spec.processes_var: str(concurrency)}, stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     return Worker(queue, concurrency, proc, log_path)
 
@@ -86,7 +93,10 @@ def client_pid(port: int) -> int | None:
     return None
 
 
-QUEUES = ("logs", "content_generation", "roadmap_workflow")
+def queues() -> tuple[str, ...]:
+    from app import topology
+
+    return topology.QUEUES
 
 
 @contextmanager
@@ -98,7 +108,7 @@ def running_workers(
 
     env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
     started = {
-        q: start_worker(q, concurrency, {**env, **(per_queue or {}).get(q, {})}, log_dir) for q in QUEUES
+        q: start_worker(q, concurrency, {**env, **(per_queue or {}).get(q, {})}, log_dir) for q in queues()
     }
     try:
         wait_ready(list(started.values()))

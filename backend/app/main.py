@@ -34,8 +34,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     log.info(
         "api_starting",
         environment=settings.ENVIRONMENT,
-        pool_size=settings.DB_POOL_SIZE,
-        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_size=settings.pool().pool_size,
+        max_overflow=settings.pool().max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
     )
     try:

@@ -1,63 +1,39 @@
 #!/usr/bin/env bash
-# Starts the service named by SERVICE_TYPE (Railway: one service per SERVICE_TYPE, same image).
+# Starts one replica of the service named by SERVICE_TYPE (or the first argument). One image, one
+# Railway service per SERVICE_TYPE; the services are declared in app/topology.py.
 #
 #   SERVICE_TYPE=api|celery_logs|celery_content|celery_workflow  backend/scripts/railway_entrypoint.sh
+#   backend/scripts/railway_entrypoint.sh celery_content      # the same, as deploy/railway/*.json do it
 #   DRY_RUN=1 ...   prints the one command line it would exec, and exits 0
 #
-# Defaults are the production topology (Aliyun RDS, 280 of 400 connections, 10 per process).
-# Development sets the smaller values through .env.development (see .env.development.example).
+# The command and its process count come from the settings (python -m app.budget --command), the same
+# numbers the connection budget counts: production defaults, ENVIRONMENT=development for the
+# development profile, any variable set explicitly wins. No defaults live in this file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VALID="api, celery_logs, celery_content, celery_workflow"
-CELERY="celery -A app.core.celery_app worker --loglevel=${CELERY_LOGLEVEL:-INFO}"
-
-case "${SERVICE_TYPE:-}" in
-  api)
-    # 默认生产环境配置（阿里云）: production default (Aliyun) 8 workers; development sets 4.
-    # Behind Railway's proxy set FORWARDED_ALLOW_IPS (uvicorn reads it) to trust X-Forwarded-For.
-    cmd=(uvicorn app.main:app --host 0.0.0.0 --port "${PORT:-8000}" --workers "${UVICORN_WORKERS:-8}")
-    ;;
-  celery_logs)
-    # production default (Aliyun) 8 children; development sets 4.
-    cmd=($CELERY --queues=logs --concurrency="${CELERY_LOGS_CONCURRENCY:-8}" --hostname="logs@%h")
-    ;;
-  celery_content)
-    # production default (Aliyun) 10 children; development sets 6.
-    cmd=($CELERY --queues=content_generation --concurrency="${CELERY_CONTENT_CONCURRENCY:-10}"
-         --hostname="content@%h")
-    ;;
-  celery_workflow)
-    # production default (Aliyun) 6 children; development sets 4.
-    cmd=($CELERY --queues=roadmap_workflow --concurrency="${CELERY_WORKFLOW_CONCURRENCY:-6}"
-         --hostname="workflow@%h")
-    ;;
-  "")
-    echo "railway_entrypoint: SERVICE_TYPE is not set; valid values: $VALID" >&2
-    exit 64
-    ;;
-  *)
-    echo "railway_entrypoint: unknown SERVICE_TYPE '${SERVICE_TYPE}'; valid values: $VALID" >&2
-    exit 64
-    ;;
-esac
+export SERVICE_TYPE="${1:-${SERVICE_TYPE:-}}"
 
 if [ "${DRY_RUN:-0}" = "1" ]; then
-  printf '%s\n' "${cmd[*]}"
-  exit 0
+  exec python -m app.budget --command "$SERVICE_TYPE"
 fi
+
+# The connection budget, checked once per service start against the allocation and the server's own
+# max_connections: DB_BUDGET_ENFORCEMENT=strict refuses here with one line naming the variables; warn
+# logs it once. On stdout: the command to run, e.g. `celery -A app.core.celery_app worker ...`.
+line=$(env -u PROMETHEUS_MULTIPROC_DIR python -m app.budget --guard --command "$SERVICE_TYPE")
+eval "cmd=($line)"
+export DB_BUDGET_CHECKED=1
 
 # One prometheus multiprocess folder per container, emptied at start: files of a previous run's
 # processes would otherwise be summed into this one's gauges.
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus-${SERVICE_TYPE}}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
-# The connection budget, checked once per service start: DB_BUDGET_ENFORCEMENT=strict refuses an
-# over-allocated topology here with one line naming the variables; warn logs it once.
-python -m app.budget --guard --service "$SERVICE_TYPE"
-export DB_BUDGET_CHECKED=1
-
-if [ "$SERVICE_TYPE" = "api" ] && [ "${RUN_MIGRATIONS:-1}" = "1" ]; then
+# Migrations belong to the deploy (Railway's preDeployCommand, compose's migrate service, dev.sh), run
+# once whatever the replica count; RUN_MIGRATIONS=1 also runs them here (safe: prestart holds an
+# advisory lock, so concurrent replicas migrate once).
+if [ "$SERVICE_TYPE" = "api" ] && [ "${RUN_MIGRATIONS:-0}" = "1" ]; then
   scripts/prestart.sh
 fi
 

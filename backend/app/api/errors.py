@@ -39,7 +39,7 @@ async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
         log.warning("request_rejected_pool_exhausted", path=request.url.path)
     return _unavailable(
         "db_pool_exhausted",
-        f"all {get_settings().db_pool_max_connections} database connections of this process are busy; "
+        f"all {get_settings().pool().max_connections} database connections of this process are busy; "
         "retry shortly",
     )
 

@@ -1,56 +1,69 @@
-"""``python -m app.budget``: the guide's budget tables from the code's own numbers, suggestions, audit.
+"""``python -m app.budget``: the budget from the code's own numbers, suggestions, audit, start commands.
 
 python -m app.budget                              # the settings of this environment (env vars)
-python -m app.budget --environment development    # .env.development.example over the defaults
-python -m app.budget --environment production     # the code's defaults (the production values)
-python -m app.budget --suggest                    # pool sizes that fit DB_CONNECTION_BUDGET
-python -m app.budget --audit                      # pg_stat_activity by service against the budget
-python -m app.budget --guard --service api        # the start-up guard (exit 1 when strict refuses)
+python -m app.budget --environment development    # a profile, without this shell's variables
+python -m app.budget --set API_REPLICAS=3         # what if (repeatable; over either of the above)
+python -m app.budget --json                       # machine-readable; exit 1 when it does not fit
+python -m app.budget --suggest [--json]           # per-service pool sizes that fit the allocation
+python -m app.budget --audit [--json]             # pg_stat_activity: this environment and the instance
+python -m app.budget --command api                # the start command of a service (railway_entrypoint.sh)
+python -m app.budget --guard [--command api]      # the start-up guard (exit 1 when strict refuses)
+python -m app.budget --pgbouncer                  # pgbouncer.ini caps for the allocation
+
+Exit status 1 when the budget (or the suggestion) does not fit, or when an audit finds a service over
+its budget or the environment over its allocation: usable as a deploy gate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import shlex
 import sys
-from pathlib import Path
+from typing import Any
 
-from dotenv import dotenv_values
-
-from app.budget.audit import run_audit
+from app import topology
+from app.budget.audit import Audit, run_audit
 from app.budget.guard import enforce_budget
-from app.budget.model import Budget, budget_from_settings, suggest
-from app.config.settings import InvalidSettingsError, Settings, get_settings, settings_from_mapping
+from app.budget.model import Budget, Suggestion, budget_from_settings, suggest
+from app.config.settings import (
+    InvalidSettingsError,
+    Settings,
+    get_settings,
+    load_settings,
+    settings_from_mapping,
+)
 
-REPO = Path(__file__).resolve().parents[3]
-LABELS = {
-    "api": "FastAPI API (`uvicorn --workers {n}`)",
-    "celery_logs": "Celery `logs` ({p})",
-    "celery_content": "Celery `content_generation` ({p})",
-    "celery_workflow": "Celery `roadmap_workflow` ({p})",
-}
+EXIT_USAGE = 64  # railway_entrypoint.sh's status for an unknown SERVICE_TYPE (sysexits EX_USAGE)
 
 
-def settings_for(environment: str | None) -> Settings:
-    """The environment's settings without the shell's variables, so the tables are reproducible."""
-    if environment is None:
+def settings_for(environment: str | None, overrides: dict[str, str] | None = None) -> Settings:
+    """This process's settings, or a profile's without the shell's variables (reproducible tables)."""
+    if environment is None and not overrides:
         return get_settings()
-    values: dict[str, object] = {}
-    if environment == "development":
-        example = REPO / ".env.development.example"
-        if not example.exists():
-            raise SystemExit(f"{example} not found (run from a checkout of the repository)")
-        values = {k: v for k, v in dotenv_values(example).items() if v not in (None, "")}
-    values["ENVIRONMENT"] = environment
     try:
-        return settings_from_mapping(values)
+        if environment is None:
+            return load_settings(**(overrides or {}))
+        return settings_from_mapping({"ENVIRONMENT": environment, **(overrides or {})})
     except InvalidSettingsError as exc:
-        raise InvalidSettingsError(f"{exc} (for {environment})") from None
+        raise InvalidSettingsError(f"{exc} (for {environment or 'this environment'})") from None
+
+
+def _label(s: Any) -> str:
+    spec, plan = s.plan.service, s.plan
+    label = spec.title.format(n=plan.processes)
+    if spec.is_worker:
+        label += f" (1 parent + {plan.processes} children)"
+    return label + (f" x {plan.replicas} replicas" if plan.replicas > 1 else "")
 
 
 def render(budget: Budget) -> str:
     verdict = "<" if budget.guide_total < budget.allocation else ">="
     mark = "fits" if budget.guide_total < budget.allocation else "DOES NOT FIT"
+    per = {s.per_process for s in budget.services}
+    per_cell = str(per.pop()) if len(per) == 1 else "varies"
     lines = [
         f"## Connection budget: {budget.environment} (allocation {budget.allocation})",
         "",
@@ -61,29 +74,29 @@ def render(budget: Budget) -> str:
         "|---|---:|---:|---:|",
     ]
     for s in budget.services:
-        children = s.real_processes
-        label = LABELS[s.service].format(n=children, p=f"1 parent + {children} children")
-        lines.append(f"| {label} | {s.guide_processes} | {s.per_process} | {s.guide_total} |")
-    per, theoretical = budget.services[0].per_process, budget.sqlalchemy_theoretical
+        lines.append(f"| {_label(s)} | {s.guide_processes} | {s.per_process} | {s.guide_total} |")
     lines += [
-        f"| SQLAlchemy theoretical max | {budget.guide_processes} | {per} | {theoretical} |",
+        f"| SQLAlchemy theoretical max | {budget.guide_processes} | {per_cell} | "
+        f"{budget.sqlalchemy_theoretical} |",
         f"| estimated real peak ({round(100 * budget.peak_factor)}%) | | | {budget.estimated_peak} |",
         f"| LangGraph checkpointer pool | | | {budget.langgraph_max_size} |",
         f"| reserved for admin (psql, monitoring) | | | {budget.admin_reserve} |",
         f"| **total** | | | **{budget.guide_total} {verdict} {budget.allocation}** ({mark}) |",
         "",
         "What really opens connections (prefork parents open none; every workflow child that runs a graph "
-        "has its own checkpointer pool):",
+        "has its own checkpointer pool; every replica brings its own pools):",
         "",
-        "| service | processes | SQLAlchemy | LangGraph | max connections |",
-        "|---|---:|---:|---:|---:|",
+        "| service | replicas | processes | pool | SQLAlchemy | LangGraph | max connections |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in budget.services:
-        row = (s.service, s.real_processes, s.real_sqlalchemy, s.real_langgraph, s.real_total)
+        pool = f"{s.plan.pool.pool_size} + {s.plan.pool.max_overflow}"
+        row = (s.service, s.plan.replicas, s.real_processes, pool, s.real_sqlalchemy, s.real_langgraph,
+               s.real_total)  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
     lines += [
-        f"| reserved for admin | | | | {budget.admin_reserve} |",
-        f"| **worst case** | | | | **{budget.worst_case}** |",
+        f"| reserved for admin | | | | | | {budget.admin_reserve} |",
+        f"| **worst case** | | | | | | **{budget.worst_case}** |",
         "",
     ]
     if budget.overrun:
@@ -99,23 +112,25 @@ def render(budget: Budget) -> str:
             f"The worst case ({budget.worst_case}) fits the allocation ({budget.allocation}) with "
             f"{budget.allocation - budget.worst_case} to spare."
         )
+    if budget.server is not None and budget.server_overrun:
+        lines.append(
+            f"The server accepts {budget.server.describe()}: the worst case is over by "
+            f"{budget.server_overrun}."
+        )
     return "\n".join(lines)
 
 
-def render_suggestion(settings: Settings) -> str:
-    found = suggest(settings)
-    budget = budget_from_settings(settings)
-    if found is None:
-        return (
-            f"no pool size fits: {sum(s.real_processes for s in budget.services)} processes cannot each "
-            f"have a connection within {budget.allocation} - {budget.admin_reserve}; lower the process counts"
-        )
+def render_suggestion(found: Suggestion) -> str:
     lines = [
-        f"To fit {budget.allocation} with this topology (api {settings.UVICORN_WORKERS}, logs "
-        f"{settings.CELERY_LOGS_CONCURRENCY}, content {settings.CELERY_CONTENT_CONCURRENCY}, workflow "
-        f"{settings.CELERY_WORKFLOW_CONCURRENCY} processes):",
+        f"## Suggested pools: {found.environment} (allocation {found.allocation}, "
+        f"admin reserve {found.admin_reserve})",
         "",
     ]
+    lines += [f"- {s.service}: {s.reason} -> {s.max_connections}" for s in found.services]
+    lines.append("")
+    if found.advice:
+        lines.append(f"nothing fits: {found.advice} (worst case at the smallest pools {found.worst_case})")
+        return "\n".join(lines)
     lines += [f"{name}={value}" for name, value in found.env().items()]
     lines += ["", f"worst case {found.worst_case} <= {found.allocation}"]
     return "\n".join(lines)
@@ -135,61 +150,115 @@ def render_pgbouncer(budget: Budget) -> str:
     )
 
 
-async def _audit(settings: Settings) -> str:
-    from app.db.engine import build_unpooled_engine
-
-    engine = build_unpooled_engine(settings, service="audit")
-    try:
-        async with engine.connect() as conn:
-            audit = await run_audit(conn, settings)
-    finally:
-        await engine.dispose()
+def render_audit(audit: Audit) -> str:
     lines = [
-        f"| service ({audit.environment}) | SQLAlchemy | LangGraph | total | budget | |",
+        f"## {audit.environment}: database {audit.database}, allocation {audit.allocation}",
+        "",
+        "| service | SQLAlchemy | LangGraph | total | budget | |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for s in audit.services:
         flag = "ok" if s.within_budget else "OVER"
         lines.append(f"| {s.service} | {s.sqlalchemy} | {s.langgraph} | {s.total} | {s.budget} | {flag} |")
+    flag = "ok" if audit.charged <= audit.allocation else "OVER"
     lines += [
-        f"| other (admin, migrations, other environments) | | | {audit.other} | {audit.admin_reserve} | |",
-        f"| **this environment** | | | **{audit.environment_total}** | **{audit.allocation}** | |",
+        f"| other (psql, migrations, tools) | | | {audit.other} | {audit.admin_reserve} | |",
+        f"| **charged to {audit.environment}** | | | **{audit.charged}** | **{audit.allocation}** | {flag} |",
         "",
-        f"database total {audit.database_total}, server total {audit.server_total} client connections",
+    ]
+    if audit.elsewhere:
+        lines += ["Elsewhere on the server (not charged here):", "",
+                  "| database | application_name | count |", "|---|---|---:|"]  # fmt: skip
+        lines += [f"| {e['datname']} | {e['application_name']} | {e['count']} |" for e in audit.elsewhere]
+        lines.append("")
+    server = audit.server
+    verdict = "<=" if audit.allocations_total <= server.usable else ">"
+    lines += [
+        "The instance:",
+        "",
+        "| environment | allocation | used |",
+        "|---|---:|---:|",
+        *[f"| {e.environment} | {e.allocation} | {e.used} |" for e in audit.environments],
+        f"| **all known** | **{audit.allocations_total}** {verdict} {server.describe()} | "
+        f"{audit.server_total} client connections |",
     ]
     return "\n".join(lines)
+
+
+async def _audit(settings: Settings) -> Audit:
+    from app.db.engine import build_unpooled_engine
+
+    engine = build_unpooled_engine(settings, service="audit")
+    try:
+        async with engine.connect() as conn:
+            return await run_audit(conn, settings)
+    finally:
+        await engine.dispose()
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects NAME=VALUE, got {pair!r}")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _command(settings: Settings, service: str) -> str:
+    port = os.environ.get("PORT") or "8000"
+    loglevel = os.environ.get("CELERY_LOGLEVEL") or "INFO"
+    return shlex.join(topology.start_command(settings, service, port=port, loglevel=loglevel))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--environment", choices=["development", "production"])
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a setting")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--suggest", action="store_true")
     group.add_argument("--audit", action="store_true")
     group.add_argument("--guard", action="store_true")
     group.add_argument("--pgbouncer", action="store_true", help="pgbouncer.ini settings for the allocation")
+    parser.add_argument("--command", metavar="SERVICE", help="print the start command of SERVICE")
     parser.add_argument("--service", default=None, help="with --guard: the service being started")
     args = parser.parse_args(argv)
-    settings = settings_for(args.environment)
-    if args.guard:
-        from app.core.logging import configure_logging
+    if args.command is not None and args.command not in topology.NAMES:
+        problem = "is not set" if not args.command else f"'{args.command}' is unknown"
+        print(f"SERVICE_TYPE {problem}; valid values: {', '.join(topology.NAMES)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = settings_for(args.environment, _overrides(args.set))
+        if args.guard:
+            from app.core.logging import configure_logging
 
-        configure_logging(settings, service=args.service)
-        try:
-            enforce_budget(settings, args.service, force=True)
-        except InvalidSettingsError as exc:
-            print(exc, file=sys.stderr)
-            return 1
+            service = args.command or args.service
+            configure_logging(settings, service=service)
+            enforce_budget(settings, service, force=True)
+    except InvalidSettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.command is not None:
+        print(_command(settings, args.command))
+        return 0
+    if args.guard:
         return 0
     if args.pgbouncer:
         print(render_pgbouncer(budget_from_settings(settings)))
-    elif args.suggest:
-        print(render_suggestion(settings))
-    elif args.audit:
-        print(asyncio.run(_audit(settings)))
-    else:
-        print(render(budget_from_settings(settings)))
-    return 0
+        return 0
+    if args.suggest:
+        found = suggest(settings)
+        print(json.dumps(found.as_dict(), indent=2) if args.json else render_suggestion(found))
+        return 0 if found.fits else 1
+    if args.audit:
+        audit = asyncio.run(_audit(settings))
+        print(json.dumps(audit.as_dict(), indent=2, default=str) if args.json else render_audit(audit))
+        return 0 if audit.ok else 1
+    budget = budget_from_settings(settings)
+    print(json.dumps(budget.as_dict(), indent=2) if args.json else render(budget))
+    return 0 if budget.fits else 1
 
 
 if __name__ == "__main__":

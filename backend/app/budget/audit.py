@@ -1,23 +1,30 @@
-"""The live audit: the guide's pg_stat_activity queries, each service's real count against its budget.
+"""The live audit: what pg_stat_activity shows, charged to this environment and to the whole instance.
 
-Services are recognised by ``application_name = <environment>.<service>`` (SQLAlchemy pools) and
-``<environment>.<service>.langgraph`` (checkpointer pools); anything else (psql, monitoring, migrations,
-other environments sharing the server) is "other" and set against the admin reserve.
+An environment is charged only with the connections **to its own database** (``current_database()``
+of the audit's connection). Within it, services are recognised by ``application_name =
+<environment>.<service>`` (SQLAlchemy pools) and ``<environment>.<service>.langgraph`` (checkpointer
+pools); anything else there (psql, monitoring, migrations) is "other" and set against the admin reserve.
+Connections to other databases, such as another environment sharing the instance, are listed under
+"elsewhere" and never charged here.
+
+The instance view sets every known environment's allocation against what its connections use, and
+their sum against the server's own ``max_connections`` (the guide's 120 + 280 = 400).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.budget.model import budget_from_settings
-from app.config.settings import Settings
+from app.budget.model import ServerLimits, budget_from_settings
+from app.config.settings import PROFILES, Settings, settings_from_mapping
 from app.core import metrics
 
-# The guide's two queries.
+# The guide's grouping, over the whole server (every database), so other databases can be shown too.
 BY_CLIENT = """
 SELECT datname, usename, application_name, client_addr::text AS client_addr, state, count(*) AS n
 FROM pg_stat_activity
@@ -25,8 +32,35 @@ WHERE datname IS NOT NULL
 GROUP BY datname, usename, application_name, client_addr, state
 ORDER BY n DESC
 """
-DATABASE_TOTAL = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+DATABASE = "SELECT current_database()"
 SERVER_TOTAL = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+# The same as SHOW max_connections / SHOW superuser_reserved_connections, in one round trip;
+# reserved_connections exists from PostgreSQL 16 (missing_ok: NULL before).
+SERVER_LIMITS = """
+SELECT current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       coalesce(current_setting('reserved_connections', true), '0')::int
+"""
+
+
+def server_limits_from_row(row: Any) -> ServerLimits:
+    return ServerLimits(int(row[0]), int(row[1]), int(row[2]))
+
+
+@cache
+def _profile_allocation(environment: str) -> int:
+    return settings_from_mapping({"ENVIRONMENT": environment}).DB_CONNECTION_BUDGET
+
+
+def known_allocations(settings: Settings) -> dict[str, int]:
+    """Every environment this code knows of (its profiles, and this one), with its allocation.
+
+    This environment's comes from its own settings; another's from its profile, since this process
+    cannot see the other's variables.
+    """
+    allocations = {name: _profile_allocation(name) for name in PROFILES}
+    allocations[settings.ENVIRONMENT] = settings.DB_CONNECTION_BUDGET
+    return allocations
 
 
 @dataclass
@@ -46,33 +80,73 @@ class ServiceAudit:
 
 
 @dataclass
+class EnvironmentUse:
+    environment: str
+    allocation: int
+    used: int  # connections named <environment>.*, on any database
+
+
+@dataclass
 class Audit:
     environment: str
+    database: str
     allocation: int
     admin_reserve: int
     services: list[ServiceAudit]
-    other: int
-    database_total: int
+    other: int  # to this database, not one of this environment's services
+    elsewhere: list[dict[str, Any]]  # datname, application_name, count: other databases
+    environments: list[EnvironmentUse]
     server_total: int
+    server: ServerLimits
     rows: list[dict[str, Any]]
 
     @property
-    def environment_total(self) -> int:
-        return sum(s.total for s in self.services)
+    def charged(self) -> int:
+        """Every connection to this environment's database."""
+        return sum(s.total for s in self.services) + self.other
+
+    @property
+    def over_budget(self) -> list[str]:
+        return [s.service for s in self.services if not s.within_budget]
+
+    @property
+    def ok(self) -> bool:
+        return not self.over_budget and self.charged <= self.allocation
+
+    @property
+    def allocations_total(self) -> int:
+        return sum(e.allocation for e in self.environments)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment,
+            "database": self.database,
             "allocation": self.allocation,
             "admin_reserve": self.admin_reserve,
-            "environment_total": self.environment_total,
-            "within_allocation": self.environment_total + self.other <= self.allocation,
+            "charged": self.charged,
+            "within_allocation": self.charged <= self.allocation,
             "other": self.other,
-            "database_total": self.database_total,
-            "server_total": self.server_total,
             "services": [
-                {**asdict(s), "total": s.total, "within_budget": s.within_budget} for s in self.services
+                {
+                    "service": s.service,
+                    "sqlalchemy": s.sqlalchemy,
+                    "langgraph": s.langgraph,
+                    "total": s.total,
+                    "budget": s.budget,
+                    "within_budget": s.within_budget,
+                }
+                for s in self.services
             ],
+            "elsewhere": self.elsewhere,
+            "environments": [
+                {"environment": e.environment, "allocation": e.allocation, "used": e.used}
+                for e in self.environments
+            ],
+            "allocations_total": self.allocations_total,
+            "server_total": self.server_total,
+            "max_connections": self.server.max_connections,
+            "superuser_reserved_connections": self.server.superuser_reserved_connections,
+            "usable_connections": self.server.usable,
             "connections": self.rows,
         }
 
@@ -80,38 +154,66 @@ class Audit:
 async def run_audit(conn: AsyncSession | AsyncConnection, settings: Settings) -> Audit:
     budget = budget_from_settings(settings)
     rows = [dict(r._mapping) for r in (await conn.execute(text(BY_CLIENT))).all()]
-    database_total = int(await conn.scalar(text(DATABASE_TOTAL)) or 0)
+    database = str(await conn.scalar(text(DATABASE)))
     server_total = int(await conn.scalar(text(SERVER_TOTAL)) or 0)
-    prefix = f"{settings.ENVIRONMENT}."
-    counts: dict[str, int] = {}
+    server = server_limits_from_row((await conn.execute(text(SERVER_LIMITS))).one())
+
+    here: dict[str, int] = {}
+    elsewhere: dict[tuple[str, str], int] = {}
+    by_name: dict[str, int] = {}
     for row in rows:
-        name = row["application_name"] or ""
-        counts[name] = counts.get(name, 0) + int(row["n"])
-    services = []
-    known: set[str] = set()
+        name, count = row["application_name"] or "", int(row["n"])
+        by_name[name] = by_name.get(name, 0) + count
+        if row["datname"] == database:
+            here[name] = here.get(name, 0) + count
+        else:
+            key = (row["datname"], name)
+            elsewhere[key] = elsewhere.get(key, 0) + count
+
+    prefix = f"{settings.ENVIRONMENT}."
+    services, known = [], set()
     for s in budget.services:
         plain, graph = f"{prefix}{s.service}", f"{prefix}{s.service}.langgraph"
         known |= {plain, graph}
-        services.append(
-            ServiceAudit(s.service, counts.get(plain, 0), counts.get(graph, 0), budget=s.real_total)
-        )
-    other = sum(n for name, n in counts.items() if name not in known)
+        services.append(ServiceAudit(s.service, here.get(plain, 0), here.get(graph, 0), s.real_total))
+    environments = [
+        EnvironmentUse(name, allocation, sum(n for app, n in by_name.items() if app.startswith(f"{name}.")))
+        for name, allocation in known_allocations(settings).items()
+    ]
     return Audit(
         environment=settings.ENVIRONMENT,
+        database=database,
         allocation=budget.allocation,
         admin_reserve=budget.admin_reserve,
         services=services,
-        other=other,
-        database_total=database_total,
+        other=sum(n for name, n in here.items() if name not in known),
+        elsewhere=[
+            {"datname": datname, "application_name": name, "count": n}
+            for (datname, name), n in sorted(elsewhere.items(), key=lambda item: -item[1])
+        ],
+        environments=environments,
         server_total=server_total,
+        server=server,
         rows=rows,
     )
 
 
 def publish(audit: Audit) -> None:
-    """Server-side counts as Prometheus gauges: alerts fire on what the server sees, not on pools."""
+    """Server-side counts as Prometheus gauges: alerts fire on what the server sees, not on pools.
+
+    Every series carries ``environment``, so one Prometheus watching several environments on one
+    instance never adds one environment's connections to another's allocation.
+    """
+    env = audit.environment
     for s in audit.services:
-        metrics.DB_SERVER_CONNECTIONS.labels(s.service).set(s.total)
-        metrics.DB_CONNECTION_SERVICE_BUDGET.labels(s.service).set(s.budget)
-    metrics.DB_SERVER_CONNECTIONS.labels("other").set(audit.other)
-    metrics.DB_CONNECTION_ALLOCATION.set(audit.allocation)
+        metrics.DB_SERVER_CONNECTIONS.labels(env, s.service).set(s.total)
+        metrics.DB_CONNECTION_SERVICE_BUDGET.labels(env, s.service).set(s.budget)
+    metrics.DB_SERVER_CONNECTIONS.labels(env, "other").set(audit.other)
+    metrics.DB_CONNECTION_ALLOCATION.labels(env).set(audit.allocation)
+    for e in audit.environments:
+        metrics.DB_INSTANCE_CONNECTIONS.labels(e.environment).set(e.used)
+        metrics.DB_INSTANCE_ALLOCATION.labels(e.environment).set(e.allocation)
+    metrics.DB_SERVER_MAX_CONNECTIONS.set(audit.server.max_connections)
+    metrics.DB_SERVER_RESERVED_CONNECTIONS.set(
+        audit.server.superuser_reserved_connections + audit.server.reserved_connections
+    )

@@ -1,31 +1,69 @@
-"""The connection budget, computed from settings only: the one place every figure comes from.
+"""The connection budget, computed from settings and the topology: the one place every figure comes from.
 
 Two ways of counting, side by side, because the difference is the point:
 
-* **as the guide counts** — each Celery worker is ``1 parent + N children`` processes, each at
-  ``DB_POOL_SIZE + DB_MAX_OVERFLOW``; the LangGraph pool is counted once at ``LANGGRAPH_POOL_MAX_SIZE``;
+* **as the guide counts**: each Celery worker is ``1 parent + N children`` processes, each at its
+  pool's ``pool_size + max_overflow``; the LangGraph pool is counted once at ``LANGGRAPH_POOL_MAX_SIZE``;
   the total adds the *estimated* peak (``DB_BUDGET_PEAK_FACTOR``, 60%), not the maximum. This
   reproduces the guide's tables (147 / 88 / 108 and 350 / 210 / 250).
-* **what really opens connections** — prefork parents open none (tested), so only children count; the
-  checkpointer pool is per process, and every workflow child that runs a graph opens one. This is the
-  worst case the server can see, and what the start-up guard compares with ``DB_CONNECTION_BUDGET``.
+* **what really opens connections**: prefork parents open none (tested), so only children count; the
+  checkpointer pool is per process, and every workflow child that runs a graph opens one; every
+  replica brings all of its processes' pools. This is the worst case the server can see, and what the
+  start-up guard compares with ``DB_CONNECTION_BUDGET`` and with what the server accepts.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+from app import topology
 from app.config.settings import Settings
+from app.topology import PoolSizing, ServicePlan
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the PostgreSQL server itself allows (``SHOW max_connections`` and the reserved slots)."""
+
+    max_connections: int
+    superuser_reserved_connections: int
+    reserved_connections: int = 0  # PostgreSQL 16+: slots for pg_use_reserved_connections
+
+    @property
+    def usable(self) -> int:
+        """Connections an ordinary role can open: the application's ceiling, whatever its allocation."""
+        return self.max_connections - self.superuser_reserved_connections - self.reserved_connections
+
+    def describe(self) -> str:
+        reserved = f"superuser_reserved_connections {self.superuser_reserved_connections}"
+        if self.reserved_connections:
+            reserved += f" - reserved_connections {self.reserved_connections}"
+        return f"{self.usable} (max_connections {self.max_connections} - {reserved})"
 
 
 @dataclass(frozen=True)
 class ServiceBudget:
-    service: str  # api, celery_logs, ... (the <service> of application_name)
-    guide_processes: int  # as the guide counts them (Celery: 1 parent + N children)
-    real_processes: int  # processes that open connections (Celery: children only)
-    per_process: int  # DB_POOL_SIZE + DB_MAX_OVERFLOW
-    langgraph_per_process: int = 0  # checkpointer pool max_size in each process that runs graphs
+    plan: ServicePlan
+
+    @property
+    def service(self) -> str:
+        return self.plan.name
+
+    @property
+    def guide_processes(self) -> int:
+        """As the guide counts them: a Celery worker is 1 parent + N children, per replica."""
+        parent = 1 if self.plan.service.is_worker else 0
+        return self.plan.replicas * (self.plan.processes + parent)
+
+    @property
+    def real_processes(self) -> int:
+        return self.plan.total_processes
+
+    @property
+    def per_process(self) -> int:
+        return self.plan.per_process
 
     @property
     def guide_total(self) -> int:
@@ -33,16 +71,16 @@ class ServiceBudget:
 
     @property
     def real_sqlalchemy(self) -> int:
-        return self.real_processes * self.per_process
+        return self.plan.sqlalchemy
 
     @property
     def real_langgraph(self) -> int:
-        return self.real_processes * self.langgraph_per_process
+        return self.plan.langgraph
 
     @property
     def real_total(self) -> int:
-        """The most connections this service's processes can hold at once."""
-        return self.real_sqlalchemy + self.real_langgraph
+        """The most connections this service's processes, on all its replicas, can hold at once."""
+        return self.plan.max_connections
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,7 @@ class Budget:
     peak_factor: float
     langgraph_max_size: int
     services: list[ServiceBudget] = field(default_factory=list)
+    server: ServerLimits | None = None
 
     # -- as the guide counts -------------------------------------------------------------------------
     @property
@@ -88,6 +127,15 @@ class Budget:
         return max(0, self.worst_case - self.allocation)
 
     @property
+    def server_overrun(self) -> int:
+        """How far the worst case exceeds what the server accepts (0 when it fits or is unknown)."""
+        return 0 if self.server is None else max(0, self.worst_case - self.server.usable)
+
+    @property
+    def fits(self) -> bool:
+        return self.overrun == 0 and self.server_overrun == 0
+
+    @property
     def pgbouncer_max_db_connections(self) -> int:
         """PgBouncer's hard cap on server connections to the database: the allocation less the admin
         reserve (admins connect to PostgreSQL directly, not through PgBouncer)."""
@@ -96,87 +144,223 @@ class Budget:
     def service(self, name: str) -> ServiceBudget:
         return next(s for s in self.services if s.service == name)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The machine-readable form (``python -m app.budget --json``), a deploy gate's input."""
+        return {
+            "environment": self.environment,
+            "allocation": self.allocation,
+            "admin_reserve": self.admin_reserve,
+            "worst_case": self.worst_case,
+            "fits": self.fits,
+            "server": None
+            if self.server is None
+            else {
+                "max_connections": self.server.max_connections,
+                "superuser_reserved_connections": self.server.superuser_reserved_connections,
+                "usable": self.server.usable,
+            },
+            "services": [
+                {
+                    "service": s.service,
+                    "replicas": s.plan.replicas,
+                    "processes": s.plan.processes,
+                    "per_process": s.per_process,
+                    "pool_size": s.plan.pool.pool_size,
+                    "max_overflow": s.plan.pool.max_overflow,
+                    "langgraph": s.plan.langgraph_max_size,
+                    "max_connections": s.real_total,
+                }
+                for s in self.services
+            ],
+        }
 
-def budget_from_settings(settings: Settings) -> Budget:
-    per_process = settings.db_pool_max_connections
+
+def budget_from_settings(settings: Settings, server: ServerLimits | None = None) -> Budget:
     return Budget(
         environment=settings.ENVIRONMENT,
         allocation=settings.DB_CONNECTION_BUDGET,
         admin_reserve=settings.DB_ADMIN_RESERVE,
         peak_factor=settings.DB_BUDGET_PEAK_FACTOR,
         langgraph_max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
-        services=[
-            ServiceBudget("api", settings.UVICORN_WORKERS, settings.UVICORN_WORKERS, per_process),
-            ServiceBudget(
-                "celery_logs",
-                settings.CELERY_LOGS_CONCURRENCY + 1,
-                settings.CELERY_LOGS_CONCURRENCY,
-                per_process,
-            ),
-            ServiceBudget(
-                "celery_content",
-                settings.CELERY_CONTENT_CONCURRENCY + 1,
-                settings.CELERY_CONTENT_CONCURRENCY,
-                per_process,
-            ),
-            ServiceBudget(
-                "celery_workflow",
-                settings.CELERY_WORKFLOW_CONCURRENCY + 1,
-                settings.CELERY_WORKFLOW_CONCURRENCY,
-                per_process,
-                langgraph_per_process=settings.LANGGRAPH_POOL_MAX_SIZE,
-            ),
-        ],
+        services=[ServiceBudget(p) for p in topology.fleet(settings)],
+        server=server,
     )
 
 
-# The variables that move the worst case, named in the guard's message.
-BUDGET_VARIABLES = (
-    "UVICORN_WORKERS",
-    "CELERY_LOGS_CONCURRENCY",
-    "CELERY_CONTENT_CONCURRENCY",
-    "CELERY_WORKFLOW_CONCURRENCY",
-    "DB_POOL_SIZE",
-    "DB_MAX_OVERFLOW",
-    "LANGGRAPH_POOL_MAX_SIZE",
-)
+def budget_variables() -> list[str]:
+    """The variables that move the worst case, named in the guard's message."""
+    names: list[str] = []
+    for spec in topology.SERVICES:
+        names += [spec.replicas_var, spec.processes_var]
+    return [*names, "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "<SERVICE>_DB_POOL_SIZE", "LANGGRAPH_POOL_MAX_SIZE"]
+
+
+# --- --suggest: pool sizes for what each service really does -----------------------------------------
+
+# A checkpointer pool for one graph at a time: the step's checkpoint write plus one concurrent read.
+LANGGRAPH_PER_GRAPH = 2
+# Below this a request-serving or fan-out process would serialise its own work on one connection.
+ELASTIC_MINIMUM = 2
+
+
+@dataclass(frozen=True)
+class SuggestedService:
+    service: str
+    replicas: int
+    processes: int
+    pool: PoolSizing
+    langgraph: int
+    reason: str
+
+    @property
+    def max_connections(self) -> int:
+        return self.replicas * self.processes * (self.pool.max_connections + self.langgraph)
 
 
 @dataclass(frozen=True)
 class Suggestion:
-    pool_size: int
-    max_overflow: int
-    langgraph_max_size: int
-    worst_case: int
+    environment: str
     allocation: int
+    admin_reserve: int
+    services: list[SuggestedService]
+    advice: str | None = None  # when nothing fits: which replica or process count to lower
+
+    @property
+    def worst_case(self) -> int:
+        return sum(s.max_connections for s in self.services) + self.admin_reserve
+
+    @property
+    def fits(self) -> bool:
+        return self.advice is None and self.worst_case <= self.allocation
 
     def env(self) -> dict[str, int]:
+        values: dict[str, int] = {}
+        for s in self.services:
+            spec = topology.service(s.service)
+            values[spec.pool_size_var] = s.pool.pool_size
+            values[spec.max_overflow_var] = s.pool.max_overflow
+        langgraph = [s.langgraph for s in self.services if s.langgraph]
+        if langgraph:
+            values["LANGGRAPH_POOL_MAX_SIZE"] = max(langgraph)
+        return values
+
+    def as_dict(self) -> dict[str, Any]:
         return {
-            "DB_POOL_SIZE": self.pool_size,
-            "DB_MAX_OVERFLOW": self.max_overflow,
-            "LANGGRAPH_POOL_MAX_SIZE": self.langgraph_max_size,
+            "environment": self.environment,
+            "allocation": self.allocation,
+            "admin_reserve": self.admin_reserve,
+            "worst_case": self.worst_case,
+            "fits": self.fits,
+            "advice": self.advice,
+            "env": self.env(),
+            "services": [
+                {
+                    "service": s.service,
+                    "replicas": s.replicas,
+                    "processes": s.processes,
+                    "per_process": s.pool.max_connections,
+                    "pool_size": s.pool.pool_size,
+                    "max_overflow": s.pool.max_overflow,
+                    "langgraph": s.langgraph,
+                    "max_connections": s.max_connections,
+                    "reason": s.reason,
+                }
+                for s in self.services
+            ],
         }
 
 
-def suggest(settings: Settings, *, langgraph_per_child: int | None = None) -> Suggestion | None:
-    """Pool sizes that make the worst case of this topology (its process counts) fit the allocation.
-
-    A workflow child runs one graph at a time, so it needs few checkpointer connections: 2 by default
-    (one for the step's writes, one for a concurrent read). What is left after the admin reserve and
-    the checkpointer is shared equally per process, split about 60 / 40 between pool_size and
-    max_overflow (persistent connections for the steady state, overflow for bursts). None when even
-    one connection per process does not fit.
-    """
-    budget = budget_from_settings(settings)
-    langgraph = langgraph_per_child or min(2, settings.LANGGRAPH_POOL_MAX_SIZE)
-    langgraph = max(langgraph, settings.LANGGRAPH_POOL_MIN_SIZE, 1)
-    processes = sum(s.real_processes for s in budget.services)
-    workflow = budget.service("celery_workflow").real_processes
-    room = budget.allocation - budget.admin_reserve - workflow * langgraph
-    per_process = room // processes if processes else 0
-    if per_process < 1:
-        return None
+def _split(per_process: int, like: PoolSizing) -> PoolSizing:
+    """Keep the configured split when the size is unchanged; otherwise about 60% persistent."""
+    if per_process == like.max_connections:
+        return like
     pool_size = max(1, math.ceil(per_process * 0.6))
-    max_overflow = per_process - pool_size
-    worst = processes * per_process + workflow * langgraph + budget.admin_reserve
-    return Suggestion(pool_size, max_overflow, langgraph, worst, budget.allocation)
+    return PoolSizing(pool_size, per_process - pool_size)
+
+
+def _want(plan: ServicePlan, settings: Settings) -> int:
+    """Connections one process of the service can use, at most."""
+    shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW).max_connections
+    role = plan.service.role
+    if role == "one_task":
+        return 2
+    if role == "fan_out":
+        return max(ELASTIC_MINIMUM, min(shared, settings.CONCEPT_CONCURRENCY_LIMIT))
+    return max(ELASTIC_MINIMUM, shared)
+
+
+def _reason(plan: ServicePlan, pool: PoolSizing, langgraph: int, settings: Settings) -> str:
+    unit = "uvicorn workers" if not plan.service.is_worker else "children"
+    head = f"{plan.replicas} x {plan.processes} {unit}, {pool.pool_size} + {pool.max_overflow} each: "
+    role = plan.service.role
+    if role == "requests":
+        why = "concurrent requests share a worker's pool; the overflow absorbs bursts"
+    elif role == "fan_out":
+        why = (
+            f"one task at a time, but it gathers {settings.CONCEPT_CONCURRENCY_LIMIT} concepts at once, "
+            "each checking out short sessions"
+        )
+    else:
+        why = "one task at a time and one session at a time; the overflow covers a nested checkout"
+    if langgraph:
+        why += f"; LangGraph {langgraph}: one graph at a time (a checkpoint write and a concurrent read)"
+    return head + why
+
+
+def _minimum(plan: ServicePlan, langgraph: int) -> int:
+    per = 2 if plan.service.role == "one_task" else ELASTIC_MINIMUM
+    return plan.total_processes * (per + langgraph)
+
+
+def _advice(plans: list[ServicePlan], langgraph: int, room: int) -> str:
+    """Which replica count to lower (the smallest change that fits), else the process counts."""
+    need = {p.name: _minimum(p, langgraph if p.service.checkpointer else 0) for p in plans}
+    total = sum(need.values())
+    for p in sorted(plans, key=lambda p: need[p.name], reverse=True):
+        per_replica = need[p.name] // p.replicas
+        for replicas in range(p.replicas - 1, 0, -1):
+            if total - need[p.name] + per_replica * replicas <= room:
+                return f"lower {p.service.replicas_var} from {p.replicas} to {replicas}"
+    names = ", ".join(p.service.processes_var for p in plans)
+    return (
+        f"even at the smallest pools ({total} > {room}) nothing fits: "
+        f"lower the replica or process counts ({names})"
+    )
+
+
+def suggest(settings: Settings) -> Suggestion:
+    """Pool sizes, per service, that make this topology (its replicas and process counts) fit.
+
+    A process that runs one task at a time gets 1 + 1; the checkpointer pool of a workflow child gets
+    what one graph needs. What is left of the allocation after those and the admin reserve is shared
+    per process between the services whose processes do concurrent work (the API's requests, a content
+    task's gather), up to what each can use.
+    """
+    plans = topology.fleet(settings)
+    langgraph = max(
+        min(LANGGRAPH_PER_GRAPH, settings.LANGGRAPH_POOL_MAX_SIZE), settings.LANGGRAPH_POOL_MIN_SIZE, 1
+    )
+    room = settings.DB_CONNECTION_BUDGET - settings.DB_ADMIN_RESERVE
+    fixed = [p for p in plans if p.service.role == "one_task"]
+    elastic = [p for p in plans if p.service.role != "one_task"]
+    graphs = sum(p.total_processes * langgraph for p in plans if p.service.checkpointer)
+    left = room - graphs - sum(p.total_processes * _want(p, settings) for p in fixed)
+    elastic_processes = sum(p.total_processes for p in elastic)
+    cap = left // elastic_processes if elastic_processes else 0
+    advice = None
+    if (elastic and cap < ELASTIC_MINIMUM) or left < 0:
+        advice = _advice(plans, langgraph, room)
+        cap = ELASTIC_MINIMUM
+    services = []
+    for p in plans:
+        want = _want(p, settings)
+        per = want if p.service.role == "one_task" else min(want, cap)
+        shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
+        pool = PoolSizing(1, 1) if p.service.role == "one_task" else _split(per, shared)
+        graph = langgraph if p.service.checkpointer else 0
+        services.append(
+            SuggestedService(p.name, p.replicas, p.processes, pool, graph, _reason(p, pool, graph, settings))
+        )
+    return Suggestion(
+        settings.ENVIRONMENT, settings.DB_CONNECTION_BUDGET, settings.DB_ADMIN_RESERVE, services, advice
+    )

@@ -3,13 +3,18 @@
 Connection allocation (managed PostgreSQL, ``max_connections = 400``):
 
 * production gets 280 connections, development 120 (``DB_CONNECTION_BUDGET``);
-* each process holds at most ``DB_POOL_SIZE + DB_MAX_OVERFLOW`` SQLAlchemy connections
-  (production 6 + 4 = 10, development 4 + 3 = 7);
-* the LangGraph checkpointer has its own psycopg pool (``LANGGRAPH_POOL_MAX_SIZE``: 20 / 10);
-* ``DB_ADMIN_RESERVE`` connections (20 / 10) stay free for psql and monitoring.
+* each process holds at most ``pool_size + max_overflow`` SQLAlchemy connections: the shared
+  ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` unless its service sets its own (``API_DB_POOL_SIZE``, ...);
+* the LangGraph checkpointer has its own psycopg pool per workflow process (``LANGGRAPH_POOL_MAX_SIZE``);
+* ``DB_ADMIN_RESERVE`` connections stay free for psql and monitoring.
 
-Development values are not coded here: they live in ``.env.development.example`` so that there is one
-place that says what "development" means and no ``if ENVIRONMENT == ...`` elsewhere in the code.
+Environment profiles: the defaults below are production's. ``ENVIRONMENT=development`` alone selects
+the development profile (``PROFILES``: the guide's development column); a variable set explicitly, in
+the environment or an env file, always wins over its profile. Nothing else in the code asks which
+environment it is in.
+
+Each service's variables (process count, replicas, per-service pool, time limit) are generated from
+``app.topology``, so a service is declared in one place.
 
 Invalid values stop start-up with one line naming the variable (``InvalidSettingsError``), and every
 password, key or DSN is a ``SecretStr`` so that no repr, log line or response can show it.
@@ -20,21 +25,39 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app import topology
+
 Environment = Literal["development", "production", "test"]
-ServiceType = Literal["api", "celery_logs", "celery_content", "celery_workflow"]
+ServiceType = Literal[topology.NAMES]  # type: ignore[valid-type]
 LogFormat = Literal["json", "console"]
+
+# The guide's development column. Production's values are the field defaults; "test" uses them too.
+# POSTGRES_DB is here because the audit charges an environment only with its own database.
+PROFILES: dict[str, dict[str, object]] = {
+    "production": {},
+    "development": {
+        "POSTGRES_DB": "roadmap_dev",
+        "DB_POOL_SIZE": 4,
+        "DB_MAX_OVERFLOW": 3,
+        "DB_CONNECTION_BUDGET": 120,
+        "DB_ADMIN_RESERVE": 10,
+        "LANGGRAPH_POOL_MAX_SIZE": 10,
+        **{s.processes_var: s.processes["development"] for s in topology.SERVICES},
+    },
+}
 
 
 class InvalidSettingsError(SystemExit):
@@ -45,7 +68,9 @@ class InvalidSettingsError(SystemExit):
     """
 
 
-class Settings(BaseSettings):
+class _CommonSettings(BaseSettings):
+    """Every setting but the per-service ones, which ``Settings`` adds from the topology."""
+
     model_config = SettingsConfigDict(
         case_sensitive=True,
         extra="ignore",
@@ -75,7 +100,8 @@ class Settings(BaseSettings):
     CHECKPOINTER_DATABASE_URL: SecretStr | None = None
 
     # --- SQLAlchemy pool, per process ---------------------------------------------------------------
-    # Production (Aliyun, 280 connections): 6 + 4 = 10 per process; development sets 4 + 3 = 7.
+    # The shared sizing (production 6 + 4 = 10 per process): a service's <PREFIX>_DB_POOL_SIZE /
+    # <PREFIX>_DB_MAX_OVERFLOW, when set, wins for that service's processes.
     DB_POOL_SIZE: int = Field(6, ge=1, le=200)
     DB_MAX_OVERFLOW: int = Field(4, ge=0, le=200)
     # Fail fast: SQLAlchemy's default of 30 s (60 s behind a proxy) is what made requests hang.
@@ -99,30 +125,21 @@ class Settings(BaseSettings):
     DB_POOL_CLASS: Literal["queue", "null"] = "queue"
 
     # --- connection allocation (of the server's max_connections) ------------------------------------
-    # Production 280 of 400; development sets 120.
+    # This environment's share of the server (the guide: 280 of 400 for production).
     DB_CONNECTION_BUDGET: int = Field(280, ge=1)
-    # Left free for psql and monitoring: production 20; development sets 10.
+    # Left free for psql and monitoring.
     DB_ADMIN_RESERVE: int = Field(20, ge=0)
     # The guide's "estimated real peak" as a share of the theoretical maximum (app.budget shows both).
     DB_BUDGET_PEAK_FACTOR: float = Field(0.6, gt=0, le=1)
-    # What a service does at start when the worst case exceeds DB_CONNECTION_BUDGET:
-    # off (nothing), warn (one log line), strict (refuse to start, naming the variables to change).
+    # What a service does at start when the worst case exceeds DB_CONNECTION_BUDGET or what the server
+    # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
+    # strict (refuse to start, naming the variables to change).
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
     # /metrics runs the pg_stat_activity audit (one short query) so alerts see the server's own count.
     DB_AUDIT_ON_SCRAPE: bool = True
 
-    # --- process counts (the budget's inputs; railway_entrypoint.sh reads the same names) ----------
-    # Production defaults; development sets 4 / 4 / 6 / 4.
-    UVICORN_WORKERS: int = Field(8, ge=1, le=64)
-    CELERY_LOGS_CONCURRENCY: int = Field(8, ge=1, le=64)
-    CELERY_CONTENT_CONCURRENCY: int = Field(10, ge=1, le=64)
-    CELERY_WORKFLOW_CONCURRENCY: int = Field(6, ge=1, le=64)
-
     # --- Celery --------------------------------------------------------------------------------------
-    # Hard time limits per queue; the soft limit (SoftTimeLimitExceeded, a chance to clean up) is 90%.
-    CELERY_LOGS_TIME_LIMIT: int = Field(120, ge=1)
-    CELERY_CONTENT_TIME_LIMIT: int = Field(900, ge=1)
-    CELERY_WORKFLOW_TIME_LIMIT: int = Field(3600, ge=1)
+    # Process counts, replicas and time limits are per service: generated from app.topology below.
     # Task events wait in Redis and are written to task_logs this many rows per connection.
     TASK_LOG_BATCH_SIZE: int = Field(500, ge=1, le=10_000)
     # At most one flush task is queued per this many seconds, however many events arrive.
@@ -130,8 +147,7 @@ class Settings(BaseSettings):
     # Prefixes every Redis key (Celery's and ours) so several stacks can share one Redis.
     REDIS_KEY_PREFIX: str = ""
 
-    # --- LangGraph checkpointer pool (psycopg AsyncConnectionPool) ---------------------------------
-    # Production 20; development sets 10. min_size 2 in both.
+    # --- LangGraph checkpointer pool (psycopg AsyncConnectionPool), per workflow process -------------
     LANGGRAPH_POOL_MIN_SIZE: int = Field(2, ge=0, le=100)
     LANGGRAPH_POOL_MAX_SIZE: int = Field(20, ge=1, le=100)
     LANGGRAPH_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
@@ -215,8 +231,17 @@ class Settings(BaseSettings):
             raise ValueError("ssl_cert_reqs must be required, optional or none")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill what the environment left unset from its profile; explicit values win."""
+        if isinstance(data, dict):
+            profile = PROFILES.get(str(data.get("ENVIRONMENT", "production")), {})
+            data = {**profile, **data}
+        return data
+
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _consistent(self) -> _CommonSettings:
         if self.LANGGRAPH_POOL_MIN_SIZE > self.LANGGRAPH_POOL_MAX_SIZE:
             raise ValueError(
                 f"LANGGRAPH_POOL_MIN_SIZE ({self.LANGGRAPH_POOL_MIN_SIZE}) must be <= "
@@ -236,19 +261,17 @@ class Settings(BaseSettings):
             )
         return self
 
-    # --- derived values: computed here, once, and read everywhere else ------------------------------
-    @property
-    def db_pool_max_connections(self) -> int:
-        """The most SQLAlchemy connections one process can hold."""
-        return self.DB_POOL_SIZE + self.DB_MAX_OVERFLOW
+    # --- derived values: computed here (or in app.topology), once, and read everywhere else ----------
+    def pool(self, service: str | None = None) -> topology.PoolSizing:
+        """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
+        return topology.pool_sizing(self, service)  # type: ignore[arg-type]
 
     @property
     def celery_visibility_timeout(self) -> int:
         """Redis redelivers an unacknowledged message after this long: longer than any task may run,
         or a slow-but-alive task would be started twice."""
-        return 2 * max(
-            self.CELERY_LOGS_TIME_LIMIT, self.CELERY_CONTENT_TIME_LIMIT, self.CELERY_WORKFLOW_TIME_LIMIT
-        )
+        limits = [p.time_limit for p in topology.fleet(self) if p.time_limit]  # type: ignore[arg-type]
+        return 2 * max(limits)
 
     @property
     def database_url(self) -> str:
@@ -265,17 +288,16 @@ class Settings(BaseSettings):
         )
 
     @property
+    def database_conninfo(self) -> str:
+        """libpq URL of the main database, for psycopg (the budget guard's one-off query)."""
+        return to_libpq_url(self.database_url)
+
+    @property
     def checkpointer_conninfo(self) -> str:
         """libpq URL for psycopg (the LangGraph checkpointer): its own database or the main one."""
-        url = (
-            self.CHECKPOINTER_DATABASE_URL.get_secret_value()
-            if self.CHECKPOINTER_DATABASE_URL is not None
-            else self.database_url
-        )
-        for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql://" + url[len(prefix) :]
-        return url
+        if self.CHECKPOINTER_DATABASE_URL is not None:
+            return to_libpq_url(self.CHECKPOINTER_DATABASE_URL.get_secret_value())
+        return self.database_conninfo
 
     @property
     def llm_offline(self) -> bool:
@@ -328,6 +350,13 @@ def to_asyncpg_url(url: str) -> str:
     return url
 
 
+def to_libpq_url(url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***``, safe for logs."""
     from sqlalchemy.engine import make_url
@@ -349,6 +378,34 @@ def _url_password(url: str) -> str | None:
 
 def _is_secret(annotation: object) -> bool:
     return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+def _service_fields() -> dict[str, Any]:
+    """Each service's variables, named and defaulted by app.topology."""
+    fields: dict[str, Any] = {}
+    for spec in topology.SERVICES:
+        kind = "uvicorn workers" if not spec.is_worker else "Celery children"
+        fields[spec.processes_var] = (
+            int,
+            Field(spec.processes["production"], ge=1, le=64, description=f"{spec.name}: {kind} per replica"),
+        )
+        fields[spec.replicas_var] = (
+            int,
+            Field(1, ge=1, le=100, description=f"{spec.name}: replicas (each brings its own pools)"),
+        )
+        fields[spec.pool_size_var] = (int | None, Field(None, ge=1, le=200))
+        fields[spec.max_overflow_var] = (int | None, Field(None, ge=0, le=200))
+        if spec.time_limit is not None:
+            # Hard limit; the soft limit (SoftTimeLimitExceeded, a chance to clean up) is 90% of it.
+            fields[spec.time_limit_var] = (int, Field(spec.time_limit, ge=1))
+    return fields
+
+
+if TYPE_CHECKING:
+    Settings = _CommonSettings
+else:
+    Settings = create_model("Settings", __base__=_CommonSettings, __module__=__name__, **_service_fields())
+    Settings.__doc__ = __doc__
 
 
 # Fields whose value is never echoed, not even in a validation message.

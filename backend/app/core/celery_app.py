@@ -1,6 +1,7 @@
-"""The Celery application (``celery -A app.core.celery_app worker --queues=... --concurrency=N``).
+"""The Celery application (``celery -A app.core.celery_app worker --queues=<queue>``).
 
-Three queues, declared explicitly, each served by its own worker deployment:
+Queues, routes and per-queue task options come from ``app.topology``: one worker service per queue,
+each with its own ``application_name``:
 
 =====================  ===========================================  ===========================
 queue                  tasks (routed by module)                     service / application_name
@@ -12,8 +13,10 @@ queue                  tasks (routed by module)                     service / ap
 
 Process model, and why it is safe with pools:
 
-* the prefork **parent** never opens a database connection: it only reads its ``--queues`` option to
-  learn which service it is (``celeryd_init``), before any child exists;
+* the prefork **parent** never holds a database connection: it learns which service it is from
+  ``--queues`` (or ``SERVICE_TYPE``) in ``celeryd_init``, before any child exists, and takes the
+  service's budgeted child count as ``worker_concurrency``, so any start command runs the number of
+  children the budget counts;
 * each **child** (``worker_process_init``) names its service, gets one event loop that it keeps for its
   whole life, and builds its engine lazily on the first task that needs it, so no socket is ever
   shared across ``fork``; at ``worker_process_shutdown`` it disposes of the engine on that same loop.
@@ -33,20 +36,10 @@ import structlog
 from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 
-from app.config.settings import Settings, get_settings
+from app import topology
+from app.config.settings import InvalidSettingsError, Settings, get_settings
 
 log = structlog.get_logger("app.celery")
-
-QUEUE_SERVICES: dict[str, str] = {
-    "logs": "celery_logs",
-    "content_generation": "celery_content",
-    "roadmap_workflow": "celery_workflow",
-}
-TASK_MODULES: dict[str, str] = {
-    "logs": "app.tasks.logs_tasks",
-    "content_generation": "app.tasks.content_generation_tasks",
-    "roadmap_workflow": "app.tasks.roadmap_workflow_tasks",
-}
 _SSL_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 
 
@@ -82,22 +75,19 @@ class DatabaseTask(Task):
 
 
 def queue_options(queue: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Per-queue task options, derived from settings in this one place."""
+    """Per-queue task options, derived from the queue's service in the topology and its settings."""
     settings = settings or get_settings()
-    hard = {
-        "logs": settings.CELERY_LOGS_TIME_LIMIT,
-        "content_generation": settings.CELERY_CONTENT_TIME_LIMIT,
-        "roadmap_workflow": settings.CELERY_WORKFLOW_TIME_LIMIT,
-    }[queue]
-    long_running = queue != "logs"
+    spec = topology.for_queue(queue)
+    if spec is None:
+        raise KeyError(f"unknown queue {queue!r}; queues: {', '.join(topology.QUEUES)}")
+    hard = topology.plan(settings, spec.name).time_limit or 60
     return {
         "base": DatabaseTask,
         "time_limit": hard,
         "soft_time_limit": max(1, int(hard * 0.9)),
         # Late ack + reject on a dead child: a killed worker's task is redelivered, not lost.
-        # The logs queue keeps early ack: its flush is at-least-once through Redis anyway.
-        "acks_late": long_running,
-        "reject_on_worker_lost": long_running,
+        "acks_late": spec.acks_late,
+        "reject_on_worker_lost": spec.acks_late,
     }
 
 
@@ -108,19 +98,21 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
         "roadmap",
         broker=url,
         backend=url,
-        include=list(TASK_MODULES.values()),
+        include=[s.task_module for s in topology.WORKERS if s.task_module],
         set_as_current=set_as_current,
     )
     exchange = Exchange("roadmap", type="direct")
     prefix = {"global_keyprefix": settings.REDIS_KEY_PREFIX} if settings.REDIS_KEY_PREFIX else {}
     app.conf.update(
-        task_queues=[Queue(name, exchange, routing_key=name) for name in QUEUE_SERVICES],
+        task_queues=[Queue(name, exchange, routing_key=name) for name in topology.QUEUES],
         task_default_exchange="roadmap",
         task_default_queue="logs",
         task_default_routing_key="logs",
         task_create_missing_queues=False,
         task_routes={
-            f"{module}.*": {"queue": queue, "routing_key": queue} for queue, module in TASK_MODULES.items()
+            f"{s.task_module}.*": {"queue": s.queue, "routing_key": s.queue}
+            for s in topology.WORKERS
+            if s.task_module
         },
         task_serializer="json",
         result_serializer="json",
@@ -161,13 +153,45 @@ app = celery_app  # `celery -A app.core.celery_app` finds either name
 _worker_service: str | None = None
 
 
-def service_for_queues(queues: str | list[str] | None) -> str:
-    """The service a worker is, from its ``--queues``; SERVICE_TYPE when it serves several or none."""
+def service_for_queues(queues: str | list[str] | None, settings: Settings | None = None) -> str:
+    """The worker service a worker is: from its one ``--queues`` entry, else from SERVICE_TYPE.
+
+    A worker that would consume several queues, or any queue with no service named, is refused: its
+    children would not be counted by any service's budget.
+    """
+    settings = settings or get_settings()
     names = queues.split(",") if isinstance(queues, str) else list(queues or [])
     names = [n.strip() for n in names if n.strip()]
-    if len(names) == 1 and names[0] in QUEUE_SERVICES:
-        return QUEUE_SERVICES[names[0]]
-    return get_settings().SERVICE_TYPE
+    if len(names) == 1 and (spec := topology.for_queue(names[0])) is not None:
+        return spec.name
+    if not names and settings.SERVICE_TYPE in {s.name for s in topology.WORKERS}:
+        return settings.SERVICE_TYPE
+    raise InvalidSettingsError(
+        f"a worker serves exactly one queue: pass --queues=<one of {', '.join(topology.QUEUES)}> or set "
+        f"SERVICE_TYPE to one of {', '.join(s.name for s in topology.WORKERS)} (got --queues={queues!r}, "
+        f"SERVICE_TYPE={settings.SERVICE_TYPE!r})"
+    )
+
+
+def _budgeted_concurrency(conf: Any, options: dict[str, Any], service: str, settings: Settings) -> None:
+    """Run the number of children the budget counts, whatever command started the worker.
+
+    Without ``--concurrency`` Celery would start one child per CPU; ``worker_concurrency`` set here,
+    before the worker reads it, makes it the service's setting. An explicit, different
+    ``--concurrency`` is the operator's choice but unbudgeted: refused in strict mode, logged in warn.
+    """
+    plan = topology.plan(settings, service)
+    conf.worker_concurrency = plan.processes
+    given = options.get("concurrency")
+    if given and str(given).isdigit() and int(given) != plan.processes:
+        message = (
+            f"--concurrency={given} differs from {plan.service.processes_var}={plan.processes}, the count "
+            f"the connection budget uses; set {plan.service.processes_var} instead of the flag"
+        )
+        if settings.DB_BUDGET_ENFORCEMENT == "strict":
+            raise InvalidSettingsError(message)
+        if settings.DB_BUDGET_ENFORCEMENT == "warn":
+            log.warning("celery_concurrency_not_budgeted", detail=message)
 
 
 @signals.setup_logging.connect
@@ -179,23 +203,37 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _on_worker_parent_init(options: dict[str, Any] | None = None, **_: Any) -> None:
-    """In the parent, before the pool forks: learn the service name. No database access here."""
+def _on_worker_parent_init(conf: Any = None, options: dict[str, Any] | None = None, **_: Any) -> None:
+    """In the parent, before the pool forks: learn the service and its child count. No pool here."""
     global _worker_service
-    _worker_service = service_for_queues((options or {}).get("queues"))
+    settings = get_settings()
+    options = options or {}
+    _worker_service = service_for_queues(options.get("queues"), settings)
     from app.core.logging import configure_logging
 
-    configure_logging(get_settings(), service=_worker_service, force=True)
+    configure_logging(settings, service=_worker_service, force=True)
+    if conf is not None:
+        _budgeted_concurrency(conf, options, _worker_service, settings)
     log.info("celery_worker_starting", worker_service=_worker_service)
     from app.budget.guard import enforce_budget
 
-    enforce_budget(get_settings(), _worker_service)  # skipped when railway_entrypoint.sh already checked
-    port = get_settings().WORKER_METRICS_PORT
+    enforce_budget(settings, _worker_service)  # skipped when railway_entrypoint.sh already checked
+    port = settings.WORKER_METRICS_PORT
     if port:
         from app.core.metrics import serve_worker_metrics
 
         serve_worker_metrics(port)  # a thread of the parent only: it does not survive fork
         log.info("worker_metrics_serving", port=port)
+
+
+@signals.celeryd_after_setup.connect
+def _consume_only_the_service_queue(instance: Any = None, **_: Any) -> None:
+    """Started without ``--queues`` (SERVICE_TYPE named the service): consume that service's queue only."""
+    spec = topology.service(_worker_service) if _worker_service else None
+    if instance is not None and spec is not None and spec.queue:
+        queues = instance.app.amqp.queues
+        if set(queues.consume_from or queues) != {spec.queue}:
+            queues.select([spec.queue])
 
 
 @signals.worker_process_init.connect

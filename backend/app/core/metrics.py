@@ -93,22 +93,46 @@ LANGGRAPH_POOL_MAX = Gauge(
 )
 
 
-# From the live audit (pg_stat_activity), refreshed at each scrape of the API's /metrics.
+# From the live audit (pg_stat_activity), refreshed at each scrape of the API's /metrics. Every API
+# replica reports the same server-side figures: aggregate them with max, not sum, across instances.
 DB_SERVER_CONNECTIONS = Gauge(
     "db_server_connections",
-    "Connections the PostgreSQL server shows for each service of this environment (pg_stat_activity).",
-    ["service"],
+    "Connections to this environment's database, per service (other: psql, migrations, tools).",
+    ["environment", "service"],
     multiprocess_mode="livemostrecent",
 )
 DB_CONNECTION_SERVICE_BUDGET = Gauge(
     "db_connection_service_budget",
-    "The most connections a service may open (processes x pool, plus its checkpointer pools).",
-    ["service"],
+    "The most connections a service may open (replicas x processes x pool, plus checkpointer pools).",
+    ["environment", "service"],
     multiprocess_mode="livemostrecent",
 )
 DB_CONNECTION_ALLOCATION = Gauge(
     "db_connection_allocation",
-    "DB_CONNECTION_BUDGET: this environment's share of the server's max_connections.",
+    "DB_CONNECTION_BUDGET: the environment's share of the server's max_connections.",
+    ["environment"],
+    multiprocess_mode="livemostrecent",
+)
+DB_INSTANCE_CONNECTIONS = Gauge(
+    "db_instance_connections",
+    "Connections on the whole server named <environment>.*, for every known environment.",
+    ["environment"],
+    multiprocess_mode="livemostrecent",
+)
+DB_INSTANCE_ALLOCATION = Gauge(
+    "db_instance_allocation",
+    "Each known environment's allocation, as this environment knows it (its profile or its settings).",
+    ["environment"],
+    multiprocess_mode="livemostrecent",
+)
+DB_SERVER_MAX_CONNECTIONS = Gauge(
+    "db_server_max_connections",
+    "The server's max_connections (SHOW max_connections).",
+    multiprocess_mode="livemostrecent",
+)
+DB_SERVER_RESERVED_CONNECTIONS = Gauge(
+    "db_server_reserved_connections",
+    "Slots ordinary roles cannot use: superuser_reserved_connections (+ reserved_connections).",
     multiprocess_mode="livemostrecent",
 )
 

@@ -50,13 +50,14 @@ def engine_url(settings: Settings) -> str:
 
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
+    sizing = settings.pool(service)
     if settings.DB_POOL_CLASS == "null":
         engine = build_unpooled_engine(settings, service)
     else:
         engine = create_async_engine(
             engine_url(settings),
-            pool_size=settings.DB_POOL_SIZE,
-            max_overflow=settings.DB_MAX_OVERFLOW,
+            pool_size=sizing.pool_size,
+            max_overflow=sizing.max_overflow,
             pool_timeout=settings.DB_POOL_TIMEOUT,
             pool_recycle=settings.DB_POOL_RECYCLE,
             pool_pre_ping=settings.DB_POOL_PRE_PING,
@@ -69,8 +70,8 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
         "db_engine_created",
         pool_service=service,
         url=settings.database_url_masked,
-        pool_size=settings.DB_POOL_SIZE,
-        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_size=sizing.pool_size,
+        max_overflow=sizing.max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
         application_name=settings.application_name(service),
         pid=os.getpid(),
@@ -177,17 +178,17 @@ class PoolSnapshot:
 def pool_snapshot() -> PoolSnapshot:
     state = _state()
     pool = state.engine.sync_engine.pool
-    settings = state.settings
-    max_connections = settings.db_pool_max_connections
+    sizing = state.settings.pool(state.service)
+    max_connections = sizing.max_connections
     if not hasattr(pool, "overflow"):  # NullPool (DB_POOL_CLASS=null): nothing pooled to report
-        return PoolSnapshot(settings.DB_POOL_SIZE, 0, 0, settings.DB_MAX_OVERFLOW, max_connections, 0.0)
+        return PoolSnapshot(sizing.pool_size, 0, 0, sizing.max_overflow, max_connections, 0.0)
     checked_out = min(pool.checkedout(), max_connections)
     return PoolSnapshot(
-        pool_size=settings.DB_POOL_SIZE,
+        pool_size=sizing.pool_size,
         checked_out=checked_out,
         # QueuePool.overflow() starts at -pool_size; only connections beyond pool_size are overflow.
         overflow=max(0, pool.overflow()),
-        max_overflow=settings.DB_MAX_OVERFLOW,
+        max_overflow=sizing.max_overflow,
         max_connections=max_connections,
         usage_ratio=round(100 * checked_out / max_connections, 1),
     )

@@ -173,14 +173,15 @@ def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> Po
     pool: Pool = engine.sync_engine.pool
     inst = PoolInstrumentation(
         service=service,
-        max_connections=settings.db_pool_max_connections,
+        max_connections=settings.pool(service).max_connections,
         high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
         critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
         limiter=LogRateLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
         leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
     )
-    metrics.DB_POOL_SIZE.labels(service).set(settings.DB_POOL_SIZE)
-    metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(settings.db_pool_max_connections)
+    sizing = settings.pool(service)
+    metrics.DB_POOL_SIZE.labels(service).set(sizing.pool_size)
+    metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(sizing.max_connections)
     metrics.DB_POOL_IN_USE.labels(service).set(0)
     metrics.DB_POOL_OPEN.labels(service).set(0)
     # Exported at 0 from the start, so rate(db_pool_connection_timeouts_total[5m]) has a baseline.
