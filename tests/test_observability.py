@@ -32,7 +32,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
@@ -53,5 +53,5 @@ def test_rules_and_dashboard_use_exported_metrics() -> None:
     assert used, "no metric names found"
     assert used <= EXPORTED, used - EXPORTED
     titles = " ".join(p["title"] for p in dashboard["panels"])
-    for topic in ("Pool usage", "timeouts", "hold time p95", "against the allocation"):
+    for topic in ("Pool usage", "timeouts", "hold time p95", "against its allocation", "max_connections"):
         assert topic in titles
