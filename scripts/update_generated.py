@@ -68,12 +68,15 @@ def railway_variables() -> str:
     for s in topology.SERVICES:
         p, d = topology.plan(prod, s.name), topology.plan(dev, s.name)
         title = s.title.format(n=p.processes).split(" (")[0]
+        # A fixed-size pool holds the shared maximum, all persistent (app.topology.Service.fixed_pool).
+        size_fallback = "`DB_POOL_SIZE + DB_MAX_OVERFLOW`" if s.fixed_pool else "`DB_POOL_SIZE`"
+        overflow_fallback = "0: a fixed-size pool" if s.fixed_pool else "`DB_MAX_OVERFLOW`"
         first = f"| {title} | `deploy/railway/{s.name}.json` | `{s.name}` "
         rows = [
             (f"`{s.processes_var}`", p.processes, d.processes),
             (f"`{s.replicas_var}`", p.replicas, d.replicas),
-            (f"`{s.pool_size_var}` (else `DB_POOL_SIZE`)", p.pool.pool_size, d.pool.pool_size),
-            (f"`{s.max_overflow_var}` (else `DB_MAX_OVERFLOW`)", p.pool.max_overflow, d.pool.max_overflow),
+            (f"`{s.pool_size_var}` (else {size_fallback})", p.pool.pool_size, d.pool.pool_size),
+            (f"`{s.max_overflow_var}` (else {overflow_fallback})", p.pool.max_overflow, d.pool.max_overflow),
         ]
         if s.checkpointer:
             rows.append(("`LANGGRAPH_POOL_MAX_SIZE`", p.langgraph_max_size, d.langgraph_max_size))

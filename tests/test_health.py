@@ -36,12 +36,18 @@ async def test_healthy_shape(client: httpx.AsyncClient) -> None:
     pool = body["database"]["pool"]
     assert_consistent(pool)
     settings = get_settings()
-    assert pool["pool_size"] == settings.DB_POOL_SIZE
-    assert pool["max_overflow"] == settings.DB_MAX_OVERFLOW
+    assert pool["pool_size"] == settings.pool().pool_size
+    assert pool["max_overflow"] == settings.pool().max_overflow
     assert pool["checked_out"] == 0  # the probe's own connection is back in the pool
 
 
-async def test_figures_track_connections_in_use(client: httpx.AsyncClient) -> None:
+async def test_figures_track_connections_in_use(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 2 + 1 pool (the API's is fixed-size by default), to see the overflow reported.
+    monkeypatch.setenv("API_DB_POOL_SIZE", "2")
+    monkeypatch.setenv("API_DB_MAX_OVERFLOW", "1")
+    get_settings.cache_clear()
     async with AsyncExitStack() as stack:
         for _ in range(2):
             await stack.enter_async_context(get_engine().connect())

@@ -41,10 +41,11 @@ async def test_gauges_equal_what_pg_stat_activity_counts(pg: asyncpg.Connection,
             assert gauge("db_pool_connections_in_use") == held
             assert gauge("db_pool_connections_open") == await server_count(pg, test_db_name) == held
             assert pool_snapshot().checked_out == held
-    # Returned to the pool: nothing in use, the pool keeps pool_size open (overflow ones are closed).
+    # Returned to the pool: nothing in use, the pool keeps pool_size open (overflow ones are closed;
+    # the API's pool is fixed-size, so it keeps them all).
     assert gauge("db_pool_connections_in_use") == 0
     assert gauge("db_pool_connections_open") == await server_count(pg, test_db_name)
-    assert gauge("db_pool_size") == get_settings().DB_POOL_SIZE
+    assert gauge("db_pool_size") == get_settings().pool().pool_size
     assert gauge("db_pool_max_connections") == max_connections
 
 

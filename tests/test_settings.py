@@ -90,7 +90,9 @@ def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatc
     assert settings.CELERY_CONTENT_CONCURRENCY == 3 and settings.DB_CONNECTION_BUDGET == 150
     assert settings.UVICORN_WORKERS == 4  # still the profile's
     assert (settings.pool("celery_content").pool_size, settings.pool("celery_content").max_overflow) == (2, 3)
-    assert settings.pool("api").pool_size == 4  # the shared fallback
+    assert settings.pool("celery_logs").pool_size == 4  # the shared fallback
+    # the API's pool is fixed-size: the shared maximum, all persistent (no overflow churn)
+    assert (settings.pool("api").pool_size, settings.pool("api").max_overflow) == (7, 0)
 
 
 def test_every_service_has_its_variables(clean_env: pytest.MonkeyPatch) -> None:

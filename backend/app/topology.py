@@ -48,6 +48,11 @@ class Service:
     # Acknowledged after the task ran, and redelivered when its child dies: a lost message would
     # leave a roadmap unfinished. Early ack where redelivery buys nothing.
     acks_late: bool = True
+    # A fixed-size pool by default (the shared pool_size + max_overflow, all persistent), the way
+    # HikariCP recommends: under sustained concurrency around pool_size, QueuePool closes each overflow
+    # connection as it is returned and opens another for the next burst (a connect, TLS and auth per
+    # churn). The budget is the same; only the idle connections differ.
+    fixed_pool: bool = False
     processes_variable: str | None = None  # default <PREFIX>_CONCURRENCY
 
     @property
@@ -88,6 +93,7 @@ SERVICES: tuple[Service, ...] = (
         role="requests",
         title="FastAPI API (`uvicorn --workers {n}`)",
         processes_variable="UVICORN_WORKERS",
+        fixed_pool=True,
     ),
     Service(
         name="celery_logs",
@@ -194,16 +200,19 @@ def pool_sizing(settings: Settings, name: str | None = None) -> PoolSizing:
     """The SQLAlchemy pool of one process of ``name`` (default: this process's SERVICE_TYPE).
 
     A service's own ``<PREFIX>_DB_POOL_SIZE`` / ``_DB_MAX_OVERFLOW`` win; unset, the shared
-    ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` apply. One-off tools (migrate, audit) use the shared values.
+    ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` apply, all persistent for a ``fixed_pool`` service (the
+    same maximum). One-off tools (migrate, audit) use the shared values.
     """
+    shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
     spec = next((s for s in SERVICES if s.name == (name or settings.SERVICE_TYPE)), None)
     if spec is None:
-        return PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
+        return shared
+    default = PoolSizing(shared.max_connections, 0) if spec.fixed_pool else shared
     size = getattr(settings, spec.pool_size_var)
     overflow = getattr(settings, spec.max_overflow_var)
     return PoolSizing(
-        settings.DB_POOL_SIZE if size is None else size,
-        settings.DB_MAX_OVERFLOW if overflow is None else overflow,
+        default.pool_size if size is None else size,
+        default.max_overflow if overflow is None else overflow,
     )
 
 

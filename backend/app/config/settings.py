@@ -22,6 +22,7 @@ password, key or DSN is a ``SecretStr`` so that no repr, log line or response ca
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -108,8 +109,11 @@ class _CommonSettings(BaseSettings):
     DB_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
     # Recycle before a managed server or a NAT drops an idle connection (often at 30-60 min).
     DB_POOL_RECYCLE: int = Field(1800, ge=-1)
-    # One cheap round trip per checkout, in exchange for never handing out a dead connection.
+    # Validate a pooled connection before handing it out, if it has been idle longer than
+    # DB_POOL_PING_IDLE_SECONDS (HikariCP's aliveBypassWindowMs is 500 ms; 0 pings every checkout).
+    # One round trip, and only where a connection may have died unnoticed (app.db.liveness).
     DB_POOL_PRE_PING: bool = True
+    DB_POOL_PING_IDLE_SECONDS: float = Field(0.5, ge=0, le=3600)
     DB_CONNECT_TIMEOUT: float = Field(5.0, gt=0, le=120)
     # Pool instrumentation (events -> Prometheus, usage logs); off only to measure its cost.
     DB_POOL_METRICS_ENABLED: bool = True
@@ -265,6 +269,13 @@ class _CommonSettings(BaseSettings):
     def pool(self, service: str | None = None) -> topology.PoolSizing:
         """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
         return topology.pool_sizing(self, service)  # type: ignore[arg-type]
+
+    def fan_out_checkouts(self, service: str | None = None) -> int:
+        """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
+        the pool's high-usage mark, so concurrent work inside one task never starves its own pool or
+        trips db_pool_critical_usage, whatever CONCEPT_CONCURRENCY_LIMIT is."""
+        below_high = math.ceil(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO) - 1
+        return max(1, below_high)
 
     @property
     def celery_visibility_timeout(self) -> int:

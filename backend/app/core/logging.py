@@ -92,7 +92,12 @@ def configure_logging(settings: Settings, service: str | None = None, *, force: 
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a call below LOG_LEVEL returns before any processor builds the event.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=not force,
@@ -106,7 +111,15 @@ def configure_logging(settings: Settings, service: str | None = None, *, force: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.LOG_LEVEL)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    # uvicorn sets its loggers' own levels (INFO by default), which would let an access line per
+    # request be built and formatted whatever LOG_LEVEL says: they inherit the root's level instead.
+    # `uvicorn --no-access-log` leaves uvicorn.access without handlers and not propagating; keep it so,
+    # since uvicorn decides per connection whether to log from whether that logger has handlers.
+    access = logging.getLogger("uvicorn.access")
+    access_off = not access.propagate and not access.handlers
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).setLevel(logging.NOTSET)
         logging.getLogger(name).propagate = True
+    access.propagate = not access_off
     _configured = True

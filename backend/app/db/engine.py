@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from app.config.settings import Settings, get_settings
+from app.db.liveness import install_idle_ping
 from app.db.pool_metrics import PoolInstrumentation, instrument_pool
 
 log = structlog.get_logger("app.db")
@@ -60,11 +61,15 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
             max_overflow=sizing.max_overflow,
             pool_timeout=settings.DB_POOL_TIMEOUT,
             pool_recycle=settings.DB_POOL_RECYCLE,
-            pool_pre_ping=settings.DB_POOL_PRE_PING,
-            # A request that exhausts the pool should wait in line fairly, oldest first.
+            # Validation is app.db.liveness's: after an idle spell only, not on every checkout.
+            pool_pre_ping=False,
+            # FIFO reuse keeps every pooled connection busy now and then, so none sits idle long
+            # enough to be dropped by a NAT or a server timeout. (Waiters queue in order either way.)
             pool_use_lifo=False,
             connect_args=connect_args(settings, service),
         )
+        if settings.DB_POOL_PRE_PING:
+            install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS)
     instrumentation = instrument_pool(engine, service, settings) if settings.DB_POOL_METRICS_ENABLED else None
     log.info(
         "db_engine_created",

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import greenlet
@@ -63,16 +63,26 @@ def _stack() -> Iterator[FrameType]:
         current = current.parent
 
 
-def checkout_site(depth: int = 3) -> str:
-    """Where the connection was asked for: the first few frames outside the pool machinery.
+# Whether a file is the pool's machinery, decided once per file name: the walk runs on every checkout
+# while leak detection is on, so each frame costs a dict lookup (str hashes are cached), not seven
+# substring searches.
+_is_machinery: dict[str, bool] = {}
 
-    Walking frames is cheap (no source lines are read), so this can run on every checkout.
-    """
+
+def _machinery(code: CodeType) -> bool:
+    name = code.co_filename
+    known = _is_machinery.get(name)
+    if known is None:
+        known = _is_machinery[name] = "site-packages" in name or any(part in name for part in _MACHINERY)
+    return known
+
+
+def checkout_site(depth: int = 3) -> str:
+    """Where the connection was asked for: the first few frames outside the pool machinery."""
     sites: list[str] = []
     for frame in _stack():
-        filename = frame.f_code.co_filename
-        if not any(part in filename for part in _MACHINERY) and "site-packages" not in filename:
-            sites.append(f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        if not _machinery(frame.f_code):
+            sites.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
             if len(sites) == depth:
                 break
     return " <- ".join(sites) or "unknown"

@@ -1,21 +1,32 @@
-"""``safe_session()``: the one way application code borrows a database connection.
+"""The ways application code borrows a database connection, each returning it whatever happens.
 
-It commits on success, rolls back on error and always returns the connection to the pool, which is
-what makes leaks impossible by construction. It is also where a pool timeout surfaces, so this is where
-``db_pool_connection_timeouts_total`` is counted before the error travels on (the API turns it into
-a 503, a Celery task into a retry).
+* ``safe_session()``: an ORM session in a transaction, for writes. It commits on success, rolls back
+  on error and always returns the connection to the pool, which makes leaks impossible by construction.
+* ``read(query)``: one read on a connection in autocommit, for the request path's reads. A read needs
+  no BEGIN/COMMIT round trips, and the routes' reads are single statements, so a request costs one
+  round trip (behind PgBouncer in transaction mode a transaction is kept: see ``read``). A read that
+  finds its connection dead (killed while pooled) runs once more on a fresh one: reads are idempotent,
+  and the pool has already replaced every connection older than the failure.
+* ``limit_checkouts(n)``: a bound on the sessions a task's own fan-out holds at once.
+
+Both are where a pool timeout surfaces, so this is where ``db_pool_connection_timeouts_total`` is
+counted before the error travels on (the API turns it into a 503, a Celery task into a retry).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import exc
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.engine import current_service, get_sessionmaker
+from app.config.settings import get_settings
+from app.db.engine import current_service, get_engine, get_sessionmaker
 from app.db.pool_metrics import record_pool_timeout
 
 log = structlog.get_logger("app.db")
@@ -23,14 +34,19 @@ log = structlog.get_logger("app.db")
 
 @asynccontextmanager
 async def safe_session() -> AsyncIterator[AsyncSession]:
+    async with _gated(), _session() as session:
+        yield session
+
+
+@asynccontextmanager
+async def _session() -> AsyncIterator[AsyncSession]:
     session = get_sessionmaker()()
     try:
         yield session
         await session.commit()
     except exc.TimeoutError:
         # Raised by the pool after DB_POOL_TIMEOUT seconds of waiting: the pool is exhausted.
-        record_pool_timeout(current_service())
-        log.warning("db_pool_timeout", pool_service=current_service())
+        _pool_timed_out()
         await session.rollback()
         raise
     except BaseException:
@@ -38,6 +54,76 @@ async def safe_session() -> AsyncIterator[AsyncSession]:
         raise
     finally:
         await session.close()
+
+
+T = TypeVar("T")
+# A bound on this task's concurrent checkouts (limit_checkouts), inherited by the tasks it gathers.
+_checkout_gate: ContextVar[asyncio.Semaphore | None] = ContextVar("db_checkout_gate", default=None)
+
+
+@contextmanager
+def limit_checkouts(slots: int) -> Iterator[None]:
+    """Within the block (and the tasks it starts), at most ``slots`` sessions at once: a fan-out of 15
+    concepts then queues for the pool below its high-usage mark instead of piling onto it."""
+    token = _checkout_gate.set(asyncio.Semaphore(slots))
+    try:
+        yield
+    finally:
+        _checkout_gate.reset(token)
+
+
+@asynccontextmanager
+async def _gated() -> AsyncIterator[None]:
+    gate = _checkout_gate.get()
+    if gate is None:
+        yield
+        return
+    try:
+        await asyncio.wait_for(gate.acquire(), get_settings().DB_POOL_TIMEOUT)
+    except TimeoutError:
+        raise exc.TimeoutError("no checkout slot of this task's fan-out came free in time") from None
+    try:
+        yield
+    finally:
+        gate.release()
+
+
+def _pool_timed_out() -> None:
+    record_pool_timeout(current_service())
+    log.warning("db_pool_timeout", pool_service=current_service())
+
+
+@asynccontextmanager
+async def autocommit() -> AsyncIterator[AsyncConnection]:
+    """A pooled connection on which each statement commits by itself: for single statements (a read,
+    an atomic ``UPDATE ... RETURNING``), no BEGIN/COMMIT round trips, and a row lock taken by the
+    statement is released as soon as it ends rather than at a later COMMIT."""
+    # Behind PgBouncer in transaction mode a statement's parse and execute must share a transaction to
+    # reach the same server connection: there the block runs in one, committed at its end.
+    behind_pgbouncer = get_settings().DB_BEHIND_PGBOUNCER
+    try:
+        async with _gated(), get_engine().connect() as conn:
+            if not behind_pgbouncer:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+            if behind_pgbouncer:
+                await conn.commit()
+    except exc.TimeoutError:
+        _pool_timed_out()
+        raise
+
+
+async def read(query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run ``query`` on an autocommit connection; once more if that connection was dead."""
+    for attempt in (1, 2):
+        try:
+            async with autocommit() as conn:
+                return await query(conn)
+        except exc.DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+            log.info("db_read_retried_on_fresh_connection", error_type=type(error.orig).__name__)
+    raise AssertionError("unreachable")
 
 
 async def get_db_session() -> AsyncIterator[AsyncSession]:

@@ -4,17 +4,52 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy import RowMapping, Text, bindparam, column, func, select, update, values
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import Concept, Roadmap
 
+_ROADMAPS = Roadmap.__table__
+_CONCEPTS = Concept.__table__
+_SUMMARY = [c for c in _ROADMAPS.c if c.name != "owner"]
+# The detail's concept columns, prefixed so they do not collide with the roadmap's own.
+_CONCEPT_FIELDS = ("id", "position", "title", "status", "attempts", "content", "error")
+_CONCEPT_COLUMNS = [_CONCEPTS.c[name].label(f"concept_{name}") for name in _CONCEPT_FIELDS]
+# The API's reads, built once (see TaskLogRepository): a roadmap with its concepts in one LEFT JOIN;
+# a page with the total as an uncorrelated subquery.
+_VIEW = (
+    select(*_SUMMARY, _ROADMAPS.c.owner, *_CONCEPT_COLUMNS)
+    .select_from(_ROADMAPS.outerjoin(_CONCEPTS, _CONCEPTS.c.roadmap_id == _ROADMAPS.c.id))
+    .where(_ROADMAPS.c.id == bindparam("roadmap_id"))
+    .order_by(_CONCEPTS.c.position)
+)
+_COUNT = select(func.count()).select_from(_ROADMAPS)
+_PAGE = (
+    select(*_SUMMARY, _COUNT.scalar_subquery().label("total"))
+    .order_by(_ROADMAPS.c.created_at.desc(), _ROADMAPS.c.id)
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
+
+@dataclass(frozen=True)
+class RoadmapView:
+    """A roadmap as the API reads it: its own columns and its concepts in order."""
+
+    roadmap: dict[str, Any]
+    owner: str | None
+    concepts: list[dict[str, Any]]
+
 
 class RoadmapRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    """ORM for the workflow's writes; Core statements for the API's reads (one round trip each), so
+    the read methods work on a read connection as well as on a session."""
+
+    def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
 
     async def create(self, topic: str, owner: str | None, concept_count: int) -> Roadmap:
@@ -23,18 +58,28 @@ class RoadmapRepository:
         await self.session.flush()
         return roadmap
 
-    async def get(self, roadmap_id: uuid.UUID, *, with_concepts: bool = False) -> Roadmap | None:
-        query = select(Roadmap).where(Roadmap.id == roadmap_id)
-        if with_concepts:
-            query = query.options(selectinload(Roadmap.concepts))
-        return await self.session.scalar(query)
+    async def get(self, roadmap_id: uuid.UUID) -> Roadmap | None:
+        return await self.session.get(Roadmap, roadmap_id)  # type: ignore[union-attr]
 
-    async def list(self, *, limit: int, offset: int) -> tuple[list[Roadmap], int]:
-        rows = await self.session.scalars(
-            select(Roadmap).order_by(Roadmap.created_at.desc(), Roadmap.id).limit(limit).offset(offset)
-        )
-        total = await self.session.scalar(select(func.count()).select_from(Roadmap))
-        return list(rows), int(total or 0)
+    async def view(self, roadmap_id: uuid.UUID) -> RoadmapView | None:
+        """The roadmap and its concepts in one statement (a LEFT JOIN, concepts in order)."""
+        rows = (await self.session.execute(_VIEW, {"roadmap_id": roadmap_id})).mappings().all()
+        if not rows:
+            return None
+        first = rows[0]
+        concepts = [
+            {name: row[f"concept_{name}"] for name in _CONCEPT_FIELDS}
+            for row in rows
+            if row["concept_id"] is not None
+        ]
+        return RoadmapView({c.name: first[c.name] for c in _SUMMARY}, first["owner"], concepts)
+
+    async def list(self, *, limit: int, offset: int) -> tuple[list[RowMapping], int]:
+        """A page, newest first, and the total in one statement (see TaskLogRepository.list)."""
+        rows = (await self.session.execute(_PAGE, {"limit": limit, "offset": offset})).mappings().all()
+        if rows:
+            return list(rows), int(rows[0]["total"])
+        return [], 0 if offset == 0 else int(await self.session.scalar(_COUNT) or 0)
 
     async def set_status(self, roadmap_id: uuid.UUID, status: str, error: str | None = None) -> None:
         await self.session.execute(
@@ -78,6 +123,29 @@ class RoadmapRepository:
             .returning(Concept.id)
         )
         return result.first() is not None
+
+    async def start_concepts(self, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, None]:
+        """start_concept for several concepts in one statement (app.db.batch)."""
+        await self.session.execute(
+            update(Concept)
+            .where(Concept.id.in_(concept_ids), Concept.status != "completed")
+            .values(status="generating", attempts=Concept.attempts + 1, error=None)
+        )
+        return dict.fromkeys(concept_ids)
+
+    async def write_contents(self, contents: dict[uuid.UUID, str]) -> dict[uuid.UUID, bool]:
+        """write_content for several concepts in one statement; for each, whether this call wrote it."""
+        rows = values(column("id", UUID(as_uuid=True)), column("content", Text), name="new").data(
+            list(contents.items())
+        )
+        result = await self.session.execute(
+            update(Concept)
+            .where(Concept.id == rows.c.id, Concept.status != "completed")
+            .values(status="completed", content=rows.c.content, error=None)
+            .returning(Concept.id)
+        )
+        written = set(result.scalars().all())
+        return {concept_id: concept_id in written for concept_id in contents}
 
     async def fail_concept(self, concept_id: uuid.UUID, error: str) -> None:
         await self.session.execute(

@@ -11,10 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import CurrentUser, SessionDep
 from app.api.routes import API_V1
 from app.config.settings import get_settings
+from app.db.session import read
 from app.repositories.roadmaps import RoadmapRepository
 from app.schemas.errors import AUTH, BAD_BODY, NOT_FOUND, UNAVAILABLE
 from app.schemas.roadmaps import (
-    ConceptOut,
     RoadmapAccepted,
     RoadmapCreate,
     RoadmapDetail,
@@ -45,26 +45,22 @@ async def create_roadmap(body: RoadmapCreate, session: SessionDep, user: Current
 
 
 @router.get("/{roadmap_id}", response_model=RoadmapDetail, responses=NOT_FOUND)
-async def get_roadmap(roadmap_id: uuid.UUID, session: SessionDep) -> RoadmapDetail:
-    roadmap = await RoadmapRepository(session).get(roadmap_id, with_concepts=True)
-    if roadmap is None:
+async def get_roadmap(roadmap_id: uuid.UUID) -> RoadmapDetail:
+    view = await read(lambda db: RoadmapRepository(db).view(roadmap_id))
+    if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
-    concepts = [ConceptOut.model_validate(c) for c in roadmap.concepts]
     counts: dict[str, int] = {}
-    for concept in concepts:
-        counts[concept.status] = counts.get(concept.status, 0) + 1
-    return RoadmapDetail(
-        **RoadmapSummary.model_validate(roadmap).model_dump(), concepts=concepts, concept_status=counts
-    )
+    for concept in view.concepts:
+        counts[concept["status"]] = counts.get(concept["status"], 0) + 1
+    return RoadmapDetail.model_validate({**view.roadmap, "concepts": view.concepts, "concept_status": counts})
 
 
 @router.get("", response_model=RoadmapPage)
 async def list_roadmaps(
-    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RoadmapPage:
-    rows, total = await RoadmapRepository(session).list(limit=limit, offset=offset)
+    rows, total = await read(lambda db: RoadmapRepository(db).list(limit=limit, offset=offset))
     return RoadmapPage(
-        items=[RoadmapSummary.model_validate(r) for r in rows], total=total, limit=limit, offset=offset
+        items=[RoadmapSummary.model_validate(dict(r)) for r in rows], total=total, limit=limit, offset=offset
     )

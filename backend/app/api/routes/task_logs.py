@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import SessionDep
 from app.api.routes import API_V1
+from app.db.session import read
 from app.repositories.task_logs import TaskLogRepository
 from app.schemas.errors import UNAVAILABLE
 from app.schemas.task_logs import TaskLogOut, TaskLogPage
@@ -17,12 +17,13 @@ router = APIRouter(prefix=f"{API_V1}/task-logs", tags=["task-logs"], responses=U
 
 @router.get("", response_model=TaskLogPage)
 async def list_task_logs(
-    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     task_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
 ) -> TaskLogPage:
-    rows, total = await TaskLogRepository(session).list(limit=limit, offset=offset, task_id=task_id)
+    rows, total = await read(
+        lambda db: TaskLogRepository(db).list(limit=limit, offset=offset, task_id=task_id)
+    )
     return TaskLogPage(
-        items=[TaskLogOut.model_validate(row) for row in rows], total=total, limit=limit, offset=offset
+        items=[TaskLogOut.model_validate(dict(row)) for row in rows], total=total, limit=limit, offset=offset
     )

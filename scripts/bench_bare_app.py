@@ -1,0 +1,96 @@
+"""The floor for scripts/bench_request_path.py: Starlette and an asyncpg pool, nothing of the project.
+
+The same routes as the project's ``GET /api/v1/task-logs`` and ``GET /api/v1/roadmaps/{id}``, the same
+queries (two each: rows and count; roadmap and its concepts) and the same response bodies, with a pool
+of 10 per worker like the project's. What this app does not do is the project's price: settings,
+validation, pool instrumentation, error mapping, metrics. Run by the benchmark, never deployed:
+
+    BARE_DATABASE_URL=postgresql://... uvicorn bench_bare_app:app --app-dir scripts --workers 8
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+POOL: asyncpg.Pool | None = None
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    global POOL
+    POOL = await asyncpg.create_pool(os.environ["BARE_DATABASE_URL"], min_size=1, max_size=10, init=_init)
+    yield
+    await POOL.close()
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+
+
+async def task_logs(request: Request) -> Response:
+    limit = int(request.query_params.get("limit", 50))
+    offset = int(request.query_params.get("offset", 0))
+    assert POOL is not None
+    async with POOL.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, task_id, task_name, queue, event, level, payload, created_at FROM task_logs"
+            " ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
+            limit,
+            offset,
+        )
+        total = await conn.fetchval("SELECT count(*) FROM task_logs")
+    items = [{**dict(r), "created_at": _iso(r["created_at"])} for r in rows]
+    return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+async def roadmap(request: Request) -> Response:
+    roadmap_id = uuid.UUID(request.path_params["roadmap_id"])
+    assert POOL is not None
+    async with POOL.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT id, topic, status, requested_concepts, error, created_at, updated_at FROM roadmaps"
+            " WHERE id = $1",
+            roadmap_id,
+        )
+        if row is None:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        concepts = await conn.fetch(
+            "SELECT id, position, title, status, attempts, content, error FROM concepts"
+            " WHERE roadmap_id = $1 ORDER BY position",
+            roadmap_id,
+        )
+    counts: dict[str, int] = {}
+    for concept in concepts:
+        counts[concept["status"]] = counts.get(concept["status"], 0) + 1
+    body = {
+        **{k: _iso(v) for k, v in row.items()},
+        "id": str(row["id"]),
+        "concepts": [{**dict(c), "id": str(c["id"])} for c in concepts],
+        "concept_status": counts,
+    }
+    return JSONResponse(body)
+
+
+app = Starlette(
+    routes=[
+        Route("/api/v1/task-logs", task_logs),
+        Route("/api/v1/roadmaps/{roadmap_id}", roadmap),
+        Route("/health", lambda _request: JSONResponse({"status": "healthy"})),
+    ],
+    lifespan=lifespan,
+)
