@@ -15,6 +15,7 @@ import math
 import os
 import uuid
 
+import structlog
 from bench_server import bench_database, use_in_this_process
 
 
@@ -55,15 +56,25 @@ def main() -> None:
                 await TavilyKeyRepository(session).add(f"bench-{uuid.uuid4().hex}", 100_000)
 
         async_runner.run(add_key())
-        print(f"{args.concepts} concepts, offline LLM latency {args.latency:g} s, pool 6+4")
-        print(f"{'limit':>6}{'wall s':>9}{'ideal s':>9}{'ratio':>7}{'peak in flight':>16}{'written':>9}")
+        # The pool of a content worker's child (6 + 4 in production), every usage event logged.
+        os.environ.update(SERVICE_TYPE="celery_content", DB_POOL_USAGE_LOG_INTERVAL="0")
+        get_settings.cache_clear()
+        pool = get_settings().pool()
+        print(f"{args.concepts} concepts, offline LLM latency {args.latency:g} s, pool "
+              f"{pool.pool_size} + {pool.max_overflow}, fan-out checkouts "
+              f"{get_settings().fan_out_checkouts()}")  # fmt: skip
+        print(f"{'limit':>6}{'wall s':>9}{'ideal s':>9}{'ratio':>7}{'peak in flight':>16}{'written':>9}"
+              f"{'pool >=70%':>12}{'pool >=90%':>12}")  # fmt: skip
         for limit in [int(x) for x in args.limits.split(",")]:
             os.environ["CONCEPT_CONCURRENCY_LIMIT"] = str(limit)
             get_settings.cache_clear()
-            report = async_runner.run(one_run(args.concepts, args.latency))
+            with structlog.testing.capture_logs() as logs:
+                report = async_runner.run(one_run(args.concepts, args.latency))
+            high = sum(1 for e in logs if e["event"] == "db_pool_high_usage")
+            critical = sum(1 for e in logs if e["event"] == "db_pool_critical_usage")
             ideal = math.ceil(args.concepts / limit) * args.latency
             print(f"{limit:>6}{report.seconds:>9.2f}{ideal:>9.2f}{report.seconds / ideal:>7.2f}"
-                  f"{report.max_in_flight:>16}{report.written:>9}")  # fmt: skip
+                  f"{report.max_in_flight:>16}{report.written:>9}{high:>12}{critical:>12}")  # fmt: skip
         async_runner.run(dispose_engine())
 
 

@@ -48,9 +48,10 @@ async def test_thirty_concepts_fifteen_at_a_time(test_db: asyncpg.Connection) ->
     )
     assert len(rows) == 30 and all(r["status"] == "completed" and r["attempts"] == 1 for r in rows)
     assert all("Generated offline" in r["content"] for r in rows)
-    # No session was held across the 0.3 s LLM call: every checkout was back within 100 ms.
+    # No session was held across the 0.3 s LLM call: every checkout was back within 100 ms. And the
+    # concepts of a wave were started and written together: a handful of checkouts, not 2 x 30.
     total_after, fast_after = hold_buckets()
-    assert total_after - total_before >= 60  # at least a start and a write per concept
+    assert 4 <= total_after - total_before <= 12, total_after - total_before
     assert fast_after - fast_before == total_after - total_before
 
 

@@ -12,9 +12,11 @@ from redis.asyncio import Redis
 
 from app.config.settings import get_settings
 from app.core.redis_client import get_redis
-from app.repositories.tavily_keys import RESERVE_CREDIT
+from app.repositories.tavily_keys import RESERVE_CREDITS
 from app.tools.search.offline import OfflineSearch
 from app.tools.search.web_search_router import WebSearchRouter
+
+RESERVE_CREDIT = RESERVE_CREDITS.replace(":n", "1")  # one credit, in asyncpg's own syntax
 
 
 @pytest.fixture

@@ -7,6 +7,11 @@ others. A failed concept is retried (CONCEPT_MAX_ATTEMPTS) and, if it still fail
 A database session is held only around each read and write, never across the web search or the LLM
 call: with 1 s of LLM latency a session held across it would keep 15 connections busy per roadmap,
 and ``db_connection_hold_seconds`` would show seconds instead of milliseconds.
+
+Concepts that start or finish together are marked started and written together (``app.db.batch``:
+one statement per wave, not one per concept), and the task's concurrent checkouts are bounded below
+its pool's high-usage mark (``Settings.fan_out_checkouts``), so a wave of 15 concepts queues briefly
+for a slot instead of filling a 10-connection pool.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -22,7 +29,9 @@ import structlog
 from app.config.settings import get_settings
 from app.core import async_runner
 from app.core.celery_app import celery_app, queue_options
-from app.db.session import safe_session
+from app.db.batch import Coalescer
+from app.db.engine import current_service
+from app.db.session import limit_checkouts, safe_session
 from app.repositories.roadmaps import RoadmapRepository
 from app.tasks import task_events
 from app.tasks.probe import probe_database
@@ -42,16 +51,61 @@ class ContentReport:
     seconds: float
 
 
+async def _start_concepts(ids: dict[uuid.UUID, None]) -> dict[uuid.UUID, None]:
+    async with safe_session() as session:
+        return await RoadmapRepository(session).start_concepts(list(ids))
+
+
+async def _write_contents(contents: dict[uuid.UUID, str]) -> dict[uuid.UUID, bool]:
+    async with safe_session() as session:
+        return await RoadmapRepository(session).write_contents(contents)
+
+
+@dataclass
+class _Run:
+    """One content task's shared state: its concept slots and its coalesced writes.
+
+    A slot (CONCEPT_CONCURRENCY_LIMIT of them) covers a concept's search and LLM call, the slow part;
+    its write happens after the slot is handed to the next concept, so a wave's writes never delay
+    the next wave's calls.
+    """
+
+    slots: asyncio.Semaphore
+    starts: Coalescer[uuid.UUID, None, None] = field(default_factory=lambda: Coalescer(_start_concepts))
+    contents: Coalescer[uuid.UUID, str, bool] = field(default_factory=lambda: Coalescer(_write_contents))
+    in_flight: int = 0
+    peak: int = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self.slots:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+
 async def _generate_one(
-    roadmap_id: str, topic: str, concept_id: uuid.UUID, title: str, llm: RoadmapLLM, router: WebSearchRouter
+    roadmap_id: str,
+    topic: str,
+    concept_id: uuid.UUID,
+    title: str,
+    llm: RoadmapLLM,
+    router: WebSearchRouter,
+    run: _Run,
 ) -> bool:
     settings = get_settings()
     for attempt in range(1, settings.CONCEPT_MAX_ATTEMPTS + 1):
-        async with safe_session() as session:
-            await RoadmapRepository(session).start_concept(concept_id)
         try:
-            outcome = await router.search(f"{topic} {title}")  # short sessions inside, none held here
-            content = await llm.write_concept(topic, title, outcome.results)
+            async with run.slot():
+                # Marked started (with the wave's other concepts) while the search runs.
+                _, outcome = await asyncio.gather(
+                    run.starts.submit(concept_id, None),
+                    router.search(f"{topic} {title}"),  # short sessions inside, none held here
+                )
+                content = await llm.write_concept(topic, title, outcome.results)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if attempt == settings.CONCEPT_MAX_ATTEMPTS:
@@ -65,8 +119,7 @@ async def _generate_one(
                 raise
             await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
             continue
-        async with safe_session() as session:
-            written = await RoadmapRepository(session).write_content(concept_id, content)
+        written = await run.contents.submit(concept_id, content)
         if written:
             task_events.emit(
                 "concept_written", task_name="generate_roadmap_content", task_id=roadmap_id,
@@ -91,27 +144,20 @@ async def generate_content(
         topic = roadmap.topic
         todo = [(c.id, c.title) for c in await repo.unfinished_concepts(roadmap.id)]
 
-    limit = asyncio.Semaphore(settings.CONCEPT_CONCURRENCY_LIMIT)
-    in_flight = peak = 0
-
-    async def bounded(concept_id: uuid.UUID, title: str) -> bool:
-        nonlocal in_flight, peak
-        async with limit:
-            in_flight += 1
-            peak = max(peak, in_flight)
-            try:
-                return await _generate_one(roadmap_id, topic, concept_id, title, llm, router)
-            finally:
-                in_flight -= 1
+    run = _Run(asyncio.Semaphore(settings.CONCEPT_CONCURRENCY_LIMIT))
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(bounded(cid, title) for cid, title in todo), return_exceptions=True)
+    with limit_checkouts(settings.fan_out_checkouts(current_service())):
+        results = await asyncio.gather(
+            *(_generate_one(roadmap_id, topic, cid, title, llm, router, run) for cid, title in todo),
+            return_exceptions=True,
+        )
     report = ContentReport(
         roadmap_id=roadmap_id,
         concepts=len(todo),
         written=sum(1 for r in results if r is True),
         failed=sum(1 for r in results if isinstance(r, BaseException)),
-        max_in_flight=peak,
+        max_in_flight=run.peak,
         seconds=round(time.perf_counter() - started, 3),
     )
     task_events.emit(

@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 from app.config.settings import Settings, get_settings
 from app.core import metrics
 from app.core.redis_client import get_redis
-from app.db.session import safe_session
+from app.db.batch import Coalescer
+from app.db.session import autocommit, safe_session
 from app.repositories.tavily_keys import TavilyKeyRepository
 from app.tools.search.base import SearchError, SearchProvider, SearchResult
 from app.tools.search.offline import OfflineSearch
@@ -79,6 +80,10 @@ class WebSearchRouter:
         # Single flight: concurrent misses in this process wait for one database lookup, instead of
         # all asking at once the moment the cache entry expires.
         self._refresh = asyncio.Lock()
+        # Concurrent searches (a wave of concepts) spend their credits in one statement.
+        self._reservations: Coalescer[object, None, tuple[int, str, int] | None] = Coalescer(
+            self._reserve_many, linger=0.005
+        )
         self._redis_down = False
 
     @property
@@ -147,6 +152,18 @@ class WebSearchRouter:
             await self._cache_set(best is not None)
         return best is not None
 
+    async def _reserve_many(self, callers: dict[object, None]) -> dict[object, tuple[int, str, int] | None]:
+        """Credits for every search that asked within the linger: n from one key in one atomic
+        statement when a key has n left, else one by one. Each statement commits by itself, so the
+        key's row lock lasts a statement, not a transaction."""
+        async with autocommit() as conn:
+            repo = TavilyKeyRepository(conn)
+            n = len(callers)
+            if n > 1 and (batch := await repo.reserve_credit(n=n)) is not None:
+                key_id, api_key, left = batch
+                return {caller: (key_id, api_key, left + n - 1 - i) for i, caller in enumerate(callers)}
+            return {caller: await repo.reserve_credit() for caller in callers}
+
     async def search(self, query: str, *, max_results: int = 5) -> SearchOutcome:
         outcome = await self._search(query, max_results)
         self.stats.reasons[outcome.reason] = self.stats.reasons.get(outcome.reason, 0) + 1
@@ -157,8 +174,7 @@ class WebSearchRouter:
             return SearchOutcome([], "no_search_keys")
         self.stats.reservation_queries += 1
         try:
-            async with safe_session() as session:
-                reserved = await TavilyKeyRepository(session).reserve_credit()
+            reserved = await self._reservations.submit(object(), None)
         except Exception as exc:  # noqa: BLE001
             log.error("tavily_get_best_key_failed", error=str(exc))
             return SearchOutcome([], "key_lookup_failed")
