@@ -96,3 +96,38 @@ async def test_failed_concepts_are_retried_and_recorded_without_failing_others(
     # A second run (a redelivery) only touches what is unfinished, and writes nothing twice.
     again = await generate_content(str(roadmap.id), llm=OfflineLLM(), router=WebSearchRouter(OfflineSearch()))
     assert (again.concepts, again.written) == (2, 2)
+
+
+async def test_a_wave_stays_below_its_pool_high_usage_mark(test_db: asyncpg.Connection) -> None:
+    """15 concepts at once on a 3-connection pool: never more checkouts than fan_out_checkouts."""
+    from sqlalchemy import event
+
+    from app.db.engine import get_engine
+
+    roadmap_id = await new_roadmap(30)
+    pool = get_engine().sync_engine.pool
+    in_use = peak = 0
+
+    def out(*_: object) -> None:
+        nonlocal in_use, peak
+        in_use += 1
+        peak = max(peak, in_use)
+
+    def back(*_: object) -> None:
+        nonlocal in_use
+        in_use -= 1
+
+    event.listen(pool, "checkout", out)
+    event.listen(pool, "checkin", back)
+    try:
+        report = await generate_content(
+            roadmap_id, llm=OfflineLLM(latency=0.1), router=WebSearchRouter(OfflineSearch())
+        )
+    finally:
+        event.remove(pool, "checkout", out)
+        event.remove(pool, "checkin", back)
+    settings = get_settings()
+    assert report.written == 30 and report.max_in_flight == 15
+    limit = settings.fan_out_checkouts()
+    assert limit < settings.DB_POOL_HIGH_USAGE_RATIO * settings.pool().max_connections
+    assert 1 <= peak <= limit, (peak, limit)

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import structlog
 from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
 
 from tests.conftest import auth
@@ -42,6 +43,24 @@ async def test_terminated_connections_recover_through_pre_ping(
     sequential = [await client.get("/api/v1/roadmaps") for _ in range(5)]
     concurrent = await asyncio.gather(*(client.get("/api/v1/roadmaps") for _ in range(3)))
     assert [r.status_code for r in [*sequential, *concurrent]] == [200] * 8
+
+
+async def test_connections_killed_while_idle_are_replaced_before_use(
+    client: httpx.AsyncClient, pg: asyncpg.Connection, test_db_name: str
+) -> None:
+    """Idle longer than DB_POOL_PING_IDLE_SECONDS: the checkout's ping finds them dead (no retry)."""
+    assert (await client.get("/api/v1/task-logs", params={"limit": 5})).status_code == 200
+    killed = await pg.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = $1 AND application_name = 'test.api'",
+        test_db_name,
+    )
+    assert killed >= 1
+    await asyncio.sleep(0.7)  # past the 0.5 s bypass window
+    with structlog.testing.capture_logs() as logs:
+        responses = [await client.get("/api/v1/task-logs", params={"limit": 5}) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200] * 3
+    assert not [e for e in logs if e["event"] == "db_read_retried_on_fresh_connection"]
 
 
 @pytest.fixture

@@ -78,13 +78,20 @@ def _machinery(code: CodeType) -> bool:
 
 
 def checkout_site(depth: int = 3) -> str:
-    """Where the connection was asked for: the first few frames outside the pool machinery."""
+    """Where the connection was asked for: the innermost run of frames outside the pool machinery.
+
+    The walk stops at the first machinery frame after that run (or at ``depth`` frames): past it lie
+    only the framework and the event loop, and walking them on every checkout cost more than the
+    query it watched.
+    """
     sites: list[str] = []
     for frame in _stack():
         if not _machinery(frame.f_code):
             sites.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
             if len(sites) == depth:
                 break
+        elif sites:
+            break
     return " <- ".join(sites) or "unknown"
 
 

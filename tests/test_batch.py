@@ -1,0 +1,36 @@
+"""app.db.batch.Coalescer: callers that arrive together share one flush; each gets its own result."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.db.batch import Coalescer
+
+
+async def test_concurrent_submissions_share_one_flush() -> None:
+    flushes: list[dict[int, str]] = []
+
+    async def flush(items: dict[int, str]) -> dict[int, str]:
+        flushes.append(dict(items))
+        return {key: value.upper() for key, value in items.items()}
+
+    coalescer: Coalescer[int, str, str] = Coalescer(flush, linger=0.01)
+    results = await asyncio.gather(*(coalescer.submit(i, f"v{i}") for i in range(5)))
+    assert results == ["V0", "V1", "V2", "V3", "V4"]
+    assert flushes == [{i: f"v{i}" for i in range(5)}]
+    # a later caller starts a new batch
+    assert await coalescer.submit(9, "late") == "LATE"
+    assert len(flushes) == 2
+
+
+async def test_a_failed_flush_fails_every_caller_of_its_batch() -> None:
+    async def flush(items: dict[int, None]) -> dict[int, None]:
+        raise RuntimeError("database went away")
+
+    coalescer: Coalescer[int, None, None] = Coalescer(flush, linger=0.0)
+    results = await asyncio.gather(*(coalescer.submit(i, None) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    with pytest.raises(RuntimeError):
+        await coalescer.submit(4, None)  # and the next batch tries again
