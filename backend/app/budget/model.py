@@ -192,7 +192,7 @@ def budget_variables() -> list[str]:
     names: list[str] = []
     for spec in topology.SERVICES:
         names += [spec.replicas_var, spec.processes_var]
-    return [*names, "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "<SERVICE>_DB_POOL_SIZE", "LANGGRAPH_POOL_MAX_SIZE"]
+    return [*names, "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "<PREFIX>_DB_POOL_SIZE", "LANGGRAPH_POOL_MAX_SIZE"]
 
 
 # --- --suggest: pool sizes for what each service really does -----------------------------------------
@@ -293,7 +293,9 @@ def _reason(plan: ServicePlan, pool: PoolSizing, langgraph: int, settings: Setti
     unit = "uvicorn workers" if not plan.service.is_worker else "children"
     head = f"{plan.replicas} x {plan.processes} {unit}, {pool.pool_size} + {pool.max_overflow} each: "
     role = plan.service.role
-    if role == "requests":
+    if role == "requests" and plan.service.fixed_pool:
+        why = "concurrent requests share a worker's pool, kept open (a fixed size does not churn under load)"
+    elif role == "requests":
         why = "concurrent requests share a worker's pool; the overflow absorbs bursts"
     elif role == "fan_out":
         why = (
@@ -356,7 +358,12 @@ def suggest(settings: Settings) -> Suggestion:
         want = _want(p, settings)
         per = want if p.service.role == "one_task" else min(want, cap)
         shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
-        pool = PoolSizing(1, 1) if p.service.role == "one_task" else _split(per, shared)
+        if p.service.role == "one_task":
+            pool = PoolSizing(1, 1)
+        elif p.service.fixed_pool:
+            pool = PoolSizing(per, 0)  # all persistent: no overflow connection opened and closed per burst
+        else:
+            pool = _split(per, shared)
         graph = langgraph if p.service.checkpointer else 0
         services.append(
             SuggestedService(p.name, p.replicas, p.processes, pool, graph, _reason(p, pool, graph, settings))
