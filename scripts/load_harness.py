@@ -11,8 +11,10 @@ What it does, all on loopback, every process it starts stopped at the end:
 2. the four services exactly as production starts them (backend/scripts/railway_entrypoint.sh) with
    the production defaults: API with 8 uvicorn workers, Celery at concurrency 8 / 10 / 6; offline LLM
    and search providers with simulated latency;
-3. load in stages of rising concurrency: reads (roadmap list and detail) and a bounded number of
-   roadmap creations, each of which runs the whole workflow and content generation;
+3. load in stages of rising concurrency, past saturation: reads (roadmap list and detail, with a
+   bearer token) driven by wrk, a C load generator, whose own CPU share is reported so a reader can
+   see it was not the bottleneck; and a bounded number of roadmap creations from this process, each
+   of which runs the whole workflow and content generation;
 4. pg_stat_activity sampled every 100 ms by application_name.
 
 It reports peak server connections in total and per service against the budget (app.budget), pool
@@ -27,7 +29,8 @@ import argparse
 import asyncio
 import json
 import os
-import random
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -77,6 +80,9 @@ VARIANTS = {
     "guide's old pools (2 + 2, 30 s timeout)": {
         "DB_POOL_SIZE": "2",
         "DB_MAX_OVERFLOW": "2",
+        # the API too: 2 + 2 as the guide had it, not the fixed-size pool of the same maximum
+        "API_DB_POOL_SIZE": "2",
+        "API_DB_MAX_OVERFLOW": "2",
         "DB_POOL_TIMEOUT": "30",
     },
     "NullPool": {"DB_POOL_CLASS": "null"},
@@ -193,84 +199,118 @@ class StageResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    generator_cpu: float = 0.0  # the load generator's CPU time / (wall time x cores)
 
     @property
     def throughput(self) -> float:
         return self.requests / self.seconds
 
 
-async def drive(base: str, profile: Profile, token: str, t0: float) -> tuple[list[StageResult], list[str]]:
+# wrk's Lua: a random read per request (the roadmap list, or one of the roadmaps created so far), with
+# the bearer token; per-status counts and latency percentiles printed at the end, since wrk itself only
+# counts "non-2xx".
+WRK_SCRIPT = """
+wrk.headers["Authorization"] = "Bearer %(token)s"
+local paths = {%(paths)s}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {}; math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
+function request() return wrk.format("GET", paths[math.random(#paths)]) end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local total = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do total[status] = (total[status] or 0) + n end
+  end
+  for status, n in pairs(total) do io.write(string.format("STATUS %%d %%d\\n", status, n)) end
+  local e = summary.errors
+  io.write(string.format("ERRORS %%d\\n", e.connect + e.read + e.write + e.timeout))
+  io.write(string.format("LATENCY %%d %%d %%d\\n", latency:percentile(50), latency:percentile(95),
+                         latency:percentile(99)))
+end
+"""
+
+
+def wrk_binary() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (scripts/test.sh installs it as root)")
+    return found
+
+
+async def wrk_stage(
+    base: str, concurrency: int, seconds: float, paths: list[str], token: str, folder: Path
+) -> StageResult:
+    """One stage of reads under wrk, a C load generator that is not the bottleneck; its CPU share is
+    measured from its own rusage."""
+    script = folder / f"stage-{concurrency}.lua"
+    script.write_text(WRK_SCRIPT % {"token": token, "paths": ", ".join(f'"{p}"' for p in paths)})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        wrk_binary(), f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s",
+        "-s", str(script), base,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out = (await proc.communicate())[0].decode()
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    statuses = {int(s): int(n) for s, n in re.findall(r"^STATUS (\d+) (\d+)$", out, re.M)}
+    errors = sum(int(n) for n in re.findall(r"^ERRORS (\d+)$", out, re.M))
+    if errors:
+        statuses[0] = errors  # no HTTP answer at all
+    latency = re.search(r"^LATENCY (\d+) (\d+) (\d+)$", out, re.M)
+    if latency is None:
+        raise RuntimeError(f"wrk gave no summary:\n{out[-2000:]}")
+    p50, p95, p99 = (int(v) / 1000 for v in latency.groups())  # microseconds -> ms
+    requests = sum(n for s, n in statuses.items() if s)
+    return StageResult(
+        concurrency, requests, elapsed, statuses, p50, p95, p99, cpu / (elapsed * (os.cpu_count() or 1))
+    )
+
+
+async def drive(
+    base: str, profile: Profile, token: str, t0: float, folder: Path
+) -> tuple[list[StageResult], list[str]]:
+    """Rising stages of reads under wrk; during each, a bounded number of roadmap creations (each runs
+    the whole workflow and content generation) from this process."""
     created: list[str] = []
     stages: list[StageResult] = []
-    transport_errors: dict[str, int] = {}
     headers = {"Authorization": f"Bearer {token}"}
     creations_per_stage = max(1, profile.roadmaps // len(profile.stages))
-    # Idle keep-alive connections expire on our side well before uvicorn's own 5 s timeout: with
-    # httpx's default (also 5 s) a connection idle between stages can be reused just as the server
-    # closes it, a transport error of the harness, not of the service.
-    most = max(profile.stages)
-    limits = httpx.Limits(max_connections=most, max_keepalive_connections=most, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
-        for concurrency in profile.stages:
-            latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+
+        async def create(n: int) -> dict[int, int]:
             statuses: dict[int, int] = {}
+            for _ in range(n):
+                try:
+                    body = {"topic": f"Load test {uuid.uuid4().hex[:6]}", "concept_count": profile.concepts}
+                    response = await http.post("/api/v1/roadmaps", headers=headers, json=body)
+                    status = response.status_code
+                    if status == 202:
+                        created.append(response.json()["id"])
+                except httpx.HTTPError:
+                    status = 0
+                statuses[status] = statuses.get(status, 0) + 1
+            return statuses
+
+        for concurrency in profile.stages:
             to_create = min(creations_per_stage, profile.roadmaps - len(created))
-            deadline = time.monotonic() + profile.stage_seconds
-
-            async def client(
-                index: int,
-                to_create: int = to_create,
-                deadline: float = deadline,
-                latencies: list[float] = latencies,
-                statuses: dict[int, int] = statuses,
-            ) -> None:
-                creates = to_create if index == 0 else 0
-                while time.monotonic() < deadline:
-                    started = time.perf_counter()
-                    try:
-                        if creates:
-                            creates -= 1
-                            response = await http.post(
-                                "/api/v1/roadmaps",
-                                headers=headers,
-                                json={
-                                    "topic": f"Load test {uuid.uuid4().hex[:6]}",
-                                    "concept_count": profile.concepts,
-                                },
-                            )
-                            if response.status_code == 202:
-                                created.append(response.json()["id"])
-                        elif created and random.random() < 0.5:
-                            response = await http.get(f"/api/v1/roadmaps/{random.choice(created)}")
-                        else:
-                            response = await http.get("/api/v1/roadmaps", params={"limit": 20})
-                        status = response.status_code
-                    except httpx.HTTPError as exc:
-                        status = 0  # no HTTP answer at all
-                        transport_errors[type(exc).__name__] = transport_errors.get(type(exc).__name__, 0) + 1
-                    latencies.append(time.perf_counter() - started)
-                    statuses[status] = statuses.get(status, 0) + 1
-
-            started = time.monotonic()
-            await asyncio.gather(*(client(i) for i in range(concurrency)))
-            elapsed = time.monotonic() - started
-            latencies.sort()
-
-            def pct(q: float, latencies: list[float] = latencies) -> float:
-                return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
-
-            stage = StageResult(
-                concurrency, len(latencies), elapsed, statuses, pct(0.5), pct(0.95), pct(0.99)
+            paths = ["/api/v1/roadmaps?limit=20"] + [f"/api/v1/roadmaps/{rid}" for rid in created]
+            stage, creations = await asyncio.gather(
+                wrk_stage(base, concurrency, profile.stage_seconds, paths, token, folder), create(to_create)
             )
+            for status, n in creations.items():
+                stage.statuses[status] = stage.statuses.get(status, 0) + n
+            stage.requests += sum(n for s, n in creations.items() if s)
             stages.append(stage)
             print(
                 f"  stage {concurrency:>4} clients: {stage.throughput:8.1f} req/s  "
                 f"p50 {stage.p50_ms:7.1f} ms  p95 {stage.p95_ms:7.1f} ms  p99 {stage.p99_ms:7.1f} ms  "
-                f"statuses {statuses}",
+                f"statuses {stage.statuses}  wrk CPU {100 * stage.generator_cpu:.1f}%",
                 flush=True,
             )
-    if transport_errors:
-        print(f"  transport errors by type: {transport_errors}", flush=True)
     return stages, created
 
 
@@ -407,7 +447,9 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
         sampler = Sampler(pg.admin_url)
         sampler.start()
         load_started = time.monotonic() - sampler.t0
-        stages, created = asyncio.run(drive(f"http://127.0.0.1:{api_port}", profile, token, sampler.t0))
+        stages, created = asyncio.run(
+            drive(f"http://127.0.0.1:{api_port}", profile, token, sampler.t0, folder)
+        )
         load_ended = time.monotonic() - sampler.t0
         roadmaps = asyncio.run(completed_roadmaps(url, created, profile.settle_seconds))
         settled = time.monotonic() - sampler.t0

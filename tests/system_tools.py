@@ -1,4 +1,4 @@
-"""System programs some tests need (pgbouncer, promtool), from Debian packages.
+"""System programs some tests need (pgbouncer, promtool, wrk), from Debian packages.
 
 scripts/test.sh installs them when it can (root with apt-get). Without them those tests skip with the
 reason, unless REQUIRE_SYSTEM_TOOLS=1 (CI sets it), where a missing tool is a failure.
