@@ -68,8 +68,19 @@ def wait_for_database(timeout: float) -> None:
 
 @contextmanager
 def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
-    """Hold the migration advisory lock for the block; wait for it at most ``timeout`` seconds."""
+    """Hold the migration advisory lock for the block; wait for it at most ``timeout`` seconds.
+
+    A session-level lock on a connection of its own, in autocommit: a lock held by an open transaction
+    instead would block the checkpointer's ``CREATE INDEX CONCURRENTLY``, which waits for every older
+    transaction. Closing the connection releases the lock whatever happens.
+    """
     settings = get_settings()
+    if settings.DB_BEHIND_PGBOUNCER:
+        # Transaction pooling would take the lock on one server connection and release it on another.
+        raise SystemExit(
+            "prestart needs PostgreSQL directly (a session-level lock, CREATE INDEX CONCURRENTLY): run it "
+            "with DATABASE_URL pointing at the server and DB_BEHIND_PGBOUNCER=false"
+        )
     with psycopg.connect(
         settings.database_conninfo,
         connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
@@ -78,7 +89,8 @@ def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
     ) as conn:
         deadline = time.monotonic() + timeout
         waited = False
-        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()[0]:
+        locked = "SELECT pg_try_advisory_lock(%s)"
+        while not conn.execute(locked, (MIGRATION_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
             if time.monotonic() >= deadline:
                 raise SystemExit(f"another prestart held the migration lock for more than {timeout:.0f} s")
             if not waited:
