@@ -34,3 +34,40 @@ async def test_a_failed_flush_fails_every_caller_of_its_batch() -> None:
     assert all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError):
         await coalescer.submit(4, None)  # and the next batch tries again
+
+
+async def test_every_caller_gets_an_answer() -> None:
+    async def flush(items: dict[int, None]) -> dict[int, object]:
+        # key 1 refused on its own, key 2 forgotten by the flush
+        return {0: "ok", 1: ValueError("refused")}
+
+    coalescer: Coalescer[int, None, object] = Coalescer(flush, linger=0.0)  # type: ignore[arg-type]
+    results = await asyncio.gather(*(coalescer.submit(i, None) for i in range(3)), return_exceptions=True)
+    assert results[0] == "ok"
+    assert isinstance(results[1], ValueError) and isinstance(results[2], LookupError)
+
+
+async def test_a_key_waits_once_per_batch() -> None:
+    async def flush(items: dict[int, None]) -> dict[int, None]:
+        return dict.fromkeys(items)
+
+    coalescer: Coalescer[int, None, None] = Coalescer(flush, linger=0.05)
+    first = asyncio.ensure_future(coalescer.submit(1, None))
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="already waiting"):
+        await coalescer.submit(1, None)
+    assert await first is None
+
+
+async def test_a_flush_cancelled_while_lingering_fails_its_callers_and_the_next_batch_runs() -> None:
+    async def flush(items: dict[int, None]) -> dict[int, str]:
+        return dict.fromkeys(items, "done")
+
+    coalescer: Coalescer[int, None, str] = Coalescer(flush, linger=0.2)
+    waiting = asyncio.ensure_future(coalescer.submit(1, None))
+    await asyncio.sleep(0.01)
+    assert coalescer._scheduled is not None
+    coalescer._scheduled.cancel()
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(waiting, 1)
+    assert await asyncio.wait_for(coalescer.submit(2, None), 1) == "done"

@@ -131,3 +131,26 @@ async def test_a_wave_stays_below_its_pool_high_usage_mark(test_db: asyncpg.Conn
     limit = settings.fan_out_checkouts()
     assert limit < settings.DB_POOL_HIGH_USAGE_RATIO * settings.pool().max_connections
     assert 1 <= peak <= limit, (peak, limit)
+
+
+class NulForOneLLM(OfflineLLM):
+    """Writes content PostgreSQL refuses (a NUL byte) for the third concept it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def write_concept(self, topic: str, concept: str, sources: list[SearchResult]) -> str:
+        self.calls += 1
+        text = await super().write_concept(topic, concept, sources)
+        return text + "\x00" if self.calls == 3 else text
+
+
+async def test_a_value_the_database_refuses_fails_its_concept_not_its_wave(
+    test_db: asyncpg.Connection,
+) -> None:
+    roadmap_id = await new_roadmap(6)
+    report = await generate_content(roadmap_id, llm=NulForOneLLM(), router=WebSearchRouter(OfflineSearch()))
+    assert report.written == 5 and report.failed == 1
+    statuses = await test_db.fetch("SELECT status FROM concepts WHERE roadmap_id = $1", uuid.UUID(roadmap_id))
+    assert sorted(r["status"] for r in statuses).count("completed") == 5

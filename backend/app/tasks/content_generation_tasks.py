@@ -56,9 +56,23 @@ async def _start_concepts(ids: dict[uuid.UUID, None]) -> dict[uuid.UUID, None]:
         return await RoadmapRepository(session).start_concepts(list(ids))
 
 
-async def _write_contents(contents: dict[uuid.UUID, str]) -> dict[uuid.UUID, bool]:
-    async with safe_session() as session:
-        return await RoadmapRepository(session).write_contents(contents)
+async def _write_contents(contents: dict[uuid.UUID, str]) -> dict[uuid.UUID, bool | BaseException]:
+    """The wave's contents in one statement; if that fails, one by one, so a value the database refuses
+    fails its own concept and not the fourteen others of its wave."""
+    try:
+        async with safe_session() as session:
+            return dict(await RoadmapRepository(session).write_contents(contents))
+    except Exception:
+        if len(contents) == 1:
+            raise
+    results: dict[uuid.UUID, bool | BaseException] = {}
+    for concept_id, content in contents.items():
+        try:
+            async with safe_session() as session:
+                results[concept_id] = await RoadmapRepository(session).write_content(concept_id, content)
+        except Exception as error:  # noqa: BLE001 - handed to this concept's caller
+            results[concept_id] = error
+    return results
 
 
 @dataclass
@@ -100,11 +114,15 @@ async def _generate_one(
     for attempt in range(1, settings.CONCEPT_MAX_ATTEMPTS + 1):
         try:
             async with run.slot():
-                # Marked started (with the wave's other concepts) while the search runs.
-                _, outcome = await asyncio.gather(
-                    run.starts.submit(concept_id, None),
-                    router.search(f"{topic} {title}"),  # short sessions inside, none held here
-                )
+                # Marked started (with the wave's other concepts) while the search runs; a start that
+                # fails cancels the search, so nothing runs outside the slot or spends a credit twice.
+                search = asyncio.ensure_future(router.search(f"{topic} {title}"))  # short sessions inside
+                try:
+                    await run.starts.submit(concept_id, None)
+                except BaseException:
+                    search.cancel()
+                    raise
+                outcome = await search
                 content = await llm.write_concept(topic, title, outcome.results)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
