@@ -184,3 +184,23 @@ def test_app_start_up_with_bad_setting_exits_with_one_line(subprocess_env: dict[
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == ["invalid configuration: DB_POOL_SIZE='-2': Input should be greater than or equal to 1"]
+
+
+def test_an_empty_per_service_pool_means_unset(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CELERY_LOGS_DB_POOL_SIZE", "")
+    clean_env.setenv("DB_POOL_SIZE", "3")
+    assert load_settings().pool("celery_logs").pool_size == 3
+
+
+@pytest.mark.parametrize(
+    ("connections", "ratio", "slots"), [(10, 0.7, 6), (7, 0.7, 4), (25, 0.56, 13), (1, 0.7, 1)]
+)
+def test_fan_out_stays_below_the_high_usage_mark(
+    clean_env: pytest.MonkeyPatch, connections: int, ratio: float, slots: int
+) -> None:
+    settings = load_settings(
+        CELERY_CONTENT_DB_POOL_SIZE=connections,
+        CELERY_CONTENT_DB_MAX_OVERFLOW=0,
+        DB_POOL_HIGH_USAGE_RATIO=ratio,
+    )
+    assert settings.fan_out_checkouts("celery_content") == slots

@@ -241,7 +241,10 @@ class _CommonSettings(BaseSettings):
         """Fill what the environment left unset from its profile; explicit values win."""
         if isinstance(data, dict):
             profile = PROFILES.get(str(data.get("ENVIRONMENT", "production")), {})
-            data = {**profile, **data}
+            # A per-service pool left empty (``API_DB_POOL_SIZE=`` in an env file) means "unset":
+            # the shared value applies, as it does when the variable is absent.
+            optional = {n for s in topology.SERVICES for n in (s.pool_size_var, s.max_overflow_var)}
+            data = {**profile, **{k: v for k, v in data.items() if not (k in optional and v == "")}}
         return data
 
     @model_validator(mode="after")
@@ -274,8 +277,9 @@ class _CommonSettings(BaseSettings):
         """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
         the pool's high-usage mark, so concurrent work inside one task never starves its own pool or
         trips db_pool_critical_usage, whatever CONCEPT_CONCURRENCY_LIMIT is."""
-        below_high = math.ceil(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO) - 1
-        return max(1, below_high)
+        # round(): 25 x 0.56 is 14.000000000000002 in floating point, and 14 would sit on the mark.
+        mark = round(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO, 9)
+        return max(1, math.ceil(mark) - 1)
 
     @property
     def celery_visibility_timeout(self) -> int:
@@ -402,7 +406,9 @@ def _service_fields() -> dict[str, Any]:
         )
         fields[spec.replicas_var] = (
             int,
-            Field(1, ge=1, le=100, description=f"{spec.name}: replicas (each brings its own pools)"),
+            Field(
+                spec.replicas, ge=1, le=100, description=f"{spec.name}: replicas (each brings its own pools)"
+            ),
         )
         fields[spec.pool_size_var] = (int | None, Field(None, ge=1, le=200))
         fields[spec.max_overflow_var] = (int | None, Field(None, ge=0, le=200))

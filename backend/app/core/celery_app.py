@@ -183,7 +183,7 @@ def _budgeted_concurrency(conf: Any, options: dict[str, Any], service: str, sett
     plan = topology.plan(settings, service)
     conf.worker_concurrency = plan.processes
     given = options.get("concurrency")
-    if given and str(given).isdigit() and int(given) != plan.processes:
+    if given not in (None, 0) and str(given) != str(plan.processes):  # 'auto' included: one per CPU
         message = (
             f"--concurrency={given} differs from {plan.service.processes_var}={plan.processes}, the count "
             f"the connection budget uses; set {plan.service.processes_var} instead of the flag"

@@ -69,7 +69,7 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
             connect_args=connect_args(settings, service),
         )
         if settings.DB_POOL_PRE_PING:
-            install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS)
+            install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS, settings.DB_CONNECT_TIMEOUT)
     instrumentation = instrument_pool(engine, service, settings) if settings.DB_POOL_METRICS_ENABLED else None
     log.info(
         "db_engine_created",

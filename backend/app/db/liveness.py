@@ -26,7 +26,9 @@ from sqlalchemy.util import await_only
 _RETURNED_AT = "returned_at"
 
 
-def install_idle_ping(engine: AsyncEngine, idle_seconds: float) -> None:
+def install_idle_ping(engine: AsyncEngine, idle_seconds: float, timeout: float) -> None:
+    """``timeout`` bounds the ping: a NAT that silently drops a connection's packets would otherwise hold
+    the checkout until TCP gives up, minutes later."""
     pool = engine.sync_engine.pool
 
     @event.listens_for(pool, "checkin")
@@ -39,7 +41,7 @@ def install_idle_ping(engine: AsyncEngine, idle_seconds: float) -> None:
         if returned is None or time.monotonic() - returned < idle_seconds:
             return  # just opened, or in use a moment ago
         try:
-            await_only(dbapi_connection.driver_connection.execute(";"))
+            await_only(dbapi_connection.driver_connection.execute(";", timeout=timeout))
         except Exception as error:
             idle = time.monotonic() - returned
             raise exc.DisconnectionError(f"a connection idle for {idle:.1f} s is dead") from error
