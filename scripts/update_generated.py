@@ -29,15 +29,16 @@ from app.budget.model import budget_from_settings  # noqa: E402
 def railway_config(service: topology.Service) -> dict[str, object]:
     """One service in Railway's railway.json format (https://docs.railway.com/config-as-code/reference).
 
-    The start command overrides the image's ENTRYPOINT (exec form), so it names the entrypoint and
-    the service itself. Migrations run in preDeployCommand: once per deploy, not once per replica, and
-    safe when two services deploy at once (prestart's advisory lock). numReplicas is the production
-    profile's <PREFIX>_REPLICAS: scale by changing that variable and regenerating, so the budget counts
-    every replica.
+    The start command overrides the image's ENTRYPOINT (exec form, no shell), so it names the
+    entrypoint and the service itself. Migrations run in preDeployCommand: once per deploy, not once
+    per replica, and safe when two services deploy at once (prestart's advisory lock); the API's start
+    command then skips its own. numReplicas is the service's replicas in app/topology.py: scale by
+    raising it there and regenerating, so the file and the budget change together.
     """
     plan = topology.plan(settings_for("production"), service.name)
+    start = f"scripts/railway_entrypoint.sh {service.name}"
     deploy: dict[str, object] = {
-        "startCommand": f"scripts/railway_entrypoint.sh {service.name}",
+        "startCommand": start if service.is_worker else f"env RUN_MIGRATIONS=0 {start}",
         "preDeployCommand": ["scripts/prestart.sh"],
         "numReplicas": plan.replicas,
         "restartPolicyType": "ON_FAILURE",

@@ -342,3 +342,11 @@ def test_the_english_guide_shows_the_tables_the_code_computes(subprocess_env: di
     assert result.returncode == 0, result.stderr
     doc = (BACKEND.parent / "docs" / "connection-pool-guide.md").read_text()
     assert "**250 < 280**" in doc and "**108 < 120**" in doc and "**460**" in doc
+
+
+def test_a_misspelt_setting_is_refused_not_ignored(subprocess_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.budget", "--environment", "production", "--set", "API_REPLICA=3"],
+        cwd=BACKEND, env=subprocess_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0 and "API_REPLICA: no such setting" in result.stderr

@@ -174,15 +174,17 @@ def test_railway_files_and_docs_match_the_topology(subprocess_env: dict[str, str
         config = json.loads((ROOT / "deploy" / "railway" / f"{spec.name}.json").read_text())
         assert config["build"]["builder"] == "DOCKERFILE"
         deploy = config["deploy"]
-        assert deploy["startCommand"] == f"scripts/railway_entrypoint.sh {spec.name}"
+        assert deploy["startCommand"].endswith(f"scripts/railway_entrypoint.sh {spec.name}")
         assert deploy["preDeployCommand"] == ["scripts/prestart.sh"]  # once per deploy, not per replica
-        assert deploy["numReplicas"] == getattr(load_settings(ENVIRONMENT="production"), spec.replicas_var)
+        # ... so the API's start skips its own migration step
+        assert ("RUN_MIGRATIONS=0" in deploy["startCommand"]) == (not spec.is_worker)
+        assert deploy["numReplicas"] == spec.replicas == getattr(load_settings(), spec.replicas_var)
         assert deploy["restartPolicyType"] == "ON_FAILURE"
         assert ("healthcheckPath" in deploy) == (not spec.is_worker)
-        # the start command, run as Railway runs it (exec form, no shell), resolves to the guide's
-        program, *args = deploy["startCommand"].split()
+        # the start command, run as Railway runs it (exec form: split, no shell, in the image's
+        # WORKDIR), resolves to the guide's command
         command = subprocess.run(
-            ["bash", str(ROOT / "backend" / program), *args],
+            deploy["startCommand"].split(), cwd=ROOT / "backend",
             env={"PATH": os.environ["PATH"], "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert command.stdout.strip() == EXPECTED["production"][spec.name], command.stderr

@@ -54,6 +54,10 @@ class Service:
     # churn). The budget is the same; only the idle connections differ.
     fixed_pool: bool = False
     processes_variable: str | None = None  # default <PREFIX>_CONCURRENCY
+    # Replicas of the service (Railway scales a service horizontally; each replica brings all its
+    # processes' pools). deploy/railway/<service>.json takes numReplicas from here, so raise it here
+    # and regenerate; <PREFIX>_REPLICAS overrides it for the budget alone (what-if, other platforms).
+    replicas: int = 1
 
     @property
     def is_worker(self) -> bool:

@@ -30,10 +30,10 @@ export DB_BUDGET_CHECKED=1
 export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus-${SERVICE_TYPE}}"
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
-# Migrations belong to the deploy (Railway's preDeployCommand, compose's migrate service, dev.sh), run
-# once whatever the replica count; RUN_MIGRATIONS=1 also runs them here (safe: prestart holds an
-# advisory lock, so concurrent replicas migrate once).
-if [ "$SERVICE_TYPE" = "api" ] && [ "${RUN_MIGRATIONS:-0}" = "1" ]; then
+# The API migrates before serving unless the deploy already did (Railway's preDeployCommand sets
+# RUN_MIGRATIONS=0 in deploy/railway/api.json, compose has its migrate service, dev.sh migrates first).
+# Replicas starting together are safe: prestart holds an advisory lock, so the migration runs once.
+if [ "$SERVICE_TYPE" = "api" ] && [ "${RUN_MIGRATIONS:-1}" = "1" ]; then
   scripts/prestart.sh
 fi
 

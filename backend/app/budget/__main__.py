@@ -200,9 +200,12 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = name.strip()
         if not sep:
             raise SystemExit(f"--set expects NAME=VALUE, got {pair!r}")
-        values[name.strip()] = value.strip()
+        if name not in Settings.model_fields:
+            raise SystemExit(f"--set {name}: no such setting (a misspelt name would be silently ignored)")
+        values[name] = value.strip()
     return values
 
 
