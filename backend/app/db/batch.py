@@ -28,7 +28,10 @@ class Coalescer(Generic[K, V, R]):
     """``await coalescer.submit(key, value)`` -> this key's result from ``flush({key: value, ...})``."""
 
     def __init__(
-        self, flush: Callable[[dict[K, V]], Awaitable[Mapping[K, R | BaseException]]], *, linger: float = 0.005
+        self,
+        flush: Callable[[dict[K, V]], Awaitable[Mapping[K, R | BaseException]]],
+        *,
+        linger: float = 0.005,
     ) -> None:
         self._flush_many = flush
         self._linger = linger
