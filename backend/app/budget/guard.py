@@ -14,7 +14,6 @@ command, and at API import unless the entrypoint already did it (``DB_BUDGET_CHE
 
 from __future__ import annotations
 
-import math
 import os
 
 import psycopg
@@ -23,6 +22,7 @@ import structlog
 from app.budget.audit import SERVER_LIMITS, server_limits_from_row
 from app.budget.model import Budget, ServerLimits, budget_from_settings, budget_variables
 from app.config.settings import InvalidSettingsError, Settings
+from app.db.engine import direct_connection
 
 log = structlog.get_logger("app.budget")
 
@@ -32,12 +32,7 @@ CHECKED_MARKER = "DB_BUDGET_CHECKED"
 def read_server_limits(settings: Settings) -> ServerLimits | None:
     """``max_connections`` and the reserved slots, or None when the server does not answer in time."""
     try:
-        with psycopg.connect(
-            settings.database_conninfo,
-            connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
-            application_name=settings.application_name("guard"),
-            autocommit=True,
-        ) as conn:
+        with direct_connection(settings, "guard") as conn:
             row = conn.execute(SERVER_LIMITS).fetchone()
     except psycopg.Error as exc:
         log.warning("db_server_limits_unknown", error_type=type(exc).__name__, error=str(exc))

@@ -12,10 +12,12 @@ pg_stat_activity queries, the budget audit and the Prometheus labels all name th
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from dataclasses import dataclass
 
+import psycopg
 import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -88,6 +90,17 @@ def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
     """For one-shot tools (migrations, CLIs): no pool to size, nothing left open afterwards."""
     return create_async_engine(
         engine_url(settings), poolclass=NullPool, connect_args=connect_args(settings, service)
+    )
+
+
+def direct_connection(settings: Settings, service: str) -> psycopg.Connection:
+    """One synchronous autocommit connection for a one-off step (the budget guard, the migration
+    lock): named like every other connection, bounded by DB_CONNECT_TIMEOUT, never pooled."""
+    return psycopg.connect(
+        settings.database_conninfo,
+        connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
+        application_name=settings.application_name(service),
+        autocommit=True,
     )
 
 

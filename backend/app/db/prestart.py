@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from sqlalchemy import text
 
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
-from app.db.engine import build_unpooled_engine
+from app.db.engine import build_unpooled_engine, direct_connection
 
 log = structlog.get_logger("app.prestart")
 
@@ -81,12 +80,7 @@ def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
             "prestart needs PostgreSQL directly (a session-level lock, CREATE INDEX CONCURRENTLY): run it "
             "with DATABASE_URL pointing at the server and DB_BEHIND_PGBOUNCER=false"
         )
-    with psycopg.connect(
-        settings.database_conninfo,
-        connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
-        application_name=settings.application_name("migrate"),
-        autocommit=True,
-    ) as conn:
+    with direct_connection(settings, "migrate") as conn:
         deadline = time.monotonic() + timeout
         waited = False
         locked = "SELECT pg_try_advisory_lock(%s)"
