@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 from bench_server import BACKEND, api_server, bench_database
-from own_services import free_port
+from own_services import free_port, wait_answering
 
 SCRIPTS = Path(__file__).resolve().parent
 JWT_SECRET = "bench-request-path-" + "x" * 32
@@ -129,7 +128,7 @@ async def seed(url: str) -> str:
 def bare_server(database_url: str, workers: int) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "BARE_DATABASE_URL": database_url}
-    with tempfile.TemporaryFile() as log:
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench_bare_app:app", "--app-dir", str(SCRIPTS),
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
@@ -138,17 +137,7 @@ def bare_server(database_url: str, workers: int) -> Iterator[str]:
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"bare app did not start: {log.read()[-2000:]!r}")
-                time.sleep(0.2)
+            wait_answering(base, proc, Path(log.name))
             yield base
         finally:
             proc.terminate()

@@ -220,6 +220,28 @@ class OwnRedis:
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 
 
+def wait_answering(
+    base: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    statuses: tuple[int, ...] = (200,),
+    timeout: float = 30,
+) -> None:
+    """Until ``base``/health answers one of ``statuses``; the server's log tail if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code in statuses:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{base} did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def running_api(env: dict[str, str], port: int, workers: int = 1) -> Iterator[str]:
     # The log goes to a file, never to an undrained pipe: a full pipe blocks the server's next write,
@@ -232,17 +254,7 @@ def running_api(env: dict[str, str], port: int, workers: int = 1) -> Iterator[st
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"uvicorn did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_answering(base, proc, Path(log.name), statuses=(200, 503))
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
