@@ -43,6 +43,22 @@ class ServerLimits:
         return f"{self.usable} (max_connections {self.max_connections} - {reserved})"
 
 
+def _service_row(
+    service: str, replicas: int, processes: int, pool: PoolSizing, langgraph: int
+) -> dict[str, Any]:
+    """One service in the --json outputs (the budget and --suggest share the shape)."""
+    return {
+        "service": service,
+        "replicas": replicas,
+        "processes": processes,
+        "per_process": pool.max_connections,
+        "pool_size": pool.pool_size,
+        "max_overflow": pool.max_overflow,
+        "langgraph": langgraph,
+        "max_connections": replicas * processes * (pool.max_connections + langgraph),
+    }
+
+
 @dataclass(frozen=True)
 class ServiceBudget:
     plan: ServicePlan
@@ -160,16 +176,9 @@ class Budget:
                 "usable": self.server.usable,
             },
             "services": [
-                {
-                    "service": s.service,
-                    "replicas": s.plan.replicas,
-                    "processes": s.plan.processes,
-                    "per_process": s.per_process,
-                    "pool_size": s.plan.pool.pool_size,
-                    "max_overflow": s.plan.pool.max_overflow,
-                    "langgraph": s.plan.langgraph_max_size,
-                    "max_connections": s.real_total,
-                }
+                _service_row(
+                    s.service, s.plan.replicas, s.plan.processes, s.plan.pool, s.plan.langgraph_max_size
+                )
                 for s in self.services
             ],
         }
@@ -254,17 +263,7 @@ class Suggestion:
             "advice": self.advice,
             "env": self.env(),
             "services": [
-                {
-                    "service": s.service,
-                    "replicas": s.replicas,
-                    "processes": s.processes,
-                    "per_process": s.pool.max_connections,
-                    "pool_size": s.pool.pool_size,
-                    "max_overflow": s.pool.max_overflow,
-                    "langgraph": s.langgraph,
-                    "max_connections": s.max_connections,
-                    "reason": s.reason,
-                }
+                {**_service_row(s.service, s.replicas, s.processes, s.pool, s.langgraph), "reason": s.reason}
                 for s in self.services
             ],
         }
