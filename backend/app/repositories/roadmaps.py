@@ -107,13 +107,6 @@ class RoadmapRepository:
             )
         )
 
-    async def start_concept(self, concept_id: uuid.UUID) -> None:
-        await self.session.execute(
-            update(Concept)
-            .where(Concept.id == concept_id, Concept.status != "completed")
-            .values(status="generating", attempts=Concept.attempts + 1, error=None)
-        )
-
     async def write_content(self, concept_id: uuid.UUID, content: str) -> bool:
         """Store content unless the concept is already completed; True when this call wrote it."""
         result = await self.session.execute(
@@ -125,7 +118,7 @@ class RoadmapRepository:
         return result.first() is not None
 
     async def start_concepts(self, concept_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, None]:
-        """start_concept for several concepts in one statement (app.db.batch)."""
+        """Mark concepts started (one more attempt each), in one statement for a wave (app.db.batch)."""
         await self.session.execute(
             update(Concept)
             .where(Concept.id.in_(concept_ids), Concept.status != "completed")
