@@ -28,9 +28,10 @@ async def new_roadmap(concepts: int) -> str:
 
 
 def hold_buckets() -> tuple[float, float]:
+    """Checkouts so far, and those back within 250 ms: under the 0.3 s LLM call, above a noisy scheduler."""
     label = {"service": "api"}
     total = REGISTRY.get_sample_value("db_connection_hold_seconds_count", label) or 0
-    fast = REGISTRY.get_sample_value("db_connection_hold_seconds_bucket", {**label, "le": "0.1"}) or 0
+    fast = REGISTRY.get_sample_value("db_connection_hold_seconds_bucket", {**label, "le": "0.25"}) or 0
     return total, fast
 
 
@@ -48,7 +49,7 @@ async def test_thirty_concepts_fifteen_at_a_time(test_db: asyncpg.Connection) ->
     )
     assert len(rows) == 30 and all(r["status"] == "completed" and r["attempts"] == 1 for r in rows)
     assert all("Generated offline" in r["content"] for r in rows)
-    # No session was held across the 0.3 s LLM call: every checkout was back within 100 ms. And the
+    # No session was held across the 0.3 s LLM call: every checkout was back within 250 ms. And the
     # concepts of a wave were started and written together: a handful of checkouts, not 2 x 30.
     total_after, fast_after = hold_buckets()
     assert 4 <= total_after - total_before <= 12, total_after - total_before
