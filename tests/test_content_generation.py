@@ -94,9 +94,12 @@ async def test_failed_concepts_are_retried_and_recorded_without_failing_others(
             assert "simulated failure" in row["error"]
         else:
             assert row["status"] == "completed" and row["attempts"] == 2 and row["error"] is None
-    # A second run (a redelivery) only touches what is unfinished, and writes nothing twice.
+    # A second run (a redelivery) only touches what is unfinished: the written ones are not written
+    # twice, and the two that failed after all their attempts stay failed (no more LLM calls).
     again = await generate_content(str(roadmap.id), llm=OfflineLLM(), router=WebSearchRouter(OfflineSearch()))
-    assert (again.concepts, again.written) == (2, 2)
+    assert (again.concepts, again.written, again.failed) == (0, 0, 0)
+    statuses = await test_db.fetch("SELECT status FROM concepts WHERE roadmap_id = $1", roadmap.id)
+    assert sorted(r["status"] for r in statuses) == ["completed"] * 4 + ["failed"] * 2
 
 
 async def test_a_wave_stays_below_its_pool_high_usage_mark(test_db: asyncpg.Connection) -> None:

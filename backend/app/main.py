@@ -14,6 +14,7 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api import background
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import admin, health, metrics, roadmaps, task_logs
@@ -38,9 +39,11 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         max_overflow=settings.pool().max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
     )
+    jobs = background.start(settings)
     try:
         yield
     finally:
+        await background.stop(jobs)
         await OrchestratorFactory.close()
         await dispose_engine()
         await close_redis()

@@ -165,6 +165,25 @@ class _CommonSettings(BaseSettings):
     # Concepts of one roadmap generated at once (the guide: 15; 10 roadmaps x 15 = 150 in flight).
     CONCEPT_CONCURRENCY_LIMIT: int = Field(15, ge=1, le=200)
     CONCEPT_MAX_ATTEMPTS: int = Field(3, ge=1, le=10)
+    # A content task waits out a database outage this long before it fails and Celery retries it.
+    CONTENT_DB_OUTAGE_SECONDS: float = Field(30.0, ge=0, le=600)
+    # A roadmap in progress that has not moved (its row or any concept's) for this long is re-dispatched
+    # by the watchdog; after ROADMAP_MAX_REDISPATCHES re-dispatches without finishing, it fails with
+    # the reason. Longer than any one task may run (CELERY_*_TIME_LIMIT), so a slow task is not re-sent.
+    ROADMAP_STALL_SECONDS: int = Field(1200, ge=5, le=86_400)
+    ROADMAP_MAX_REDISPATCHES: int = Field(3, ge=0, le=100)
+    WATCHDOG_INTERVAL_SECONDS: float = Field(30.0, gt=0, le=3600)
+
+    # --- transactional outbox -------------------------------------------------------------------------
+    # How long a request waits for the broker after its commit; past it the client still gets 202 (the
+    # task is stored) and the relay publishes it. Bounds every POST's time spent on a stalled Redis.
+    OUTBOX_PUBLISH_TIMEOUT: float = Field(1.0, gt=0, le=30)
+    # The relay publishes messages left for this long (the request's own publish goes first), every
+    # OUTBOX_RELAY_INTERVAL_SECONDS, from one process of the fleet at a time (an advisory lock).
+    OUTBOX_RELAY_AFTER_SECONDS: float = Field(5.0, ge=0, le=3600)
+    OUTBOX_RELAY_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=3600)
+    # 0 turns the relay and the watchdog off in this process (the API runs them; see app.tasks.outbox).
+    BACKGROUND_JOBS: bool = True
 
     # --- LLM and web search providers -----------------------------------------------------------------
     # auto: the OpenAI-compatible API when LLM_API_KEY is set, else the offline provider.

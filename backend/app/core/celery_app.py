@@ -118,6 +118,9 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
         result_serializer="json",
         accept_content=["json"],
         result_expires=24 * 3600,
+        # Nothing reads a task's result (progress lives in the database); storing them cost a Redis
+        # write per task and tied publishing to the result backend. The probe tasks opt back in.
+        task_ignore_result=True,
         task_track_started=True,
         worker_prefetch_multiplier=1,
         # Recycle a child after many tasks: bounds slow leaks without touching the pool budget.

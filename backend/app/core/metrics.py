@@ -73,6 +73,22 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
 )
 
+# The transactional outbox (app.tasks.outbox): a broker outage shows as failures and a growing backlog,
+# never as lost tasks. source: request (after the API's commit), worker, relay.
+OUTBOX_PUBLISHED = Counter(
+    "outbox_messages_published_total", "Outbox messages the broker took, by publisher.", ["source"]
+)
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "outbox_publish_failures_total",
+    "Publish attempts that failed or ran past OUTBOX_PUBLISH_TIMEOUT (left for the relay).",
+    ["source"],
+)
+WATCHDOG_ACTIONS = Counter(
+    "roadmap_watchdog_actions_total",
+    "Roadmaps the watchdog found stalled: re-dispatched (by task) or failed.",
+    ["action"],
+)
+
 LANGGRAPH_POOL_SIZE = Gauge(
     "langgraph_pool_size",
     "Connections the LangGraph checkpointer pool holds open.",

@@ -11,12 +11,14 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -50,6 +52,11 @@ def _now() -> Any:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
+# A roadmap's statuses before it is completed or failed; the in-progress cap and the watchdog use them.
+IN_PROGRESS = ("pending", "planning", "generating")
+IN_PROGRESS_SQL = "(" + ", ".join(f"'{s}'" for s in IN_PROGRESS) + ")"
+
+
 class Roadmap(Base):
     """A learning roadmap for a topic; its workflow plans the concepts."""
 
@@ -57,6 +64,19 @@ class Roadmap(Base):
     __table_args__ = (
         CheckConstraint(
             "status IN ('pending', 'planning', 'generating', 'completed', 'failed')", name="status"
+        ),
+        Index(
+            "uq_roadmaps_owner_idempotency_key",
+            "owner",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # The watchdog's scan: only roadmaps still in progress, by when they last moved.
+        Index(
+            "ix_roadmaps_in_progress_updated_at",
+            "updated_at",
+            postgresql_where=text(f"status IN {IN_PROGRESS_SQL}"),
         ),
     )
 
@@ -66,6 +86,10 @@ class Roadmap(Base):
     requested_concepts: Mapped[int] = mapped_column(Integer, nullable=False, default=30)
     owner: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    # The client's Idempotency-Key: a retried POST finds the roadmap its first attempt stored.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # How often the watchdog re-dispatched it; past ROADMAP_MAX_REDISPATCHES it fails with a reason.
+    redispatches: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -138,3 +162,23 @@ class TaskLog(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
     )
+
+
+class OutboxMessage(Base):
+    """A task to publish, stored in the transaction that made it necessary (the transactional outbox).
+
+    The row commits with the roadmap it is about, so a broker that is down or slow never loses work and
+    never holds a request: the API publishes right after its commit, and the relay publishes whatever
+    is left (``app.tasks.outbox``). A published message's row is deleted.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    args: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    # The relay leaves a message alone until then: the publisher right after the commit goes first.
+    available_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)

@@ -58,6 +58,51 @@ class RoadmapRepository:
         await self.session.flush()
         return roadmap
 
+    async def create_once(
+        self, topic: str, owner: str, concept_count: int, idempotency_key: str
+    ) -> tuple[RowMapping, bool]:
+        """The roadmap ``owner`` created with ``idempotency_key``: inserted now (True) or found (False).
+
+        ``ON CONFLICT DO NOTHING`` on the (owner, key) index makes two concurrent first attempts
+        store one roadmap: the second waits for the first's commit and then finds its row.
+        """
+        inserted = (
+            (
+                await self.session.execute(
+                    insert(Roadmap)
+                    .values(
+                        id=uuid.uuid4(),
+                        topic=topic,
+                        owner=owner,
+                        requested_concepts=concept_count,
+                        status="pending",
+                        idempotency_key=idempotency_key,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=["owner", "idempotency_key"],
+                        index_where=Roadmap.idempotency_key.is_not(None),
+                    )
+                    .returning(*_ROADMAPS.c)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if inserted is not None:
+            return inserted, True
+        found = (
+            (
+                await self.session.execute(
+                    select(_ROADMAPS).where(
+                        _ROADMAPS.c.owner == owner, _ROADMAPS.c.idempotency_key == idempotency_key
+                    )
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return found, False
+
     async def get(self, roadmap_id: uuid.UUID) -> Roadmap | None:
         return await self.session.get(Roadmap, roadmap_id)  # type: ignore[union-attr]
 
@@ -99,10 +144,11 @@ class RoadmapRepository:
         )
 
     async def unfinished_concepts(self, roadmap_id: uuid.UUID) -> list[Concept]:
+        """Concepts not yet tried, or cut off (a crash, an outage); not those that failed for real."""
         return list(
             await self.session.scalars(
                 select(Concept)
-                .where(Concept.roadmap_id == roadmap_id, Concept.status != "completed")
+                .where(Concept.roadmap_id == roadmap_id, Concept.status.in_(("pending", "generating")))
                 .order_by(Concept.position)
             )
         )

@@ -33,3 +33,4 @@ AUTH = {
 NOT_FOUND = {404: _doc("no such resource")}
 BAD_BODY = {400: _doc("the body is not valid JSON")}
 CONFLICT = {409: _doc("already exists")}
+IDEMPOTENCY_CONFLICT = {409: _doc("the Idempotency-Key was used for a different request")}

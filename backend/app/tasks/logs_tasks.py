@@ -44,6 +44,7 @@ def flush_task_events() -> int:
     return written
 
 
-@celery_app.task(name="app.tasks.logs_tasks.probe", **queue_options("logs"))
+# Its result is read (tests, diagnostics), unlike every other task's.
+@celery_app.task(name="app.tasks.logs_tasks.probe", ignore_result=False, **queue_options("logs"))
 def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
     return async_runner.run(probe_database(hold_seconds, sleep_seconds))

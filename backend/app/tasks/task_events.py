@@ -31,6 +31,28 @@ def flush_guard_key() -> str:
     return f"{get_settings().REDIS_KEY_PREFIX}task_events:flush_scheduled"
 
 
+def record(
+    event: str,
+    *,
+    task_name: str,
+    task_id: str | None = None,
+    queue: str | None = None,
+    level: str = "info",
+    **payload: Any,
+) -> dict[str, Any]:
+    """A task_logs row for ``event``: for a writer that stores it in its own transaction instead of
+    through the buffer (an event that must exist exactly when the data it reports does)."""
+    return {
+        "task_id": task_id,
+        "task_name": task_name,
+        "queue": queue,
+        "event": event,
+        "level": level,
+        "payload": payload,
+        "created_at": datetime.now(UTC),
+    }
+
+
 def emit(
     event: str,
     *,

@@ -21,7 +21,8 @@ from langgraph.graph.state import CompiledStateGraph
 from app.core.orchestrator_factory import OrchestratorFactory
 from app.db.session import safe_session
 from app.repositories.roadmaps import RoadmapRepository
-from app.tasks import task_events
+from app.tasks import outbox, task_events
+from app.tasks.names import GENERATE_CONTENT
 from app.tools.llm import get_llm
 
 
@@ -63,13 +64,13 @@ async def plan_concepts(state: RoadmapState) -> RoadmapState:
 
 async def dispatch_content(state: RoadmapState) -> RoadmapState:
     _event("dispatch_content", state)
-    from app.tasks.content_generation_tasks import generate_roadmap_content
-
+    # The status and the content task commit together (the outbox): no roadmap is left "generating"
+    # with no task on its way, whatever the broker does. Repeating this after a crash enqueues the
+    # task twice; its writes are conditional, so a concept's content is still stored exactly once.
     async with safe_session() as session:
         await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), "generating")
-    # Repeating this after a crash enqueues the content task twice; its writes are conditional, so a
-    # concept's content is still stored exactly once.
-    generate_roadmap_content.delay(state["roadmap_id"])
+        message = await outbox.stage(session, GENERATE_CONTENT, state["roadmap_id"])
+    await outbox.publish([message], source="worker")
     return {}
 
 
@@ -79,7 +80,8 @@ async def assemble(state: RoadmapState) -> RoadmapState:
     async with safe_session() as session:
         repo = RoadmapRepository(session)
         counts = await repo.concept_counts(roadmap_id)
-        failed = counts.get("failed", 0) + counts.get("pending", 0) + counts.get("generating", 0)
+        # Only concepts that failed for real: resume_after_content never assembles unfinished ones.
+        failed = counts.get("failed", 0)
         if failed:
             await repo.set_status(roadmap_id, "failed", f"{failed} of {sum(counts.values())} concepts failed")
         else:
@@ -134,5 +136,16 @@ async def resume_after_content(roadmap_id: str) -> str:
     snapshot = await graph.aget_state(config)
     if snapshot.next != ("assemble",):
         return "finished" if snapshot.values and not snapshot.next else "not_waiting"
+    async with safe_session() as session:
+        counts = await RoadmapRepository(session).concept_counts(uuid.UUID(roadmap_id))
+        if counts.get("pending", 0) + counts.get("generating", 0):
+            # A resume that came early (a duplicate, the watchdog): the content is not finished, so
+            # the content task runs again for what is left, instead of those concepts counting as failed.
+            message = await outbox.stage(session, GENERATE_CONTENT, roadmap_id)
+        else:
+            message = None
+    if message is not None:
+        await outbox.publish([message], source="worker")
+        return "content_unfinished"
     result = await graph.ainvoke(None, config, durability="sync")
     return str(result.get("outcome", "finished"))

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
-from app.api.deps import CurrentUser, SessionDep
+from app.api.deps import CurrentUser
 from app.api.routes import API_V1
 from app.config.settings import get_settings
-from app.db.session import read
+from app.db.session import read, safe_session
 from app.repositories.roadmaps import RoadmapRepository
-from app.schemas.errors import AUTH, BAD_BODY, NOT_FOUND, UNAVAILABLE
+from app.repositories.task_logs import TaskLogRepository
+from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, UNAVAILABLE
 from app.schemas.roadmaps import (
     RoadmapAccepted,
     RoadmapCreate,
@@ -21,27 +21,62 @@ from app.schemas.roadmaps import (
     RoadmapPage,
     RoadmapSummary,
 )
-from app.tasks import task_events
+from app.tasks import outbox, task_events
+from app.tasks.names import RUN_WORKFLOW
 
 router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"], responses=UNAVAILABLE)
 
 
-@router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, response_model=RoadmapAccepted, responses={**AUTH, **BAD_BODY}
-)
-async def create_roadmap(body: RoadmapCreate, session: SessionDep, user: CurrentUser) -> RoadmapAccepted:
-    from app.tasks.roadmap_workflow_tasks import run_roadmap_workflow
+# What a client may send as Idempotency-Key: up to 200 visible ASCII characters (a UUID is typical).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+        description="Retrying a POST with the same key returns the roadmap the first attempt stored.",
+    ),
+]  # fmt: skip
 
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RoadmapAccepted,
+    responses={**AUTH, **BAD_BODY, **IDEMPOTENCY_CONFLICT},
+)
+async def create_roadmap(
+    body: RoadmapCreate, user: CurrentUser, response: Response, idempotency_key: IdempotencyKey = None
+) -> RoadmapAccepted:
+    """Store the roadmap and its workflow task in one transaction, then publish the task.
+
+    202 means stored and will run: the task is in the outbox before the client hears back, so a broker
+    that is down or stalled costs at most OUTBOX_PUBLISH_TIMEOUT here and the relay publishes it later.
+    The transaction never waits on the broker; the database being down is a quick 503.
+    """
     count = body.concept_count or get_settings().ROADMAP_DEFAULT_CONCEPTS
-    roadmap = await RoadmapRepository(session).create(body.topic, user.subject, count)
-    # Enqueued before the commit: if the broker is down nothing is stored and the client gets a 503;
-    # the worker retries briefly if it runs before the commit is visible.
-    await run_in_threadpool(run_roadmap_workflow.delay, str(roadmap.id))
-    await run_in_threadpool(
-        task_events.emit, "roadmap_requested", task_name="api.create_roadmap", task_id=str(roadmap.id),
-        owner=user.subject, concept_count=count,
-    )  # fmt: skip
-    return RoadmapAccepted(id=roadmap.id, status=roadmap.status)
+    async with safe_session() as session:
+        repo = RoadmapRepository(session)
+        if idempotency_key is None:
+            roadmap = await repo.create(body.topic, user.subject, count)
+            roadmap_id, roadmap_status, created = roadmap.id, roadmap.status, True
+        else:
+            row, created = await repo.create_once(body.topic, user.subject, count, idempotency_key)
+            if not created and (row["topic"], row["requested_concepts"]) != (body.topic, count):
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    "this Idempotency-Key was used for a different roadmap; use a new key",
+                )
+            roadmap_id, roadmap_status = row["id"], row["status"]
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+            return RoadmapAccepted(id=roadmap_id, status=roadmap_status)
+        message = await outbox.stage(session, RUN_WORKFLOW, str(roadmap_id))
+        # In the same transaction, not through the Redis buffer: the request never waits on Redis.
+        requested = task_events.record(
+            "roadmap_requested", task_name="api.create_roadmap", task_id=str(roadmap_id), concept_count=count
+        )
+        await TaskLogRepository(session).add_many([requested])
+    await outbox.publish([message])
+    return RoadmapAccepted(id=roadmap_id, status=roadmap_status)
 
 
 @router.get("/{roadmap_id}", response_model=RoadmapDetail, responses=NOT_FOUND)

@@ -1,0 +1,53 @@
+"""The fleet's periodic jobs, run by the API processes: the outbox relay and the roadmap watchdog.
+
+They need what every API process already has, a budgeted pool and the broker, and they need to run
+wherever roadmaps are created, so they ride along in each API process's lifespan instead of adding a
+service to deploy, size and watch. Each round takes one short checkout; any number of processes and
+replicas may run them at once, because each round claims its rows with ``FOR UPDATE SKIP LOCKED``
+(app.tasks.outbox, app.tasks.watchdog). A failing round is logged and the next one tries again: a
+database or broker outage pauses them, it never stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from app.config.settings import Settings
+from app.core.logging import LogRateLimiter
+from app.tasks import outbox, watchdog
+
+log = structlog.get_logger("app.background")
+_failures = LogRateLimiter(interval=30.0)
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+    # A random start spreads the processes' rounds over the interval instead of all at once.
+    await asyncio.sleep(random.uniform(0, interval))
+    while True:
+        try:
+            await job()
+        except Exception as error:  # noqa: BLE001 - the next round retries
+            if _failures.allow(name):
+                log.warning("background_job_failed", job=name, error=f"{type(error).__name__}: {error}"[:300])
+        await asyncio.sleep(interval)
+
+
+def start(settings: Settings) -> list[asyncio.Task[None]]:
+    """Start the relay and the watchdog on the running loop (none when BACKGROUND_JOBS is off)."""
+    if not settings.BACKGROUND_JOBS:
+        return []
+    return [
+        asyncio.create_task(_every(settings.OUTBOX_RELAY_INTERVAL_SECONDS, outbox.relay, "outbox_relay")),
+        asyncio.create_task(_every(settings.WATCHDOG_INTERVAL_SECONDS, watchdog.watch, "watchdog")),
+    ]
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
