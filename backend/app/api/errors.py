@@ -63,7 +63,8 @@ async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    # Publishing a task failed (broker down): the request's transaction rolls back, nothing is lost.
+    # Redis unreachable where a request cannot do without it. Creating a roadmap is not such a place:
+    # its task waits in the outbox (app.tasks.outbox).
     app.add_exception_handler(kombu.exceptions.OperationalError, queue_unavailable)
     app.add_exception_handler(redis.exceptions.ConnectionError, queue_unavailable)
     app.add_exception_handler(exc.TimeoutError, pool_exhausted)
