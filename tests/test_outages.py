@@ -55,6 +55,11 @@ def wait_terminal(url: str, ids: list[str], timeout: float) -> dict[str, str]:
         time.sleep(0.5)
 
 
+def report(fault: str, client: str, recovery: str) -> None:
+    """One line per fault for the record (``pytest -s``): what the client saw, how long recovery took."""
+    print(f"\nFAULT | {fault} | {client} | {recovery}")
+
+
 def workers(env: dict[str, str], log_dir: Path, queues: tuple[str, ...]) -> list[Worker]:
     started = [start_worker(queue, 2, env, log_dir) for queue in queues]
     wait_ready(started)
@@ -148,10 +153,17 @@ def test_posts_during_a_redis_outage_are_stored_and_run_once_redis_is_back(
 
         # Redis is back: the relay publishes what the requests could not, the workers run it.
         started = workers({**env}, tmp_path, ("roadmap_workflow", "content_generation"))
+        back = time.monotonic()
         try:
             statuses = wait_terminal(url, sorted(set(ids)), timeout=90)
         finally:
             stop_all(started)
+        report(
+            "redis down / stalled under POSTs",
+            f"{len(timings)} POSTs: {sorted({s for s, _ in timings})}, "
+            f"slowest {max(t for _, t in timings):.2f} s",
+            f"all {len(statuses)} roadmaps terminal {time.monotonic() - back:.1f} s after workers attached",
+        )
     assert set(statuses.values()) == {"completed"}, statuses
     assert len(statuses) == 27
     concepts, not_once = concept_report(url, sorted(set(ids)))
@@ -217,7 +229,13 @@ def test_a_database_outage_during_content_generation_fails_no_concept(
             own_postgres._pg_ctl("stop", "-m", "fast")
             time.sleep(outage_seconds)
             own_postgres.start()
+            back = time.monotonic()
             statuses = wait_terminal(url, ids, timeout=180)
+            report(
+                f"postgres cut {outage_seconds} s during content generation",
+                f"{roadmaps} roadmaps x {concepts} concepts",
+                f"all terminal {time.monotonic() - back:.1f} s after the server was back",
+            )
     finally:
         stop_all(started)
     assert statuses == dict.fromkeys(ids, "completed"), statuses
