@@ -3,17 +3,32 @@
 Connection failures reach us in several forms: raw ``OSError``s from asyncpg's connect, SQLAlchemy's
 ``OperationalError`` / ``InterfaceError``, an invalidated connection, or a server error whose SQLSTATE
 class says so: 08 (connection exception), 57 (operator intervention: shutdown, restart, "the database
-system is starting up"), 53 (insufficient resources: too many connections). Everything else (a
-constraint, a bad query) is a bug or bad input and must not be retried or disguised.
+system is starting up", and 57014, a statement cancelled by ``statement_timeout``), 53 (insufficient
+resources: too many connections). Everything else (a constraint, a bad query) is a bug or bad input and
+must not be retried or disguised.
+
+A deadline that expired is "unavailable" too: ``TimeoutError`` (asyncpg's ``command_timeout`` and connect
+timeout, the checkpointer's ``CheckpointerTimeout``) means the server did not answer in time.
+
+The LangGraph checkpointer talks psycopg, not SQLAlchemy: ``psycopg.OperationalError`` (connection lost,
+connect timeout, and the SQLSTATE classes above) and ``psycopg.InterfaceError`` (a connection already
+closed) count, and so does ``psycopg_pool.PoolTimeout``: unlike the SQLAlchemy pool's timeout, which only
+fires when this process is busy, the checkpointer pool's also fires when it cannot reconnect to a server
+that is down, and it cannot tell the two apart; either way a workflow step should be retried later.
+``PoolClosed`` does not count: the process is shutting down, and retrying would only delay that.
 """
 
 from __future__ import annotations
 
 import socket
 
+import psycopg
+import psycopg_pool
 from sqlalchemy import exc
 
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
+# statement_timeout (and a cancel request): the server answered, but gave up on the statement in time.
+_QUERY_CANCELED = "57014"
 
 
 def _chain(error: BaseException, limit: int = 8) -> list[BaseException]:
@@ -43,6 +58,10 @@ def is_database_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, exc.TimeoutError):
         return False  # pool exhausted: the database is fine, this process is busy
+    if isinstance(error, psycopg_pool.PoolClosed):
+        return False
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
@@ -54,3 +73,12 @@ def is_database_unavailable(error: BaseException) -> bool:
         return True
     state = _sqlstate(chain)
     return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+
+
+def is_database_timeout(error: BaseException) -> bool:
+    """An unavailable database that failed a deadline (rather than refusing or dropping a connection):
+    the API names it ``database_timeout`` so an operator looks for a stalled server or network."""
+    chain = _chain(error)
+    if any(isinstance(e, TimeoutError | psycopg_pool.PoolTimeout) for e in chain):
+        return True
+    return _sqlstate(chain) == _QUERY_CANCELED
