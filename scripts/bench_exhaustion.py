@@ -86,6 +86,10 @@ def main() -> None:
                 "DB_POOL_SIZE": str(args.pool_size),
                 "DB_MAX_OVERFLOW": str(args.max_overflow),
                 "DB_POOL_TIMEOUT": str(timeout),
+                # The lock holders wait the whole run, up to the 30 s of the comparison (a stack without
+                # deadlines): neither the request nor the statement deadline may cut them off first.
+                "REQUEST_TIMEOUT_SECONDS": str(2 * timeout + 10),
+                "DB_STATEMENT_TIMEOUT": str(2 * timeout + 10),
             }
             with api_server(url, **env) as base:
                 times, statuses = asyncio.run(measure(base, url, holders, args.extra))

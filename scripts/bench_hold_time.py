@@ -38,7 +38,8 @@ async def drive(url: str, pool: tuple[str, str, str], hold: float, seconds: floa
     size, overflow, timeout = pool
     settings = settings_from_mapping({
         "DATABASE_URL": url, "DB_POOL_SIZE": size, "DB_MAX_OVERFLOW": overflow, "DB_POOL_TIMEOUT": timeout,
-        "LOG_LEVEL": "WARNING",
+        # The old pools had no request deadline; one above their 30 s keeps the settings valid.
+        "REQUEST_TIMEOUT_SECONDS": float(timeout) + 30, "LOG_LEVEL": "WARNING",
     })  # fmt: skip
     engine, _ = build_engine(settings, "bench")  # not a topology service: the shared sizes apply
     statement = text("SELECT pg_sleep(:h)").bindparams(h=hold) if hold else text("SELECT 1")

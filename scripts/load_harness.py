@@ -84,6 +84,8 @@ VARIANTS = {
         "API_DB_POOL_SIZE": "2",
         "API_DB_MAX_OVERFLOW": "2",
         "DB_POOL_TIMEOUT": "30",
+        # Nor did the guide's stack bound a request: its waits must be able to reach the 30 s.
+        "REQUEST_TIMEOUT_SECONDS": "60",
     },
     "NullPool": {"DB_POOL_CLASS": "null"},
     "no concept semaphore": {"CONCEPT_CONCURRENCY_LIMIT": "200"},

@@ -8,6 +8,7 @@ import psycopg_pool
 import pytest
 from sqlalchemy import exc
 
+from app.core.orchestrator_factory import CheckpointerTimeout
 from app.db.errors import is_database_timeout, is_database_unavailable
 
 
@@ -15,6 +16,7 @@ from app.db.errors import is_database_timeout, is_database_unavailable
     ("error", "unavailable", "timeout"),
     [
         (TimeoutError(), True, True),
+        (CheckpointerTimeout("aput"), True, True),
         (psycopg_pool.PoolTimeout("couldn't get a connection after 5.00 sec"), True, True),
         (psycopg_pool.TooManyRequests("too many requests"), True, False),
         (psycopg.OperationalError("connection failed: server closed the connection"), True, False),

@@ -204,3 +204,33 @@ def test_fan_out_stays_below_the_high_usage_mark(
         DB_POOL_HIGH_USAGE_RATIO=ratio,
     )
     assert settings.fan_out_checkouts("celery_content") == slots
+
+
+def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.command_timeout("api") == settings.DB_STATEMENT_TIMEOUT + 1 == 11.0
+    assert settings.session_settings("api") == {
+        "statement_timeout": "10000",
+        "idle_in_transaction_session_timeout": "60000",
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
+    # Migrations may run for minutes; the advisory-lock session waits idle while Alembic works.
+    assert settings.command_timeout("migrate") is None
+    assert "statement_timeout" not in settings.session_settings("migrate")
+    assert "idle_in_transaction_session_timeout" not in settings.session_settings("migrate")
+    assert settings.checkpointer_operation_timeout("celery_workflow") == 5.0 + 11.0
+    # PgBouncer refuses unknown startup parameters: none are sent behind it.
+    clean_env.setenv("DB_BEHIND_PGBOUNCER", "true")
+    assert load_settings().session_settings("api") == {}
+
+
+def test_the_request_deadline_must_outlast_the_pool_timeout(clean_env: pytest.MonkeyPatch) -> None:
+    """Otherwise an exhausted pool would answer request_timeout, hiding the real reason."""
+    clean_env.setenv("DB_POOL_TIMEOUT", "10")
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    assert "REQUEST_TIMEOUT_SECONDS (8) must be > DB_POOL_TIMEOUT (10)" in str(caught.value)
+    clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "15")
+    assert load_settings().REQUEST_TIMEOUT_SECONDS == 15

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import background
+from app.api.deadline import RequestDeadlineMiddleware
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import admin, health, metrics, roadmaps, task_logs
@@ -58,6 +59,8 @@ def create_app() -> FastAPI:
     # Strict budget enforcement refuses to start here (unless railway_entrypoint.sh checked already).
     enforce_budget(settings, "api")
     app = FastAPI(title=settings.PROJECT_NAME, debug=settings.DEBUG, lifespan=lifespan)
+    # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
+    app.add_middleware(RequestDeadlineMiddleware)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

@@ -1,7 +1,10 @@
 """Database trouble becomes a quick, explained 503 with Retry-After: never a hang, never a 500.
 
 * ``sqlalchemy.exc.TimeoutError``: the pool stayed exhausted for DB_POOL_TIMEOUT seconds;
-* connection-level failures (server down, restarting, network): the database is unavailable.
+* connection-level failures (server down, restarting, network): the database is unavailable;
+* a database deadline that expired (connect timeout, asyncpg's command_timeout, statement_timeout):
+  ``database_timeout``, the server or the network stalled;
+* the request's own deadline (``app.api.deadline``): ``request_timeout``.
 
 Other database errors (a constraint violated, a bad query) are bugs or bad input and are not disguised.
 """
@@ -19,14 +22,14 @@ from sqlalchemy import exc
 
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
-from app.db.errors import is_database_unavailable
+from app.db.errors import is_database_timeout, is_database_unavailable
 
 log = structlog.get_logger("app.api")
 # During an outage every request is rejected: one warning per reason per second tells the story.
 _rejections = LogRateLimiter(interval=1.0)
 
 
-def _unavailable(reason: str, detail: str) -> JSONResponse:
+def unavailable(reason: str, detail: str) -> JSONResponse:
     return JSONResponse(
         status_code=503,
         content={"detail": detail, "reason": reason},
@@ -37,7 +40,7 @@ def _unavailable(reason: str, detail: str) -> JSONResponse:
 async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
     if _rejections.allow("pool"):
         log.warning("request_rejected_pool_exhausted", path=request.url.path)
-    return _unavailable(
+    return unavailable(
         "db_pool_exhausted",
         f"all {get_settings().pool().max_connections} database connections of this process are busy; "
         "retry shortly",
@@ -45,9 +48,18 @@ async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
 
 
 async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    if is_database_timeout(error):
+        if _rejections.allow("database_timeout"):
+            log.warning(
+                "request_rejected_database_timeout",
+                path=request.url.path,
+                error_type=type(error).__name__,
+                error=str(error),
+            )
+        return unavailable("database_timeout", "the database did not answer in time; retry shortly")
     if _rejections.allow("database"):
         log.warning("request_rejected_database_unavailable", path=request.url.path, error=str(error))
-    return _unavailable("database_unavailable", "the database is unreachable; retry shortly")
+    return unavailable("database_unavailable", "the database is unreachable; retry shortly")
 
 
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
@@ -59,7 +71,7 @@ async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
 async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
     if _rejections.allow("queue"):
         log.warning("request_rejected_queue_unavailable", path=request.url.path, error=str(error))
-    return _unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
+    return unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -61,6 +61,11 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
+# After DB_TCP_KEEPALIVES_IDLE, a silent peer is probed every 10 s and given up after 3 unanswered probes.
+TCP_KEEPALIVES_INTERVAL = 10
+TCP_KEEPALIVES_COUNT = 3
+
+
 class InvalidSettingsError(SystemExit):
     """Raised when the environment holds an invalid value.
 
@@ -115,6 +120,21 @@ class _CommonSettings(BaseSettings):
     DB_POOL_PRE_PING: bool = True
     DB_POOL_PING_IDLE_SECONDS: float = Field(0.5, ge=0, le=3600)
     DB_CONNECT_TIMEOUT: float = Field(5.0, gt=0, le=120)
+    # Deadlines on every statement, so that a stalled server or network never holds a request, a task
+    # or a pooled connection without bound (app.db.engine, app.core.orchestrator_factory):
+    # the server cancels a statement running longer than this (statement_timeout, a clean error on a
+    # usable connection), and the client gives up DB_COMMAND_TIMEOUT_MARGIN later when no answer came at
+    # all (asyncpg's command_timeout; the checkpointer's own deadline), discarding that connection.
+    DB_STATEMENT_TIMEOUT: float = Field(10.0, gt=0, le=3600)
+    DB_COMMAND_TIMEOUT_MARGIN: float = Field(1.0, gt=0, le=60)
+    # The server ends a session left idle inside a transaction this long (a client stuck or gone
+    # mid-transaction would otherwise hold its row locks and its connection slot forever). 0: off.
+    DB_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, ge=0, le=86400)
+    # The server probes a silent client's socket after this many idle seconds (then every 10 s, 3
+    # times): the connections of a host that vanished leave pg_stat_activity and the budget within
+    # about a minute instead of the kernel's two hours. The client side probes the same way (libpq
+    # keepalives for psycopg; asyncpg has none, its command_timeout and the idle ping cover it).
+    DB_TCP_KEEPALIVES_IDLE: int = Field(30, ge=1, le=7200)
     # Pool instrumentation (events -> Prometheus, usage logs); off only to measure its cost.
     DB_POOL_METRICS_ENABLED: bool = True
     DB_POOL_HIGH_USAGE_RATIO: float = Field(0.7, gt=0, le=1)
@@ -217,6 +237,10 @@ class _CommonSettings(BaseSettings):
     # --- HTTP behaviour ---------------------------------------------------------------------------------
     # /health must answer within 2 s even when the database is unreachable.
     HEALTH_CHECK_TIMEOUT: float = Field(1.5, gt=0, le=10)
+    # Every request's deadline: past it the API answers 503 request_timeout (with Retry-After) whatever it
+    # was waiting for. The backstop behind the database's own deadlines, longer than DB_POOL_TIMEOUT so
+    # that an exhausted pool still answers as such (db_pool_exhausted).
+    REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
     # Sent with every 503 so clients back off instead of hammering an exhausted pool.
     RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
 
@@ -280,6 +304,12 @@ class _CommonSettings(BaseSettings):
             raise ValueError("JWT_SECRET_KEY must be at least 32 characters (or empty to disable writes)")
         if self.ROADMAP_DEFAULT_CONCEPTS > self.ROADMAP_MAX_CONCEPTS:
             raise ValueError("ROADMAP_DEFAULT_CONCEPTS must be <= ROADMAP_MAX_CONCEPTS")
+        inner_deadline = max(self.DB_POOL_TIMEOUT, self.HEALTH_CHECK_TIMEOUT)
+        if inner_deadline >= self.REQUEST_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"REQUEST_TIMEOUT_SECONDS ({self.REQUEST_TIMEOUT_SECONDS:g}) must be > DB_POOL_TIMEOUT "
+                f"({self.DB_POOL_TIMEOUT:g}) and HEALTH_CHECK_TIMEOUT ({self.HEALTH_CHECK_TIMEOUT:g})"
+            )
         if self.DB_ADMIN_RESERVE >= self.DB_CONNECTION_BUDGET:
             raise ValueError(
                 f"DB_ADMIN_RESERVE ({self.DB_ADMIN_RESERVE}) must be < "
@@ -299,6 +329,44 @@ class _CommonSettings(BaseSettings):
         # round(): 25 x 0.56 is 14.000000000000002 in floating point, and 14 would sit on the mark.
         mark = round(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO, 9)
         return max(1, math.ceil(mark) - 1)
+
+    def command_timeout(self, service: str) -> float | None:
+        """The client's deadline on one statement of ``service`` (None for ``migrate``, see below): later
+        than the server's statement_timeout, so that a slow statement is cancelled cleanly by the server
+        first; this one fires only when no answer comes at all (a stalled server or network)."""
+        if service == "migrate":
+            return None
+        return self.DB_STATEMENT_TIMEOUT + self.DB_COMMAND_TIMEOUT_MARGIN
+
+    def checkpointer_operation_timeout(self, service: str) -> float:
+        """A checkpointer operation's deadline: a checkout may wait LANGGRAPH_POOL_TIMEOUT, its check and
+        statements the client deadline (a run is a handful of statements on one connection)."""
+        return self.LANGGRAPH_POOL_TIMEOUT + (self.command_timeout(service) or self.DB_STATEMENT_TIMEOUT)
+
+    def session_settings(self, service: str) -> dict[str, str]:
+        """Server settings every connection of ``service`` starts with (milliseconds / seconds, as
+        PostgreSQL reads them), for asyncpg's ``server_settings`` and libpq's ``options``: derived here
+        once, so the SQLAlchemy pool, the checkpointer pool and the one-off connections agree.
+
+        No statement or idle-in-transaction timeout for ``migrate``: a migration may rightly run for
+        minutes (an index build), and its advisory-lock session waits while Alembic works. Nothing behind
+        PgBouncer: it refuses unknown startup parameters (set them on the role there instead,
+        ``ALTER ROLE app SET statement_timeout = '10s'``, and use PgBouncer's own ``tcp_keepalive``).
+        """
+        if self.DB_BEHIND_PGBOUNCER:
+            return {}
+        values = {
+            "tcp_keepalives_idle": str(self.DB_TCP_KEEPALIVES_IDLE),
+            "tcp_keepalives_interval": str(TCP_KEEPALIVES_INTERVAL),
+            "tcp_keepalives_count": str(TCP_KEEPALIVES_COUNT),
+        }
+        if service != "migrate":
+            # At least 1 ms: PostgreSQL reads 0 as "no timeout".
+            values["statement_timeout"] = str(max(1, round(self.DB_STATEMENT_TIMEOUT * 1000)))
+            values["idle_in_transaction_session_timeout"] = str(
+                round(self.DB_IDLE_IN_TRANSACTION_TIMEOUT * 1000)
+            )
+        return values
 
     @property
     def celery_visibility_timeout(self) -> int:

@@ -8,22 +8,31 @@ if it finds an engine built by a parent process it drops it without closing the 
 
 Every connection sets ``application_name`` to ``<environment>.<service>``, so the guide's
 pg_stat_activity queries, the budget audit and the Prometheus labels all name the same services.
+
+Every connection also carries deadlines (``Settings.session_settings`` / ``command_timeout``): the
+server's ``statement_timeout`` and ``idle_in_transaction_session_timeout``, server-side TCP keepalives,
+and asyncpg's ``command_timeout``, the one that still fires when the server never answers. A statement
+that hits the client deadline leaves its connection mid-protocol, so ``install_timeout_invalidation``
+makes SQLAlchemy discard that connection instead of handing it out again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import structlog
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.config.settings import Settings, get_settings
+from app.config.settings import TCP_KEEPALIVES_COUNT, TCP_KEEPALIVES_INTERVAL, Settings, get_settings
 from app.db.liveness import install_idle_ping
 from app.db.pool_metrics import PoolInstrumentation, instrument_pool
 
@@ -33,7 +42,11 @@ log = structlog.get_logger("app.db")
 def connect_args(settings: Settings, service: str) -> dict[str, object]:
     args: dict[str, object] = {
         "timeout": settings.DB_CONNECT_TIMEOUT,
-        "server_settings": {"application_name": settings.application_name(service)},
+        "command_timeout": settings.command_timeout(service),
+        "server_settings": {
+            "application_name": settings.application_name(service),
+            **settings.session_settings(service),
+        },
     }
     if settings.DB_BEHIND_PGBOUNCER:
         # Transaction pooling hands each transaction a different server connection: a statement
@@ -49,6 +62,55 @@ def engine_url(settings: Settings) -> str:
     if settings.DB_BEHIND_PGBOUNCER:
         url = url.update_query_dict({"prepared_statement_cache_size": "0"})
     return url.render_as_string(hide_password=False)
+
+
+def install_timeout_invalidation(engine: AsyncEngine) -> None:
+    """Discard a connection whose statement outlived a deadline, at once.
+
+    asyncpg raises a plain ``TimeoutError`` at its ``command_timeout``, which SQLAlchemy does not
+    recognise as a disconnect: it would roll the connection back (one more round trip to a server that
+    does not answer) and pool it while the protocol still waits for the timed-out statement's reply.
+    Marked as a disconnect, the connection is replaced instead. Only this one: a slow answer says nothing
+    about the others (the idle ping checks them when they are next used). A cancellation (the request's
+    deadline, ``app.api.deadline``) is a disconnect to SQLAlchemy already.
+
+    Either way the connection is then terminated, not closed: SQLAlchemy's graceful close would first
+    wait (up to 2 s) for asyncpg to deliver a cancel request to the very server that is not answering,
+    and the client's 503 would wait with it.
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _timed_out(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, TimeoutError):
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
+
+    @event.listens_for(engine.sync_engine.pool, "invalidate")
+    def _terminate(dbapi_connection: Any, _record: Any, error: BaseException | None) -> None:
+        # The idle ping's DisconnectionError carries the ping's TimeoutError as its cause.
+        cause = getattr(error, "__cause__", None)
+        if isinstance(error, TimeoutError | asyncio.CancelledError) or isinstance(cause, TimeoutError):
+            driver = getattr(dbapi_connection, "driver_connection", None)
+            if driver is not None and not driver.is_closed():
+                driver.terminate()
+
+
+def libpq_params(settings: Settings, service: str) -> dict[str, object]:
+    """psycopg connection parameters with the same name, connect deadline and server settings as the
+    asyncpg connections, plus client-side TCP keepalives (libpq has them; asyncpg does not)."""
+    params: dict[str, object] = {
+        "application_name": settings.application_name(service),
+        # libpq counts whole seconds (and treats 1 as 2); never 0, which would mean "wait forever".
+        "connect_timeout": max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
+        "keepalives": 1,
+        "keepalives_idle": settings.DB_TCP_KEEPALIVES_IDLE,
+        "keepalives_interval": TCP_KEEPALIVES_INTERVAL,
+        "keepalives_count": TCP_KEEPALIVES_COUNT,
+    }
+    server = settings.session_settings(service)
+    if server:
+        params["options"] = " ".join(f"-c {name}={value}" for name, value in server.items())
+    return params
 
 
 def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolInstrumentation | None]:
@@ -72,6 +134,7 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
         )
         if settings.DB_POOL_PRE_PING:
             install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS, settings.DB_CONNECT_TIMEOUT)
+    install_timeout_invalidation(engine)
     instrumentation = instrument_pool(engine, service, settings) if settings.DB_POOL_METRICS_ENABLED else None
     log.info(
         "db_engine_created",
@@ -88,20 +151,17 @@ def build_engine(settings: Settings, service: str) -> tuple[AsyncEngine, PoolIns
 
 def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
     """For one-shot tools (migrations, CLIs): no pool to size, nothing left open afterwards."""
-    return create_async_engine(
+    engine = create_async_engine(
         engine_url(settings), poolclass=NullPool, connect_args=connect_args(settings, service)
     )
+    install_timeout_invalidation(engine)
+    return engine
 
 
 def direct_connection(settings: Settings, service: str) -> psycopg.Connection:
     """One synchronous autocommit connection for a one-off step (the budget guard, the migration
     lock): named like every other connection, bounded by DB_CONNECT_TIMEOUT, never pooled."""
-    return psycopg.connect(
-        settings.database_conninfo,
-        connect_timeout=max(1, math.ceil(settings.DB_CONNECT_TIMEOUT)),
-        application_name=settings.application_name(service),
-        autocommit=True,
-    )
+    return psycopg.connect(settings.database_conninfo, autocommit=True, **libpq_params(settings, service))
 
 
 @dataclass
