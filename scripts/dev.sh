@@ -6,8 +6,15 @@
 # Uses PostgreSQL and Redis at the URLs in .env.development when they answer; otherwise starts embedded
 # ones under .data/ (stopped again when this script exits). Migrates, then runs the API on
 # http://127.0.0.1:${PORT:-8000} (health: /health, metrics: /metrics). Ctrl-C stops everything.
+# One run per checkout: a second one is refused while the first is running (.data/dev.pid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One run per checkout: a second would empty this run's metrics directories and stop its servers.
+# shellcheck source=lib/single_run.sh
+. scripts/lib/single_run.sh
+RUN_PIDFILE="$PWD/.data/dev.pid"
+claim_single_run "$RUN_PIDFILE" dev.sh
+trap 'release_single_run "$RUN_PIDFILE"' EXIT
 # shellcheck source=lib/bootstrap.sh
 . scripts/lib/bootstrap.sh
 
@@ -29,6 +36,7 @@ cleanup() {
   for pid in "${children[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   python scripts/local_services.py stop
+  release_single_run "$RUN_PIDFILE"
 }
 trap cleanup EXIT INT TERM
 
