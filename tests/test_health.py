@@ -28,7 +28,8 @@ async def test_healthy_shape(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "database", "redis", "langgraph"}
+    assert set(body) == {"status", "database", "redis", "langgraph", "task_events"}
+    assert body["task_events"]["recording"] is True
     assert body["langgraph"]["pool"]["opened"] is False  # API processes run no graphs
     assert body["status"] == "healthy"
     assert body["database"]["status"] == "healthy"
@@ -118,3 +119,39 @@ async def test_redis_down_degrades_but_stays_200(
     assert body["status"] == "degraded"
     assert body["database"]["status"] == "healthy"
     assert body["redis"]["status"] == "unhealthy"
+
+
+async def test_task_events_dropped_while_redis_is_down_are_counted_and_shown(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """emit() never fails its caller, so a Redis outage loses events: counted in Prometheus and /health,
+    not only logged. The emit itself stays fast (the connection is refused at once)."""
+    from prometheus_client import REGISTRY
+
+    from app.core import redis_client
+    from app.tasks import task_events
+
+    def counted() -> float:
+        value = REGISTRY.get_sample_value("task_events_dropped_total", {"reason": "redis_unavailable"})
+        return value or 0.0
+
+    before_metric, before_health = counted(), task_events.dropped_counts().get("redis_unavailable", 0)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port}/0")
+    get_settings.cache_clear()
+    monkeypatch.setattr(redis_client, "_sync", None)  # a client for the new URL
+
+    started = time.perf_counter()
+    for n in range(3):
+        task_events.emit("lost_line", task_name="test.redis_down", n=n)  # does not raise
+    assert time.perf_counter() - started < 2 * get_settings().REDIS_TIMEOUT
+    assert counted() == before_metric + 3
+
+    body = (await client.get("/health")).json()
+    assert body["task_events"]["recording"] is False
+    assert body["task_events"]["dropped_by_reason"]["redis_unavailable"] == before_health + 3
+    assert body["task_events"]["dropped"] >= before_health + 3
+    metrics_text = (await client.get("/metrics")).text
+    assert 'task_events_dropped_total{reason="redis_unavailable"}' in metrics_text

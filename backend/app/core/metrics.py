@@ -152,6 +152,12 @@ DB_SERVER_RESERVED_CONNECTIONS = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+TASK_EVENTS_DROPPED = Counter(
+    "task_events_dropped_total",
+    "Task events lost because Redis did not take them (emit() never fails the task that logs).",
+    ["reason"],
+)
+
 TAVILY_AVAILABILITY_LOOKUPS = Counter(
     "tavily_availability_lookups_total",
     "Tavily key availability checks, by where the answer came from (cache or database).",

@@ -6,21 +6,32 @@ writes up to TASK_LOG_BATCH_SIZE events per connection. Writing one row per even
 would cost a checkout per line; here a burst of thousands of events costs a handful.
 
 Events are removed from Redis only after their batch is committed, so a crash means at-least-once,
-never a lost event.
+never a lost event. An event that never reaches Redis (Redis down) is lost, by design: logging must not
+fail the task that logs. It is counted, not just logged: ``task_events_dropped_total{reason}`` in
+/metrics, and this process's count in /health (``dropped_counts()``).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 import structlog
 
 from app.config.settings import get_settings
+from app.core import metrics
 from app.core.redis_client import get_sync_redis
 
 log = structlog.get_logger("app.task_events")
+
+# This process's drops by reason, for /health (the Prometheus counter is the fleet-wide figure). emit()
+# runs in request threadpools and task threads alike, hence the lock.
+_dropped: Counter[str] = Counter()
+_dropped_lock = threading.Lock()
 
 
 def pending_key() -> str:
@@ -75,13 +86,37 @@ def emit(
     try:
         client = get_sync_redis()
         client.rpush(pending_key(), json.dumps(record, default=str))
+    except Exception as exc:  # noqa: BLE001
+        _drop(event, exc)
+        return
+    try:
         interval_ms = int(get_settings().TASK_LOG_FLUSH_INTERVAL * 1000)
         if client.set(flush_guard_key(), "1", nx=True, px=interval_ms):
             from app.tasks.logs_tasks import flush_task_events
 
             flush_task_events.apply_async(countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
     except Exception as exc:  # noqa: BLE001
-        log.warning("task_event_not_recorded", task_event=event, error=str(exc))
+        # Not lost: the event is in Redis, and the next emit after the guard expires schedules a flush.
+        log.warning("task_event_flush_not_scheduled", task_event=event, error=str(exc))
+
+
+def _drop(event: str, error: Exception) -> None:
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+        reason = "redis_unavailable"
+    elif isinstance(error, redis.RedisError):
+        reason = "redis_error"  # e.g. READONLY after a failover, OOM
+    else:
+        reason = "error"
+    with _dropped_lock:
+        _dropped[reason] += 1
+    metrics.TASK_EVENTS_DROPPED.labels(reason).inc()
+    log.warning("task_event_dropped", task_event=event, reason=reason, error=str(error))
+
+
+def dropped_counts() -> dict[str, int]:
+    """Events this process could not record since it started, by reason."""
+    with _dropped_lock:
+        return dict(_dropped)
 
 
 def peek_batch(size: int) -> list[dict[str, Any]]:

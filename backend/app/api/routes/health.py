@@ -2,7 +2,8 @@
 
 200 when the database answers; 503 within HEALTH_CHECK_TIMEOUT (1.5 s by default, so under the 2 s a
 load balancer typically allows) when it does not, including when the pool is exhausted. A Redis outage
-degrades the service (status ``degraded``) but does not take it out of rotation: reads still work.
+degrades the service (status ``degraded``) but does not take it out of rotation: reads still work; the
+``task_events`` section then says events are not being recorded and counts the ones this process lost.
 Nothing secret is reported: no URL, no host, no user.
 """
 
@@ -22,6 +23,7 @@ from app.core.orchestrator_factory import OrchestratorFactory
 from app.core.redis_client import get_redis
 from app.db.engine import pool_snapshot
 from app.db.session import safe_session
+from app.tasks import task_events
 
 router = APIRouter(tags=["health"])
 log = structlog.get_logger("app.health")
@@ -63,6 +65,7 @@ async def health() -> JSONResponse:
     if redis_error:
         redis["error"] = redis_error
     status = "healthy" if db_ok and redis_ok else ("degraded" if db_ok else "unhealthy")
+    dropped = task_events.dropped_counts()
     return JSONResponse(
         status_code=200 if db_ok else 503,
         content={
@@ -72,5 +75,13 @@ async def health() -> JSONResponse:
             # The checkpointer pool of *this* process: API processes do not open one (only workflow
             # workers run graphs), so here it normally reads opened=false with its configured sizes.
             "langgraph": {"pool": OrchestratorFactory.stats()},
+            # Events emitted while Redis is down are dropped (logging never fails a request or a task):
+            # how many this process lost, and whether the ones emitted now are recorded.
+            # task_events_dropped_total in /metrics is the same count summed over processes.
+            "task_events": {
+                "recording": redis_ok,
+                "dropped": sum(dropped.values()),
+                "dropped_by_reason": dropped,
+            },
         },
     )
