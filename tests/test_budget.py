@@ -27,7 +27,7 @@ from app.budget.model import budget_from_settings, suggest
 from app.config.settings import InvalidSettingsError, Settings, get_settings
 from app.db.engine import get_engine
 from app.db.session import safe_session
-from tests.conftest import ADMIN_URL, auth
+from tests.conftest import ADMIN_URL, TEST_DB, auth
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 
@@ -180,7 +180,10 @@ def test_warn_logs_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def server_count(pg: asyncpg.Connection, name: str) -> int:
-    return await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+    """Connections named ``name`` to this run's database (another run on the server has its own)."""
+    return await pg.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2", name, TEST_DB
+    )
 
 
 async def test_audit_counts_equal_pg_stat_activity(pg: asyncpg.Connection) -> None:
