@@ -22,7 +22,10 @@ Process model, and why it is safe with pools:
   shared across ``fork``; at ``worker_process_shutdown`` it disposes of the engine on that same loop.
 
 Delivery: content and workflow tasks are acknowledged late and rejected (so redelivered) when their
-child process dies, with prefetch 1 so a long task never sits behind another in a child's buffer.
+child process dies, with prefetch 1 so a long task never sits behind another in a child's buffer. A
+Redis restart does not end a worker (celery is held below 5.7, see pyproject.toml): running tasks
+finish and are acknowledged on the new connection; the messages of a worker that died are handed out
+again after the visibility timeout derived from the time limits (Settings.celery_visibility_timeout).
 """
 
 from __future__ import annotations
