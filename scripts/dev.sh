@@ -46,18 +46,39 @@ backend/scripts/prestart.sh
 export DB_BUDGET_CHECKED=1
 
 # Each service exactly as in production (railway_entrypoint.sh), with the development values from
-# .env.development, its output prefixed with its name. The API binds to loopback only.
+# .env.development, its output prefixed with its name. The API binds to loopback only. A service that
+# exits with an error is started again, as Railway's ON_FAILURE policy does in production
+# (deploy/railway/*.json: at most 10 times): one worker that dies (a crash, an OOM kill) no longer
+# takes the others down with it. One that still fails after that stops the stack, as before.
+MAX_RESTARTS=10
 start() {
   local service=$1
   local prom="$PWD/.data/prometheus/$service"
-  rm -rf "$prom" && mkdir -p "$prom"
   (
     cd backend
     cmd=$(SERVICE_TYPE=$service DRY_RUN=1 scripts/railway_entrypoint.sh)
     [ "$service" = api ] && cmd=${cmd/--host 0.0.0.0/--host 127.0.0.1}
-    # shellcheck disable=SC2086
-    SERVICE_TYPE=$service PROMETHEUS_MULTIPROC_DIR=$prom exec $cmd 2>&1 \
-      | sed -u "s/^/$(printf '%-18s' "[$service]")/"
+    # Deferred by bash until the running service has stopped: then leave, do not restart it.
+    stopping=0
+    trap 'stopping=1' INT TERM
+    restarts=0
+    while :; do
+      rm -rf "$prom" && mkdir -p "$prom"  # a new process set: no gauges of the dead one
+      set +e
+      # The prefixer ignores the stop signal sent to the whole group: it must outlive the service
+      # to carry its last lines, or the service's shutdown meets a broken pipe and never ends.
+      # shellcheck disable=SC2086
+      SERVICE_TYPE=$service PROMETHEUS_MULTIPROC_DIR=$prom $cmd 2>&1 \
+        | (trap '' INT TERM; exec sed -u "s/^/$(printf '%-18s' "[$service]")/")
+      status=${PIPESTATUS[0]}
+      set -e
+      if [ "$stopping" = 1 ] || [ "$status" = 0 ] || [ "$restarts" -ge "$MAX_RESTARTS" ]; then
+        exit "$status"
+      fi
+      restarts=$((restarts + 1))
+      echo "[dev] $service exited with status $status; starting it again ($restarts/$MAX_RESTARTS)"
+      sleep 1
+    done
   ) &
   children+=("$!")
 }
@@ -65,4 +86,5 @@ export PORT="${PORT:-8000}"
 # Every service of the topology (backend/app/topology.py), the API first.
 for service in $(cd backend && python -c 'from app.topology import NAMES; print(*NAMES)'); do start "$service"; done
 echo "[dev] API on http://127.0.0.1:$PORT  (curl http://127.0.0.1:$PORT/health); Ctrl-C stops all"
+# Returns when a service has exited for good (cleanly, or failing after its last restart).
 wait -n "${children[@]}"

@@ -152,7 +152,7 @@ def ensure_redis() -> str:
             "--daemonize", "yes",
             "--dir", str(folder),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes",  # queued and unacknowledged tasks survive a restart
             "--pidfile", str(folder / "redis.pid"),
             "--logfile", str(folder / "redis.log"),
         ],

@@ -174,8 +174,13 @@ class OwnPostgres:
 
 
 class OwnRedis:
-    def __init__(self, port: int | None = None) -> None:
+    """``persistent``: an append-only file synced on every write, so a restart keeps the queues and
+    the unacknowledged-message index, as a production broker must (without it a restart loses every
+    queued task)."""
+
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
+        self.persistent = persistent
         self.folder = Path(tempfile.mkdtemp(prefix="own-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -194,7 +199,8 @@ class OwnRedis:
     def start(self) -> OwnRedis:
         self.proc = subprocess.Popen(
             [self._binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+             "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10

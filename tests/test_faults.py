@@ -1,4 +1,5 @@
-"""Faults: PostgreSQL restarted under load, every connection terminated (Redis outages: test_outages.py).
+"""Faults: PostgreSQL restarted under load, every connection terminated, Redis restarted with tasks in
+flight (Redis stopped or stalled under POSTs, PostgreSQL cut mid-generation: test_outages.py).
 
 The restart and the Redis outage happen to private servers (scripts/own_services.py), never to the
 machine's shared ones.
@@ -17,10 +18,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis
 import structlog
-from own_services import BACKEND, OwnPostgres, free_port, running_api
+from celery import Celery
+from celery.result import AsyncResult
+from celery.states import READY_STATES
+from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
 
-from tests.workers import start_worker, wait_ready
+from tests.workers import kill_quietly, start_worker, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +140,120 @@ def test_postgres_restart_under_load(
         assert all(task.get(timeout=60)["service"] == "celery_content" for task in tasks)
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[OwnRedis]:
+    redis = OwnRedis(persistent=True).start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def _wait_for(app: Celery, task_id: str, states: frozenset[str], timeout: float) -> AsyncResult:
+    """Poll the task's state (a GET): a waiting ``.get()`` would subscribe, and its unsubscribe at
+    garbage collection would retry against a Redis the fixture already stopped."""
+    deadline = time.monotonic() + timeout
+    while (result := AsyncResult(task_id, app=app)).state not in states:
+        assert time.monotonic() < deadline, (task_id, result.state)
+        time.sleep(0.1)
+    return result
+
+
+def _outcome(app: Celery, task_id: str, timeout: float) -> dict[str, object]:
+    result = _wait_for(app, task_id, READY_STATES, timeout)
+    assert result.state == "SUCCESS", (result.state, result.result)
+    return result.result
+
+
+async def _events(url: str, ids: list[str]) -> dict[tuple[str, str], int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT task_id, event, count(*) AS n FROM task_logs WHERE task_id = ANY($1::text[])"
+            " GROUP BY task_id, event",
+            ids,
+        )
+    finally:
+        await conn.close()
+    return {(r["task_id"], r["event"]): r["n"] for r in rows}
+
+
+def test_workers_survive_a_redis_restart(
+    persistent_redis: OwnRedis, subprocess_env: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Redis restarted (SIGTERM, then started again on its port) while acks_late tasks run.
+
+    The content worker has a free child, so it waits in BRPOP with unacknowledged messages: the case
+    in which celery 5.7.0 died with AttributeError('NoneType' ... 'hostname'). It must survive and keep
+    consuming, and its in-flight tasks must finish once. The workflow worker is killed during the
+    outage (any crash): its in-flight task must be redelivered within the visibility timeout derived
+    from the time limits plus kombu's 10 s sweep, not hours later.
+    """
+    from app.config.settings import get_settings
+    from app.core.celery_app import create_celery
+
+    limits = {"CELERY_CONTENT_TIME_LIMIT": "10", "CELERY_WORKFLOW_TIME_LIMIT": "10"}
+    env = {**subprocess_env, "REDIS_URL": persistent_redis.url, **limits}
+    for key in ("REDIS_URL", *limits):
+        monkeypatch.setenv(key, env[key])
+    get_settings.cache_clear()
+    visibility = get_settings().celery_visibility_timeout
+    assert visibility == 10 + 30 + 1  # the longest acks_late limit, the retry countdown, 10%
+    app = create_celery(get_settings(), set_as_current=False)  # reads results
+    sender = create_celery(get_settings(), set_as_current=False)
+    sender.conf.result_backend = "disabled://"  # sends without subscribing to the results
+    content, flow = "app.tasks.content_generation_tasks.probe", "app.tasks.roadmap_workflow_tasks.probe"
+
+    logs = start_worker("logs", 1, env, tmp_path)
+    worker = start_worker("content_generation", 3, env, tmp_path)
+    doomed = start_worker("roadmap_workflow", 1, env, tmp_path)
+    replacement = None
+    try:
+        wait_ready([logs, worker, doomed])
+        in_flight = [sender.send_task(content, kwargs={"sleep_seconds": 5}).id for _ in range(2)]
+        orphan = sender.send_task(flow, kwargs={"sleep_seconds": 3}).id
+        for task_id in [*in_flight, orphan]:
+            _wait_for(app, task_id, frozenset({"STARTED"}), 30)
+
+        persistent_redis.stop(remove=False)  # SIGTERM: the AOF is synced, clients are cut
+        for pid in [*doomed.children(), doomed.pid]:
+            kill_quietly(pid)  # a worker that dies in the outage cannot restore what it held
+        killed_at = time.monotonic()
+        time.sleep(1)
+        persistent_redis.start()  # same port, same data
+
+        assert all(_outcome(app, task_id, 30)["parent_pid"] == worker.pid for task_id in in_flight)
+        assert worker.proc.poll() is None, worker.log()[-3000:]  # alive (5.7.0 died on reconnect)
+        assert "Unrecoverable error" not in worker.log()
+        after = sender.send_task(content).id  # and still consuming
+        assert _outcome(app, after, 30)["service"] == "celery_content"
+
+        (tmp_path / "again").mkdir()
+        replacement = start_worker("roadmap_workflow", 1, env, tmp_path / "again")
+        wait_ready([replacement])
+        result = _outcome(app, orphan, visibility + 10 + 15)
+        redelivered_after = time.monotonic() - killed_at
+        print(f"orphan redelivered, done {redelivered_after:.1f} s after the kill (timeout {visibility} s)")
+        assert result["parent_pid"] == replacement.pid
+        # Not before the timeout (it was still running, as far as Redis knew), and not hours later.
+        assert visibility - 5 < redelivered_after < visibility + 10 + 10, redelivered_after
+
+        ids = [*in_flight, orphan]
+        expected = {(i, "task_started"): 1 for i in in_flight} | {(orphan, "task_started"): 2}
+        expected |= {(i, "task_succeeded"): 1 for i in ids}
+        deadline = time.monotonic() + 15
+        while (events := asyncio.run(_events(env["DATABASE_URL"], ids))) != expected:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.3)
+        # Nothing left unacknowledged or queued: every message was acknowledged exactly once.
+        client = redis.Redis.from_url(persistent_redis.url)
+        prefix = env["REDIS_KEY_PREFIX"]
+        assert client.hlen(f"{prefix}unacked") == 0
+        assert [client.llen(f"{prefix}{q}") for q in ("content_generation", "roadmap_workflow")] == [0, 0]
+    finally:
+        for started in (logs, worker, doomed, replacement):
+            if started is not None:
+                started.stop()

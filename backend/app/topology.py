@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from app.config.settings import Settings
 
 Profile = Literal["production", "development"]
+# The longest countdown of a task's own retry (DatabaseTask's backoff cap). A worker holds a message
+# unacknowledged until its countdown is due, so the broker's visibility timeout must cover it too.
+RETRY_COUNTDOWN_MAX = 30
 # How one process of the service uses its pool; --suggest sizes pools from it.
 #   requests: concurrent HTTP requests share the process's pool;
 #   one_task: a prefork child runs one task at a time and holds one session at a time;

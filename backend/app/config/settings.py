@@ -370,10 +370,23 @@ class _CommonSettings(BaseSettings):
 
     @property
     def celery_visibility_timeout(self) -> int:
-        """Redis redelivers an unacknowledged message after this long: longer than any task may run,
-        or a slow-but-alive task would be started twice."""
-        limits = [p.time_limit for p in topology.fleet(self) if p.time_limit]  # type: ignore[arg-type]
-        return 2 * max(limits)
+        """Seconds after which Redis hands an unacknowledged message to another worker.
+
+        Only the late-acknowledged services depend on it: one of their messages stays unacknowledged
+        while the worker holds it for a retry countdown (at most ``topology.RETRY_COUNTDOWN_MAX``)
+        and while it runs (at most its service's hard time limit); 10% of that limit more covers the
+        pool's scheduling and the kill at the hard limit. Any shorter and a slow but alive task would
+        be started a second time; any longer and the tasks of a worker that died without restoring
+        them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
+        Production: 3600 + 30 + 360 = 3990 s (it was twice the longest limit of any service, 2 h).
+        """
+        limits = [
+            p.time_limit
+            for p in topology.fleet(self)  # type: ignore[arg-type]
+            if p.service.acks_late and p.time_limit
+        ]
+        longest = max(limits, default=0)
+        return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
 
     @property
     def database_url(self) -> str:

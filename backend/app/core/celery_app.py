@@ -22,7 +22,10 @@ Process model, and why it is safe with pools:
   shared across ``fork``; at ``worker_process_shutdown`` it disposes of the engine on that same loop.
 
 Delivery: content and workflow tasks are acknowledged late and rejected (so redelivered) when their
-child process dies, with prefetch 1 so a long task never sits behind another in a child's buffer.
+child process dies, with prefetch 1 so a long task never sits behind another in a child's buffer. A
+Redis restart does not end a worker (celery is held below 5.7, see pyproject.toml): running tasks
+finish and are acknowledged on the new connection; the messages of a worker that died are handed out
+again after the visibility timeout derived from the time limits (Settings.celery_visibility_timeout).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class DatabaseTask(Task):
         except Exception as error:
             if not is_database_unavailable(error) or self.request.called_directly:
                 raise
-            delay = min(30, 2 ** (self.request.retries or 0))
+            delay = min(topology.RETRY_COUNTDOWN_MAX, 2 ** (self.request.retries or 0))
             log.warning(
                 "task_database_unavailable_retrying", task=self.name, retry_in=delay, error=str(error)
             )
@@ -139,7 +142,16 @@ def create_celery(settings: Settings | None = None, *, set_as_current: bool = Tr
         },
         redis_socket_connect_timeout=2,
         redis_socket_timeout=5,
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout, **prefix},
+        broker_transport_options={
+            # Late-acknowledged messages of a worker that died are handed to another one after this
+            # (Settings.celery_visibility_timeout: the longest acks_late time limit plus a margin).
+            "visibility_timeout": settings.celery_visibility_timeout,
+            # Look for such messages every 10 s (kombu's unacked_restore_interval), not every 10th
+            # look (100 s): redelivery is then bounded by the timeout plus 10 s. One indexed range
+            # query per worker parent, under kombu's mutex.
+            "unacked_restore_throttle": 1,
+            **prefix,
+        },
         result_backend_transport_options=prefix,
         broker_use_ssl=_ssl_options(settings),
         redis_backend_use_ssl=_ssl_options(settings),
