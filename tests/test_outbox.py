@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import asyncpg
@@ -31,6 +32,17 @@ def queued(queue: str) -> list[dict[str, object]]:
 
 def drain(queue: str) -> None:
     redis.Redis.from_url(REDIS_URL).delete(f"{BASE_ENV['REDIS_KEY_PREFIX']}{queue}")
+
+
+@pytest.fixture(autouse=True)
+def empty_queues() -> Iterator[None]:
+    """What these tests publish is only looked at, never run: a worker of a later test must not get it."""
+    queues = ("roadmap_workflow", "content_generation")
+    for queue in queues:
+        drain(queue)
+    yield
+    for queue in queues:
+        drain(queue)
 
 
 async def test_create_stores_roadmap_and_task_together_then_publishes(

@@ -81,7 +81,8 @@ async def test_burst_stays_within_budget_and_parent_holds_none(
     while not all(r.ready() for r in results):
         rows = await pg.fetch(
             "SELECT application_name, client_port FROM pg_stat_activity"
-            " WHERE datname = $1 AND application_name LIKE 'test.celery_%'",
+            " WHERE datname = $1 AND application_name LIKE 'test.celery_%'"
+            " AND application_name NOT LIKE '%.langgraph'",  # checkpointer pools: not the probes' pools
             test_db_name,
         )
         counts: dict[str, int] = {}
