@@ -127,3 +127,36 @@ async def test_killed_workflow_resumes_from_its_checkpoint(
         "SELECT count(*) FROM concepts WHERE roadmap_id = $1", uuid.UUID(roadmap_id)
     )
     assert rows == 8  # the repeated plan inserted nothing twice
+
+
+async def test_content_children_killed_mid_generation_lose_no_event(
+    workers: dict[str, Worker], client: httpx.AsyncClient, test_db: asyncpg.Connection
+) -> None:
+    """SIGKILL the content children again and again: every roadmap completes, and each concept has
+    exactly one concept_written row (it commits with the content; the Redis buffer could lose it)."""
+    ids = []
+    for i in range(3):
+        created = await client.post(
+            "/api/v1/roadmaps", json={"topic": f"Killed {i}", "concept_count": 30}, headers=auth()
+        )
+        ids.append(created.json()["id"])
+    kills = 0
+    deadline = time.monotonic() + 40
+    while kills < 4 and time.monotonic() < deadline:
+        # Kill only a child that is writing concepts (a concept of ours moved in the last moment).
+        busy = await test_db.fetchval(
+            "SELECT count(*) FROM concepts WHERE roadmap_id = ANY($1::uuid[]) AND status = 'generating'", ids
+        )
+        children = workers["content_generation"].children()
+        if busy and children:
+            os.kill(children[kills % len(children)], signal.SIGKILL)
+            kills += 1
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(0.1)
+    assert kills >= 2
+    for roadmap_id in ids:
+        body = await wait_status(client, roadmap_id, timeout=120)
+        assert body["status"] == "completed", body.get("error")
+        assert body["concept_status"] == {"completed": 30}
+        written = [r["concept_id"] for r in await events(test_db, roadmap_id, "concept_written")]
+        assert sorted(written) == sorted(c["id"] for c in body["concepts"])  # each exactly once
