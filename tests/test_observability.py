@@ -21,7 +21,12 @@ EXPORTED = {
 
 
 def metric_names(expression: str) -> set[str]:
-    return set(re.findall(r"\b(?:(?:db|langgraph|http|tavily|outbox|roadmap_watchdog)_[a-z_]+|task_events_dropped_total)\b", expression))
+    return set(
+        re.findall(
+            r"\b(?:(?:db|langgraph|http|tavily|outbox|roadmap_watchdog)_[a-z_]+|task_events_dropped_total)\b",
+            expression,
+        )
+    )
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

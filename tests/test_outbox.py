@@ -163,10 +163,16 @@ async def test_watchdog_redispatches_each_stalled_roadmap_by_where_it_stopped(
         uuid.uuid4(), uuid.UUID(moving),
     )  # fmt: skip
     done = await new_roadmap(test_db, "completed", ["completed"], 7200)
+    waiting = await new_roadmap(test_db, "pending", [], 120)  # its task waits for the broker
+    await test_db.execute(
+        "INSERT INTO outbox (task_name, args, available_at) VALUES ($1, $2, now() + interval '1 minute')",
+        RUN_WORKFLOW, json.dumps([waiting]),
+    )  # fmt: skip
 
     verdicts = {v.roadmap_id: v.action for v in await watchdog.watch()}
     assert verdicts == {pending: RUN_WORKFLOW, cut_off: GENERATE_CONTENT, finished: RESUME_WORKFLOW}
     assert recent not in verdicts and moving not in verdicts and done not in verdicts
+    assert waiting not in verdicts
     assert {"task": RUN_WORKFLOW, "args": repr([pending])} in queued("roadmap_workflow")
     assert {"task": GENERATE_CONTENT, "args": repr([cut_off])} in queued("content_generation")
     assert {"task": RESUME_WORKFLOW, "args": repr([finished])} in queued("roadmap_workflow")
@@ -176,6 +182,7 @@ async def test_watchdog_redispatches_each_stalled_roadmap_by_where_it_stopped(
         "SELECT redispatches FROM roadmaps WHERE id = ANY($1::uuid[])", list(verdicts)
     )
     assert [r["redispatches"] for r in counts] == [1, 1, 1]
+    await test_db.execute("DELETE FROM outbox")  # the waiting one's: no later test's worker runs it
 
 
 async def test_watchdog_fails_a_roadmap_that_never_moves_with_the_reason(

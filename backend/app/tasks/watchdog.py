@@ -11,6 +11,9 @@ not changed for ROADMAP_STALL_SECONDS, and for each:
 * generating with every concept finished: the workflow's resume (assemble);
 * after ROADMAP_MAX_REDISPATCHES re-dispatches: ``failed``, with why.
 
+A roadmap whose task is still in the outbox is left alone: it waits for the broker, and the relay
+publishes its task when the broker answers (a long broker outage must not fail roadmaps).
+
 Claiming a roadmap bumps its ``updated_at`` in the same statement (``FOR UPDATE SKIP LOCKED``), so
 several watchdogs never re-dispatch one roadmap twice, and the next look waits another stall period.
 The re-dispatch goes through the outbox, in the claim's transaction.
@@ -21,12 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Integer, func, select, update
+from sqlalchemy import Integer, String, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config.settings import get_settings
 from app.core.metrics import WATCHDOG_ACTIONS
-from app.db.models import IN_PROGRESS, Concept, Roadmap
+from app.db.models import IN_PROGRESS, Concept, OutboxMessage, Roadmap
 from app.db.session import safe_session
 from app.tasks import outbox
 from app.tasks.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
@@ -60,6 +63,14 @@ async def _claim_stalled(session: AsyncSession, limit: int) -> list[tuple[str, s
         .correlate(Roadmap)
         .scalar_subquery()
     )
+    # A roadmap whose task still waits in the outbox is waiting for the broker, not stalled: the relay
+    # will publish it, and re-dispatching would only add a duplicate (and count toward failing it).
+    awaiting_broker = (
+        select(OutboxMessage.id)
+        .where(OutboxMessage.args[0].astext == func.cast(Roadmap.id, String))
+        .correlate(Roadmap)
+        .exists()
+    )
     stalled_before = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, settings.ROADMAP_STALL_SECONDS)
     stalled = (
         select(Roadmap.id)
@@ -67,6 +78,7 @@ async def _claim_stalled(session: AsyncSession, limit: int) -> list[tuple[str, s
             Roadmap.status.in_(IN_PROGRESS),
             Roadmap.updated_at < stalled_before,
             func.coalesce(last_concept_change, Roadmap.updated_at) < stalled_before,
+            ~awaiting_broker,
         )
         .order_by(Roadmap.updated_at)
         .limit(limit)
