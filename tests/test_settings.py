@@ -141,6 +141,14 @@ def test_cross_field_rule_names_both_variables(clean_env: pytest.MonkeyPatch) ->
     assert "LANGGRAPH_POOL_MIN_SIZE (12) must be <= LANGGRAPH_POOL_MAX_SIZE (10)" in str(caught.value)
 
 
+def test_tokens_cannot_be_minted_longer_than_they_may_live(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("JWT_EXPIRE_MINUTES", "120")
+    clean_env.setenv("JWT_MAX_LIFETIME_MINUTES", "60")
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    assert "JWT_EXPIRE_MINUTES (120) must be <= JWT_MAX_LIFETIME_MINUTES (60)" in str(caught.value)
+
+
 def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DATABASE_URL", "mysql://admin:hunter2-secret@db/x")
     with pytest.raises(InvalidSettingsError) as caught:

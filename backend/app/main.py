@@ -58,7 +58,9 @@ def create_app() -> FastAPI:
     configure_logging(settings)
     # Strict budget enforcement refuses to start here (unless railway_entrypoint.sh checked already).
     enforce_budget(settings, "api")
-    app = FastAPI(title=settings.PROJECT_NAME, debug=settings.DEBUG, lifespan=lifespan)
+    # No debug=settings.DEBUG: FastAPI's debug mode makes Starlette answer a 500 with its traceback
+    # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
+    app = FastAPI(title=settings.PROJECT_NAME, lifespan=lifespan)
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
     if settings.CORS_ORIGINS:

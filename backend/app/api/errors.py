@@ -6,7 +6,12 @@
   ``database_timeout``, the server or the network stalled;
 * the request's own deadline (``app.api.deadline``): ``request_timeout``.
 
-Other database errors (a constraint violated, a bad query) are bugs or bad input and are not disguised.
+Other database errors (a constraint violated, a bad query) are bugs or bad input and are not disguised:
+they are logged with their traceback and answered with a generic 500 body that shows nothing of them.
+
+Invalid requests answer 422 without echoing what was sent (``input``): the client has it, an echoed
+``api_key`` is a secret in a response, and an echoed lone surrogate or NaN cannot even be encoded as
+JSON (the 422 itself became a 500).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import kombu.exceptions
 import redis.exceptions
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
@@ -74,7 +81,25 @@ async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
     return unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
 
 
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    # loc, msg and type say what is wrong; ctx (the violated limit or pattern) holds no client data.
+    errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """Every unhandled error: the traceback goes to the log, the client learns only that it failed.
+    Installed as the 500 handler so that Starlette's debug page (tracebacks with SQL parameters) can
+    never be the answer, whatever DEBUG says. Starlette re-raises the error after this response, and
+    uvicorn logs its traceback (through the same redacting log pipeline): one line here says which
+    request it was."""
+    log.error("request_failed", path=request.url.path, method=request.method, error_type=type(error).__name__)
+    return JSONResponse(status_code=500, content={"detail": "internal error", "reason": "internal_error"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
     # Redis unreachable where a request cannot do without it. Creating a roadmap is not such a place:
     # its task waits in the outbox (app.tasks.outbox).
     app.add_exception_handler(kombu.exceptions.OperationalError, queue_unavailable)

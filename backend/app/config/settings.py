@@ -224,6 +224,9 @@ class _CommonSettings(BaseSettings):
     # --- auth -------------------------------------------------------------------------------------------
     JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
     JWT_EXPIRE_MINUTES: int = Field(60, ge=1)
+    # The longest life a token may claim (exp - iat) or have left (exp - now): a signed token with
+    # exp = 1e30 would otherwise be a password that never expires. Tokens must carry iat.
+    JWT_MAX_LIFETIME_MINUTES: int = Field(1440, ge=1, le=525_600)
 
     # --- worker metrics -----------------------------------------------------------------------------------
     # A Celery worker's parent serves its children's metrics on this port (0: off).
@@ -302,6 +305,11 @@ class _CommonSettings(BaseSettings):
         secret = self.JWT_SECRET_KEY.get_secret_value()
         if secret and len(secret) < 32:
             raise ValueError("JWT_SECRET_KEY must be at least 32 characters (or empty to disable writes)")
+        if self.JWT_EXPIRE_MINUTES > self.JWT_MAX_LIFETIME_MINUTES:
+            raise ValueError(
+                f"JWT_EXPIRE_MINUTES ({self.JWT_EXPIRE_MINUTES}) must be <= "
+                f"JWT_MAX_LIFETIME_MINUTES ({self.JWT_MAX_LIFETIME_MINUTES})"
+            )
         if self.ROADMAP_DEFAULT_CONCEPTS > self.ROADMAP_MAX_CONCEPTS:
             raise ValueError("ROADMAP_DEFAULT_CONCEPTS must be <= ROADMAP_MAX_CONCEPTS")
         inner_deadline = max(self.DB_POOL_TIMEOUT, self.HEALTH_CHECK_TIMEOUT)

@@ -6,6 +6,7 @@ python -m app.core.security --sub alice --role admin     # prints a token for lo
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -15,6 +16,11 @@ import jwt
 from app.config.settings import Settings, get_settings
 
 Role = Literal["user", "admin"]
+
+# The subject becomes roadmaps.owner, a varchar(200): a longer one, or one PostgreSQL cannot store
+# (NUL) or that would forge log lines (control characters), is refused at the door with a 401 instead
+# of failing as a database error after the request was accepted.
+SUBJECT_MAX_LENGTH = 200
 
 
 class AuthError(Exception):
@@ -33,13 +39,12 @@ def create_token(subject: str, role: Role = "user", *, settings: Settings | None
     secret = settings.JWT_SECRET_KEY.get_secret_value()
     if not secret:
         raise AuthError("JWT_SECRET_KEY is not set")
+    minutes = expires_minutes or settings.JWT_EXPIRE_MINUTES
+    if minutes > settings.JWT_MAX_LIFETIME_MINUTES:
+        # verify_token would refuse it: better to say so now than to hand out a token that never works.
+        raise AuthError(f"tokens live at most JWT_MAX_LIFETIME_MINUTES={settings.JWT_MAX_LIFETIME_MINUTES}")
     now = datetime.now(UTC)
-    claims = {
-        "sub": subject,
-        "role": role,
-        "iat": now,
-        "exp": now + timedelta(minutes=expires_minutes or settings.JWT_EXPIRE_MINUTES),
-    }
+    claims = {"sub": subject, "role": role, "iat": now, "exp": now + timedelta(minutes=minutes)}
     return jwt.encode(claims, secret, algorithm=settings.JWT_ALGORITHM)
 
 
@@ -49,17 +54,29 @@ def verify_token(token: str, settings: Settings | None = None) -> Principal:
     if not secret:
         raise AuthError("authentication is not configured on this server (JWT_SECRET_KEY)")
     try:
+        # iat is required so that a token's lifetime can be bounded; PyJWT refuses an iat in the future.
         claims = jwt.decode(
-            token, secret, algorithms=[settings.JWT_ALGORITHM], options={"require": ["sub", "exp"]}
+            token, secret, algorithms=[settings.JWT_ALGORITHM], options={"require": ["sub", "exp", "iat"]}
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
-    except jwt.InvalidTokenError:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError):
+        # PyJWT converts numeric claims itself; a value it cannot (1e400) is as invalid as a bad signature.
         raise AuthError("invalid token") from None
+    # A validly signed token that never expires (exp = 1e30) is a leaked password: refuse any token
+    # minted for longer than the maximum, and any whose remaining life exceeds it (iat in the past).
+    max_seconds = settings.JWT_MAX_LIFETIME_MINUTES * 60
+    # PyJWT has checked both are numbers (inf and NaN are refused as non-integers).
+    exp, iat = claims["exp"], claims["iat"]
+    if exp - iat > max_seconds or exp - time.time() > max_seconds:
+        raise AuthError(f"token lifetime exceeds {settings.JWT_MAX_LIFETIME_MINUTES} minutes")
     role = claims.get("role", "user")
     if role not in ("user", "admin"):
         raise AuthError("invalid token role")
-    return Principal(subject=str(claims["sub"]), role=role)
+    subject = claims["sub"]  # PyJWT has checked that it is a string
+    if not 1 <= len(subject) <= SUBJECT_MAX_LENGTH or not subject.isprintable():
+        raise AuthError(f"invalid token subject (1 to {SUBJECT_MAX_LENGTH} printable characters)")
+    return Principal(subject=subject, role=role)
 
 
 def main() -> None:
