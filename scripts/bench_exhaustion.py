@@ -21,7 +21,7 @@ import time
 
 import asyncpg
 import httpx
-from bench_server import api_server, bench_database
+from bench_server import api_server, bench_database, bench_headers
 
 
 async def measure(base: str, database_url: str, holders: int, extra: int) -> tuple[list[float], list[int]]:
@@ -32,7 +32,7 @@ async def measure(base: str, database_url: str, holders: int, extra: int) -> tup
         tx = lock.transaction()
         await tx.start()
         await lock.execute("LOCK TABLE task_logs IN ACCESS EXCLUSIVE MODE")
-        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=120, headers=bench_headers()) as http:
             blocked = [asyncio.create_task(http.get("/api/v1/task-logs")) for _ in range(holders)]
             # Wait until every holder is really waiting on the lock with a pooled connection.
             while (

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import httpx
-from bench_server import api_server, bench_database
+from bench_server import api_server, bench_database, bench_headers
 
 PATH = "/api/v1/task-logs?limit=5"
 
@@ -25,7 +25,7 @@ async def drive(base: str, seconds: float, concurrency: int) -> tuple[float, flo
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits, headers=bench_headers()) as http:
         for _ in range(50):  # warm-up: build the engine, fill the pool
             await http.get(PATH)
         deadline = time.perf_counter() + seconds

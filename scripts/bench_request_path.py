@@ -15,7 +15,8 @@ alike; the figures are medians over the rounds. Printed:
 
 The project runs with production settings (pool 6 + 4, pre-ping, pool metrics and the hold-time
 histogram on), LOG_LEVEL=WARNING and no access log, as bench_server.api_server starts it; requests
-carry a bearer token (the owner's) so a route that requires one answers as it would in production.
+carry a bearer token (the owner's; an admin's for task logs, which only admins read) so each route
+answers as it would in production.
 """
 
 from __future__ import annotations
@@ -169,7 +170,11 @@ def main() -> None:
     os.environ["JWT_SECRET_KEY"] = JWT_SECRET
     from app.core.security import create_token
 
-    token = create_token(OWNER, "user", settings=settings_from_mapping({"JWT_SECRET_KEY": JWT_SECRET}))
+    signing = settings_from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
+    tokens = {
+        "task-logs": create_token(OWNER, "admin", settings=signing),
+        "roadmap": create_token(OWNER, "user", settings=signing),
+    }
     results: dict[tuple[str, str], list[Run]] = {}
     with bench_database() as url:
         roadmap_id = asyncio.run(seed(url))
@@ -189,6 +194,7 @@ def main() -> None:
                     for path_name, path in paths.items():
                         if name == "NullPool" and path_name != "task-logs":
                             continue
+                        token = tokens[path_name]
                         wrk(binary, base + path, 2, args.connections, args.threads, token)  # warm-up
                         run = wrk(binary, base + path, args.seconds, args.connections, args.threads, token)
                         results.setdefault((name, path_name), []).append(run)

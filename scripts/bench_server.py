@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Every read needs a token (task logs an admin's): the servers sign with this key, the clients with it.
+JWT_SECRET = "bench-server-secret-" + "x" * 32
+
+
+def bench_headers(role: str = "admin", subject: str = "bench") -> dict[str, str]:
+    """A bearer token the benchmark servers accept (they run with JWT_SECRET)."""
+    from app.config.settings import settings_from_mapping
+    from app.core.security import create_token
+
+    settings = settings_from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
+    return {"Authorization": f"Bearer {create_token(subject, role, settings=settings)}"}  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -54,6 +65,7 @@ def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]
             "REDIS_URL": REDIS_URL,
             "LOG_LEVEL": "WARNING",
             "PROMETHEUS_MULTIPROC_DIR": prom,
+            "JWT_SECRET_KEY": JWT_SECRET,
             **env,
         }
         with running_api(full_env, free_port(), workers=workers) as base:

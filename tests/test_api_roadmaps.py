@@ -54,7 +54,7 @@ async def test_create_read_and_list(client: httpx.AsyncClient, test_db: object) 
     assert created.status_code == 202
     roadmap_id = created.json()["id"]
     assert created.json()["status"] == "pending"
-    one = await client.get(f"/api/v1/roadmaps/{roadmap_id}")
+    one = await client.get(f"/api/v1/roadmaps/{roadmap_id}", headers=auth())
     assert one.status_code == 200
     body = one.json()
     assert body["topic"] == "PostgreSQL pooling"
@@ -62,13 +62,13 @@ async def test_create_read_and_list(client: httpx.AsyncClient, test_db: object) 
     # the workflow task really is on its queue
     row = await test_db.fetchval("SELECT owner FROM roadmaps WHERE id = $1", uuid.UUID(roadmap_id))  # type: ignore[attr-defined]
     assert row == "tester"
-    page = await client.get("/api/v1/roadmaps", params={"limit": 1, "offset": 0})
+    page = await client.get("/api/v1/roadmaps", params={"limit": 1, "offset": 0}, headers=auth())
     assert page.status_code == 200
     assert page.json()["limit"] == 1 and len(page.json()["items"]) == 1 and page.json()["total"] >= 1
-    assert (await client.get("/api/v1/roadmaps", params={"limit": 101})).status_code == 422
-    missing = await client.get(f"/api/v1/roadmaps/{uuid.uuid4()}")
+    assert (await client.get("/api/v1/roadmaps", params={"limit": 101}, headers=auth())).status_code == 422
+    missing = await client.get(f"/api/v1/roadmaps/{uuid.uuid4()}", headers=auth())
     assert missing.status_code == 404
-    assert (await client.get("/api/v1/roadmaps/not-a-uuid")).status_code == 422
+    assert (await client.get("/api/v1/roadmaps/not-a-uuid", headers=auth())).status_code == 422
 
 
 async def test_tavily_keys_are_masked_and_manageable(client: httpx.AsyncClient) -> None:
@@ -90,3 +90,72 @@ async def test_tavily_keys_are_masked_and_manageable(client: httpx.AsyncClient) 
     assert (
         await client.post("/api/v1/admin/tavily-keys/999999/disable", headers=auth("admin"))
     ).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/roadmaps", f"/api/v1/roadmaps/{uuid.uuid4()}", "/api/v1/task-logs"]
+)
+async def test_reads_need_a_token(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_users_read_only_their_own_roadmaps(client: httpx.AsyncClient) -> None:
+    """OWASP API1: an id is not a permission. Bob cannot read Alice's roadmap, not even learn it exists,
+    and his list holds his own only; an admin reads both."""
+    # Subjects unique to this test: the session's database holds other tests' roadmaps too.
+    alice, bob = auth(subject=f"alice-{uuid.uuid4().hex[:8]}"), auth(subject=f"bob-{uuid.uuid4().hex[:8]}")
+    topic = f"Alice's secret plan {uuid.uuid4().hex[:8]}"
+    created = await client.post("/api/v1/roadmaps", json={"topic": topic}, headers=alice)
+    assert created.status_code == 202
+    alice_id = created.json()["id"]
+    bob_created = await client.post("/api/v1/roadmaps", json={"topic": "Bob's plan"}, headers=bob)
+    bob_id = bob_created.json()["id"]
+
+    theirs = await client.get(f"/api/v1/roadmaps/{alice_id}", headers=bob)
+    missing = await client.get(f"/api/v1/roadmaps/{uuid.uuid4()}", headers=bob)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["detail"] == f"roadmap {alice_id} not found"  # same words as a missing one
+    assert topic not in theirs.text
+
+    own = await client.get(f"/api/v1/roadmaps/{alice_id}", headers=alice)
+    assert own.status_code == 200 and own.json()["topic"] == topic
+    assert "owner" not in own.json()
+
+    bobs = (await client.get("/api/v1/roadmaps", params={"limit": 100}, headers=bob)).json()
+    assert [item["id"] for item in bobs["items"]] == [bob_id] and bobs["total"] == 1
+    alices = (await client.get("/api/v1/roadmaps", params={"limit": 100}, headers=alice)).json()
+    assert [item["id"] for item in alices["items"]] == [alice_id] and alices["total"] == 1
+    assert all("owner" not in item for item in alices["items"])
+    # Past the last page the total is still the owner's own (the second, count-only statement).
+    beyond = (await client.get("/api/v1/roadmaps", params={"offset": 5}, headers=alice)).json()
+    assert beyond["items"] == [] and beyond["total"] == 1
+
+    admin = auth("admin", subject="ops")
+    assert (await client.get(f"/api/v1/roadmaps/{alice_id}", headers=admin)).json()["topic"] == topic
+    everyone = (await client.get("/api/v1/roadmaps", params={"limit": 100}, headers=admin)).json()
+    assert {alice_id, bob_id} <= {item["id"] for item in everyone["items"]}
+    assert everyone["total"] >= 2
+
+
+async def test_task_logs_are_for_admins_only(client: httpx.AsyncClient) -> None:
+    """Task events describe every user's work (a roadmap's id is its task id): no user reads them."""
+    created = await client.post("/api/v1/roadmaps", json={"topic": "Logs"}, headers=auth(subject="alice"))
+    params = {"task_id": created.json()["id"]}
+    denied = await client.get("/api/v1/task-logs", params=params, headers=auth(subject="bob"))
+    assert denied.status_code == 403 and "admin" in denied.json()["detail"]
+    assert (
+        await client.get("/api/v1/task-logs", params=params, headers=auth(subject="alice"))
+    ).status_code == 403
+    allowed = await client.get("/api/v1/task-logs", params=params, headers=auth("admin"))
+    assert allowed.status_code == 200
+
+
+async def test_the_owner_index_serves_a_users_page(test_db: object) -> None:
+    """The migration created the per-owner index and a user's page can be read from it, in order."""
+    await test_db.execute("SET enable_seqscan = off")  # type: ignore[attr-defined]
+    plan = await test_db.fetch(  # type: ignore[attr-defined]
+        "EXPLAIN SELECT id FROM roadmaps WHERE owner = $1 ORDER BY created_at DESC LIMIT 20", "alice"
+    )
+    assert "ix_roadmaps_owner_created_at" in "\n".join(r[0] for r in plan)

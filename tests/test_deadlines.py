@@ -168,8 +168,11 @@ def test_stalled_database_answers_503_within_the_deadline_and_heals(
         "DB_POOL_SIZE": "6",
         "DB_MAX_OVERFLOW": "0",
     }
-    with running_api(env, free_port()) as base, httpx.Client(base_url=base, timeout=30) as http:
-        created = http.post("/api/v1/roadmaps", json={"topic": "stalls"}, headers=auth())
+    with (
+        running_api(env, free_port()) as base,
+        httpx.Client(base_url=base, timeout=30, headers=auth()) as http,
+    ):
+        created = http.post("/api/v1/roadmaps", json={"topic": "stalls"})
         assert created.status_code == 202, created.text
         path = f"/api/v1/roadmaps/{created.json()['id']}"
 
@@ -226,12 +229,12 @@ async def test_the_request_deadline_cancels_cleanly(
     monkeypatch.setenv("DB_STATEMENT_TIMEOUT", "10")
     monkeypatch.setenv("DB_POOL_PING_IDLE_SECONDS", "0.2" if stalled_in == "idle ping" else "60")
     get_settings.cache_clear()
-    assert (await client.get("/api/v1/roadmaps")).status_code == 200
+    assert (await client.get("/api/v1/roadmaps", headers=auth())).status_code == 200
     await asyncio.sleep(0.3)  # idle past the ping threshold (when it is 0.2 s)
 
     proxy.stall()
     started = time.perf_counter()
-    response = await client.get("/api/v1/roadmaps")
+    response = await client.get("/api/v1/roadmaps", headers=auth())
     elapsed = time.perf_counter() - started
     proxy.restore()
     assert response.status_code == 503, response.text
@@ -241,7 +244,10 @@ async def test_the_request_deadline_cancels_cleanly(
     assert pool_snapshot().checked_out == 0
 
     until = time.monotonic() + 10
-    while (status := (await client.get("/api/v1/roadmaps")).status_code) != 200 and time.monotonic() < until:
+    reader = auth()
+    while (
+        status := (await client.get("/api/v1/roadmaps", headers=reader)).status_code
+    ) != 200 and time.monotonic() < until:
         await asyncio.sleep(0.2)
     assert status == 200
     assert pool_snapshot().checked_out == 0

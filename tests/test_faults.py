@@ -25,6 +25,7 @@ from celery.result import AsyncResult
 from celery.states import READY_STATES
 from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
 
+from tests.conftest import auth
 from tests.workers import kill_quietly, start_worker, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,7 @@ async def test_terminated_connections_recover_through_pre_ping(
 ) -> None:
     assert all(
         r.status_code == 200
-        for r in await asyncio.gather(*(client.get("/api/v1/roadmaps") for _ in range(3)))
+        for r in await asyncio.gather(*(client.get("/api/v1/roadmaps", headers=auth()) for _ in range(3)))
     )
     killed = await pg.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -44,8 +45,8 @@ async def test_terminated_connections_recover_through_pre_ping(
     )
     assert killed >= 1
     # Every pooled connection is dead; pre-ping notices at checkout and reconnects: no error at all.
-    sequential = [await client.get("/api/v1/roadmaps") for _ in range(5)]
-    concurrent = await asyncio.gather(*(client.get("/api/v1/roadmaps") for _ in range(3)))
+    sequential = [await client.get("/api/v1/roadmaps", headers=auth()) for _ in range(5)]
+    concurrent = await asyncio.gather(*(client.get("/api/v1/roadmaps", headers=auth()) for _ in range(3)))
     assert [r.status_code for r in [*sequential, *concurrent]] == [200] * 8
 
 
@@ -53,7 +54,8 @@ async def test_connections_killed_while_idle_are_replaced_before_use(
     client: httpx.AsyncClient, pg: asyncpg.Connection, test_db_name: str
 ) -> None:
     """Idle longer than DB_POOL_PING_IDLE_SECONDS: the checkout's ping finds them dead (no retry)."""
-    assert (await client.get("/api/v1/task-logs", params={"limit": 5})).status_code == 200
+    admin = auth("admin")
+    assert (await client.get("/api/v1/task-logs", params={"limit": 5}, headers=admin)).status_code == 200
     killed = await pg.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
         " WHERE datname = $1 AND application_name = 'test.api'",
@@ -62,7 +64,9 @@ async def test_connections_killed_while_idle_are_replaced_before_use(
     assert killed >= 1
     await asyncio.sleep(0.7)  # past the 0.5 s bypass window
     with structlog.testing.capture_logs() as logs:
-        responses = [await client.get("/api/v1/task-logs", params={"limit": 5}) for _ in range(3)]
+        responses = [
+            await client.get("/api/v1/task-logs", params={"limit": 5}, headers=admin) for _ in range(3)
+        ]
     assert [r.status_code for r in responses] == [200] * 3
     assert not [e for e in logs if e["event"] == "db_read_retried_on_fresh_connection"]
 
@@ -96,6 +100,7 @@ def test_postgres_restart_under_load(
     from app.tasks.content_generation_tasks import probe
 
     env = {**subprocess_env, "DATABASE_URL": own_postgres.url("app"), "DB_POOL_TIMEOUT": "2"}
+    headers = auth()
     worker = start_worker("content_generation", 2, env, tmp_path)
     results: list[tuple[float, float, int]] = []  # (started, finished, status)
     errors: list[str] = []
@@ -109,7 +114,7 @@ def test_postgres_restart_under_load(
                     while not stop.is_set():
                         started = time.monotonic()
                         try:
-                            status = http.get("/api/v1/roadmaps").status_code
+                            status = http.get("/api/v1/roadmaps", headers=headers).status_code
                         except httpx.HTTPError as exc:
                             errors.append(f"{type(exc).__name__} after {time.monotonic() - started:.1f} s")
                             status = 0  # no HTTP answer at all: as bad as a 500

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config.settings import get_settings
 from app.core.metrics import sweep_dead_processes
+from tests.conftest import auth
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 pytestmark = pytest.mark.slow
@@ -46,10 +47,11 @@ def api_server(subprocess_env: dict[str, str], multiproc_dir: Path) -> Iterator[
 
 def test_metrics_count_every_request_across_workers(api_server: str) -> None:
     n = 40
+    admin = auth("admin")
     with httpx.Client(base_url=api_server, timeout=10) as http:
         before = http.get("/metrics").text
         for _ in range(n):
-            assert http.get("/api/v1/task-logs", params={"limit": 5}).status_code == 200
+            assert http.get("/api/v1/task-logs", params={"limit": 5}, headers=admin).status_code == 200
         text = http.get("/metrics").text
     route = {"route": "/api/v1/task-logs", "method": "GET", "status": "200"}
     assert sample(text, "http_requests_total", **route) - sample(before, "http_requests_total", **route) == n

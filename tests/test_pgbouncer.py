@@ -126,7 +126,7 @@ async def test_api_requests_and_a_workflow_through_pgbouncer(
     report = await generate_content(roadmap_id)
     assert report.written == 6
     assert await roadmap_graph.resume_after_content(roadmap_id) == "completed"
-    body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}")).json()
+    body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", headers=auth())).json()
     assert body["status"] == "completed" and body["concept_status"] == {"completed": 6}
     await orchestrator_factory.OrchestratorFactory.close()
 
@@ -144,7 +144,7 @@ async def test_max_db_connections_caps_the_server_side(
             await asyncio.sleep(0.01)
 
     watcher = asyncio.create_task(watch())
-    responses = await asyncio.gather(*(client.get("/api/v1/roadmaps") for _ in range(60)))
+    responses = await asyncio.gather(*(client.get("/api/v1/roadmaps", headers=auth()) for _ in range(60)))
     done.set()
     await watcher
     assert all(r.status_code == 200 for r in responses)

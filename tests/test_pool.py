@@ -16,6 +16,7 @@ from sqlalchemy import text
 from app.config.settings import get_settings
 from app.db.engine import get_engine, pool_snapshot
 from app.db.session import safe_session
+from tests.conftest import auth
 
 
 def gauge(name: str, service: str = "api") -> float:
@@ -106,7 +107,7 @@ async def test_exhausted_pool_answers_503_within_pool_timeout(client: httpx.Asyn
         for _ in range(settings.pool().max_connections):
             await stack.enter_async_context(engine.connect())
         started = time.perf_counter()
-        response = await client.get("/api/v1/task-logs")
+        response = await client.get("/api/v1/task-logs", headers=auth("admin"))
         elapsed = time.perf_counter() - started
     assert response.status_code == 503
     assert response.json()["reason"] == "db_pool_exhausted"
@@ -114,7 +115,7 @@ async def test_exhausted_pool_answers_503_within_pool_timeout(client: httpx.Asyn
     assert settings.DB_POOL_TIMEOUT <= elapsed < settings.DB_POOL_TIMEOUT + 0.5
     assert gauge("db_pool_connection_timeouts_total") == timeouts_before + 1
     # And the pool recovers as soon as connections come back.
-    assert (await client.get("/api/v1/task-logs")).status_code == 200
+    assert (await client.get("/api/v1/task-logs", headers=auth("admin"))).status_code == 200
 
 
 async def test_unreachable_database_is_503_not_500(
@@ -122,7 +123,7 @@ async def test_unreachable_database_is_503_not_500(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/nowhere")
     get_settings.cache_clear()
-    response = await client.get("/api/v1/task-logs")
+    response = await client.get("/api/v1/task-logs", headers=auth("admin"))
     assert response.status_code == 503
     assert response.json()["reason"] == "database_unavailable"
     assert "Retry-After" in response.headers

@@ -48,7 +48,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Work
 async def wait_status(client: httpx.AsyncClient, roadmap_id: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}")).json()
+        body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", headers=auth())).json()
         if body["status"] in ("completed", "failed"):
             return body
         await asyncio.sleep(0.25)

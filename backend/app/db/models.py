@@ -78,6 +78,9 @@ class Roadmap(Base):
             "updated_at",
             postgresql_where=text(f"status IN {IN_PROGRESS_SQL}"),
         ),
+        # A user's page (WHERE owner = :owner ORDER BY created_at DESC) reads its rows in order, and
+        # counting them (or those in progress) touches only this index, not the whole table.
+        Index("ix_roadmaps_owner_created_at", "owner", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)

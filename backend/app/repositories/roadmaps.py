@@ -7,7 +7,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, Text, bindparam, column, func, select, update, values
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    Select,
+    Text,
+    bindparam,
+    column,
+    func,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -20,20 +31,41 @@ _SUMMARY = [c for c in _ROADMAPS.c if c.name != "owner"]
 _CONCEPT_FIELDS = ("id", "position", "title", "status", "attempts", "content", "error")
 _CONCEPT_COLUMNS = [_CONCEPTS.c[name].label(f"concept_{name}") for name in _CONCEPT_FIELDS]
 # The API's reads, built once (see TaskLogRepository): a roadmap with its concepts in one LEFT JOIN;
-# a page with the total as an uncorrelated subquery.
+# a page with the total as an uncorrelated subquery. Each exists for every owner (admins) and for one
+# owner, a bind parameter (users see their own only): one statement either way, and the per-owner
+# page is served by ix_roadmaps_owner_created_at.
 _VIEW = (
     select(*_SUMMARY, _ROADMAPS.c.owner, *_CONCEPT_COLUMNS)
     .select_from(_ROADMAPS.outerjoin(_CONCEPTS, _CONCEPTS.c.roadmap_id == _ROADMAPS.c.id))
     .where(_ROADMAPS.c.id == bindparam("roadmap_id"))
     .order_by(_CONCEPTS.c.position)
 )
+_OWNED = _ROADMAPS.c.owner == bindparam("owner")
+_VIEW_OWNED = _VIEW.where(_OWNED)
 _COUNT = select(func.count()).select_from(_ROADMAPS)
-_PAGE = (
-    select(*_SUMMARY, _COUNT.scalar_subquery().label("total"))
-    .order_by(_ROADMAPS.c.created_at.desc(), _ROADMAPS.c.id)
-    .limit(bindparam("limit"))
-    .offset(bindparam("offset"))
-)
+_COUNT_OWNED = _COUNT.where(_OWNED)
+
+
+def _page(count: Select[Any], *where: ColumnElement[bool]) -> Select[Any]:
+    return (
+        select(*_SUMMARY, count.scalar_subquery().label("total"))
+        .where(*where)
+        .order_by(_ROADMAPS.c.created_at.desc(), _ROADMAPS.c.id)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+
+
+_PAGE = _page(_COUNT)
+_PAGE_OWNED = _page(_COUNT_OWNED, _OWNED)
+
+
+class EveryOwner:
+    """``owner=EVERY_OWNER``: an admin's read, of every owner's roadmaps. A marker rather than None,
+    so that an unset owner (a missing subject) can never widen a read to everyone's rows."""
+
+
+EVERY_OWNER = EveryOwner()
 
 
 @dataclass(frozen=True)
@@ -106,9 +138,13 @@ class RoadmapRepository:
     async def get(self, roadmap_id: uuid.UUID) -> Roadmap | None:
         return await self.session.get(Roadmap, roadmap_id)  # type: ignore[union-attr]
 
-    async def view(self, roadmap_id: uuid.UUID) -> RoadmapView | None:
-        """The roadmap and its concepts in one statement (a LEFT JOIN, concepts in order)."""
-        rows = (await self.session.execute(_VIEW, {"roadmap_id": roadmap_id})).mappings().all()
+    async def view(self, roadmap_id: uuid.UUID, *, owner: str | EveryOwner) -> RoadmapView | None:
+        """The roadmap and its concepts in one statement (a LEFT JOIN, concepts in order); None when it
+        does not exist or belongs to someone other than ``owner``: the caller cannot tell which."""
+        statement, params = _VIEW, {"roadmap_id": roadmap_id}
+        if not isinstance(owner, EveryOwner):
+            statement, params = _VIEW_OWNED, {**params, "owner": owner}
+        rows = (await self.session.execute(statement, params)).mappings().all()
         if not rows:
             return None
         first = rows[0]
@@ -119,12 +155,16 @@ class RoadmapRepository:
         ]
         return RoadmapView({c.name: first[c.name] for c in _SUMMARY}, first["owner"], concepts)
 
-    async def list(self, *, limit: int, offset: int) -> tuple[list[RowMapping], int]:
-        """A page, newest first, and the total in one statement (see TaskLogRepository.list)."""
-        rows = (await self.session.execute(_PAGE, {"limit": limit, "offset": offset})).mappings().all()
+    async def list(self, *, owner: str | EveryOwner, limit: int, offset: int) -> tuple[list[RowMapping], int]:
+        """A page of ``owner``'s roadmaps, newest first, and their total in one statement (see
+        TaskLogRepository.list)."""
+        page, count, params = _PAGE, _COUNT, {"limit": limit, "offset": offset}
+        if not isinstance(owner, EveryOwner):
+            page, count, params = _PAGE_OWNED, _COUNT_OWNED, {**params, "owner": owner}
+        rows = (await self.session.execute(page, params)).mappings().all()
         if rows:
             return list(rows), int(rows[0]["total"])
-        return [], 0 if offset == 0 else int(await self.session.scalar(_COUNT) or 0)
+        return [], 0 if offset == 0 else int(await self.session.scalar(count, params) or 0)
 
     async def set_status(self, roadmap_id: uuid.UUID, status: str, error: str | None = None) -> None:
         await self.session.execute(

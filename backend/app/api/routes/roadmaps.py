@@ -1,4 +1,8 @@
-"""``/api/v1/roadmaps``: create (202, workflow enqueued), read one with its concepts, list."""
+"""``/api/v1/roadmaps``: create (202, workflow enqueued), read one with its concepts, list.
+
+Every route needs a token. A user reads their own roadmaps only (another's is a 404, exactly like a
+missing one, so ids cannot be probed); an admin reads everyone's (OWASP API1, object-level access).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from app.api.deps import CurrentUser
 from app.api.routes import API_V1
 from app.config.settings import get_settings
+from app.core.security import Principal
 from app.db.session import read, safe_session
-from app.repositories.roadmaps import RoadmapRepository
+from app.repositories.roadmaps import EVERY_OWNER, EveryOwner, RoadmapRepository
 from app.repositories.task_logs import TaskLogRepository
 from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, UNAVAILABLE
 from app.schemas.roadmaps import (
@@ -24,7 +29,12 @@ from app.schemas.roadmaps import (
 from app.tasks import outbox, task_events
 from app.tasks.names import RUN_WORKFLOW
 
-router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"], responses=UNAVAILABLE)
+router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"], responses={**AUTH, **UNAVAILABLE})
+
+
+def readable_by(user: Principal) -> str | EveryOwner:
+    """Whose roadmaps ``user`` may read: an admin everyone's, anyone else their own."""
+    return EVERY_OWNER if user.role == "admin" else user.subject
 
 
 # What a client may send as Idempotency-Key: up to 200 visible ASCII characters (a UUID is typical).
@@ -80,8 +90,9 @@ async def create_roadmap(
 
 
 @router.get("/{roadmap_id}", response_model=RoadmapDetail, responses=NOT_FOUND)
-async def get_roadmap(roadmap_id: uuid.UUID) -> RoadmapDetail:
-    view = await read(lambda db: RoadmapRepository(db).view(roadmap_id))
+async def get_roadmap(roadmap_id: uuid.UUID, user: CurrentUser) -> RoadmapDetail:
+    owner = readable_by(user)
+    view = await read(lambda db: RoadmapRepository(db).view(roadmap_id, owner=owner))
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
     counts: dict[str, int] = {}
@@ -92,10 +103,13 @@ async def get_roadmap(roadmap_id: uuid.UUID) -> RoadmapDetail:
 
 @router.get("", response_model=RoadmapPage)
 async def list_roadmaps(
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RoadmapPage:
-    rows, total = await read(lambda db: RoadmapRepository(db).list(limit=limit, offset=offset))
+    """The caller's roadmaps (an admin's: everyone's), newest first."""
+    owner = readable_by(user)
+    rows, total = await read(lambda db: RoadmapRepository(db).list(owner=owner, limit=limit, offset=offset))
     return RoadmapPage(
         items=[RoadmapSummary.model_validate(dict(r)) for r in rows], total=total, limit=limit, offset=offset
     )
