@@ -1,10 +1,17 @@
 """Schemathesis against the app's own OpenAPI schema, on a real uvicorn process: no 5xx, and every
-response matches what the schema documents (status codes, headers, bodies)."""
+response matches what the schema documents (status codes, headers, bodies).
+
+Run twice: with an admin's token (every route) and with a user's (their own roadmaps, owner-scoped
+reads, the 403 of admin routes). The token is given through Schemathesis' own auth mechanism, not as a
+fixed header: Schemathesis then knows the credentials are the caller's, and its negative cases that
+break the Authorization header on purpose keep their broken header (and must get a 401).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -16,7 +23,33 @@ from app.main import app
 from tests.conftest import BASE_ENV, auth
 
 pytestmark = pytest.mark.slow
-schema = schemathesis.openapi.from_dict(app.openapi())
+
+
+def schema_as(role: str) -> Any:
+    schema = schemathesis.openapi.from_dict(app.openapi())
+
+    @schema.auth()
+    class BearerToken:
+        def get(self, case: schemathesis.Case, context: Any) -> str:
+            return auth(role)["Authorization"]
+
+        def set(self, case: schemathesis.Case, data: str, context: Any) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": data}
+
+    return schema
+
+
+as_admin, as_user = schema_as("admin"), schema_as("user")
+# Fixed examples in CI (a red build must be reproducible); fresh ones on every local run.
+fuzz = settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=os.environ.get("CI") == "true",
+)
+# Excluded: the Allow header of a 405. Starlette registers GET and POST of one path as two routes
+# and lists only one of them in Allow; that is the framework's, not this API's contract.
+EXCLUDED = [checks.allow_header_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +58,13 @@ def api_base() -> Iterator[str]:
         yield base
 
 
-@schema.parametrize()
-# Fixed examples in CI (a red build must be reproducible); fresh ones on every local run.
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=os.environ.get("CI") == "true",
-)
-def test_api_matches_its_schema(case: schemathesis.Case, api_base: str) -> None:
-    # An admin token reaches every route; the 401/403 answers are documented for the others.
-    # Excluded: the Allow header of a 405. Starlette registers GET and POST of one path as two routes
-    # and lists only one of them in Allow; that is the framework's, not this API's contract.
-    case.call_and_validate(
-        base_url=api_base, headers=auth("admin"), excluded_checks=[checks.allow_header_conformance]
-    )
+@as_admin.parametrize()
+@fuzz
+def test_api_matches_its_schema_as_admin(case: schemathesis.Case, api_base: str) -> None:
+    case.call_and_validate(base_url=api_base, excluded_checks=EXCLUDED)
+
+
+@as_user.parametrize()
+@fuzz
+def test_api_matches_its_schema_as_user(case: schemathesis.Case, api_base: str) -> None:
+    case.call_and_validate(base_url=api_base, excluded_checks=EXCLUDED)
