@@ -60,7 +60,9 @@ def create_app() -> FastAPI:
     enforce_budget(settings, "api")
     # No debug=settings.DEBUG: FastAPI's debug mode makes Starlette answer a 500 with its traceback
     # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
-    app = FastAPI(title=settings.PROJECT_NAME, lifespan=lifespan)
+    app = FastAPI(
+        title=settings.PROJECT_NAME, lifespan=lifespan, max_body_size=settings.MAX_REQUEST_BODY_BYTES
+    )
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
     if settings.CORS_ORIGINS:

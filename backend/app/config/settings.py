@@ -246,6 +246,10 @@ class _CommonSettings(BaseSettings):
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
     # Sent with every 503 so clients back off instead of hammering an exhausted pool.
     RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
+    # The largest request body accepted (FastAPI's max_body_size): a larger one is answered 413 before
+    # it is read, by its Content-Length or as soon as that many bytes arrived; without a limit the body
+    # was read whole, before authentication. The API's bodies are a few hundred bytes.
+    MAX_REQUEST_BODY_BYTES: int = Field(65_536, ge=1_024, le=104_857_600)
 
     # --- secrets ----------------------------------------------------------------------------------------
     # Signs API bearer tokens; write and admin routes answer 401 until it is set (32+ characters).

@@ -31,6 +31,13 @@ AUTH = {
     403: _doc("the token's role may not do this"),
 }
 NOT_FOUND = {404: _doc("no such resource")}
-BAD_BODY = {400: _doc("the body is not valid JSON")}
+BAD_BODY = {
+    400: _doc("the body is not valid JSON"),
+    # Answered by Starlette's body limiter, before any route runs: plain text, not ErrorOut.
+    413: {
+        "description": "the body is larger than MAX_REQUEST_BODY_BYTES",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
 CONFLICT = {409: _doc("already exists")}
 IDEMPOTENCY_CONFLICT = {409: _doc("the Idempotency-Key was used for a different request")}
