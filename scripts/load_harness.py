@@ -414,6 +414,9 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
             "SEARCH_OFFLINE_LATENCY": "0.05",
             "DB_BUDGET_ENFORCEMENT": "warn",
             "DB_LEAK_DETECTION_THRESHOLD": "30",
+            # One synthetic user creates every roadmap of the run: the per-user quota would refuse it.
+            "ROADMAP_CREATE_RATE_LIMIT": "100000/minute",
+            "ROADMAP_MAX_IN_PROGRESS": "10000",
             **overrides,
         }
         subprocess.run(

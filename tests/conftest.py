@@ -47,6 +47,9 @@ BASE_ENV = {
     "LANGGRAPH_POOL_MAX_SIZE": "3",
     # The guard has its own tests; here it would only warn about the small test topology.
     "DB_BUDGET_ENFORCEMENT": "off",
+    # Tests create many roadmaps as one user and run no workflow: the quota has its own tests.
+    "ROADMAP_CREATE_RATE_LIMIT": "100000/minute",
+    "ROADMAP_MAX_IN_PROGRESS": "10000",
 }
 os.environ.update(BASE_ENV)
 # scripts/own_services.py: private PostgreSQL and Redis servers for the fault tests.

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
+from app.api.quota import QuotaExceeded, quota_exceeded
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
 from app.db.errors import is_database_timeout, is_database_unavailable
@@ -104,6 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # its task waits in the outbox (app.tasks.outbox).
     app.add_exception_handler(kombu.exceptions.OperationalError, queue_unavailable)
     app.add_exception_handler(redis.exceptions.ConnectionError, queue_unavailable)
+    app.add_exception_handler(QuotaExceeded, quota_exceeded)
     app.add_exception_handler(exc.TimeoutError, pool_exhausted)
     app.add_exception_handler(exc.DBAPIError, dbapi_error)
     # asyncpg raises these directly, unwrapped, when it cannot even open a connection.

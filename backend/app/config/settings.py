@@ -185,6 +185,12 @@ class _CommonSettings(BaseSettings):
     # Concepts of one roadmap generated at once (the guide: 15; 10 roadmaps x 15 = 150 in flight).
     CONCEPT_CONCURRENCY_LIMIT: int = Field(15, ge=1, le=200)
     CONCEPT_MAX_ATTEMPTS: int = Field(3, ge=1, le=10)
+    # Per-user creation quota (app.api.quota): a rate counted in Redis, shared by every worker and
+    # replica ("30/minute", or several: "5/second; 30/minute"), and a cap on roadmaps still pending,
+    # planning or generating. Each roadmap is minutes of shared LLM and worker time. Redis down: the
+    # rate is not counted (creation works without Redis, see the outbox); the cap, in PostgreSQL, holds.
+    ROADMAP_CREATE_RATE_LIMIT: str = "30/minute"
+    ROADMAP_MAX_IN_PROGRESS: int = Field(5, ge=1, le=10_000)
     # A content task waits out a database outage this long before it fails and Celery retries it.
     CONTENT_DB_OUTAGE_SECONDS: float = Field(30.0, ge=0, le=600)
     # A roadmap in progress that has not moved (its row or any concept's) for this long is re-dispatched
@@ -273,6 +279,17 @@ class _CommonSettings(BaseSettings):
     def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql")):
             raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("ROADMAP_CREATE_RATE_LIMIT")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("must be a rate such as 30/minute or 5/second; 30/minute") from None
         return value
 
     @field_validator("REDIS_URL")

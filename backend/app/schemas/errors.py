@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 class ErrorOut(BaseModel):
     detail: str
-    reason: str | None = None  # machine-readable, on 503s: db_pool_exhausted, database_unavailable, ...
+    # machine-readable, on 503s (db_pool_exhausted, database_unavailable, ...) and 429s (rate_limited, ...)
+    reason: str | None = None
 
 
 def _doc(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -41,3 +42,10 @@ BAD_BODY = {
 }
 CONFLICT = {409: _doc("already exists")}
 IDEMPOTENCY_CONFLICT = {409: _doc("the Idempotency-Key was used for a different request")}
+QUOTA = {
+    429: _doc(
+        "ROADMAP_CREATE_RATE_LIMIT (reason rate_limited, with Retry-After) or ROADMAP_MAX_IN_PROGRESS "
+        "(reason too_many_in_progress) reached",
+        _RETRY_AFTER,
+    )
+}

@@ -12,13 +12,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
 from app.api.deps import CurrentUser
+from app.api.quota import CreateRateLimit, claim_in_progress_slot
 from app.api.routes import API_V1
 from app.config.settings import get_settings
 from app.core.security import Principal
 from app.db.session import read, safe_session
 from app.repositories.roadmaps import EVERY_OWNER, EveryOwner, RoadmapRepository
 from app.repositories.task_logs import TaskLogRepository
-from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, UNAVAILABLE
+from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, QUOTA, UNAVAILABLE
 from app.schemas.roadmaps import (
     RoadmapAccepted,
     RoadmapCreate,
@@ -51,7 +52,8 @@ IdempotencyKey = Annotated[
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RoadmapAccepted,
-    responses={**AUTH, **BAD_BODY, **IDEMPOTENCY_CONFLICT},
+    responses={**AUTH, **BAD_BODY, **IDEMPOTENCY_CONFLICT, **QUOTA},
+    dependencies=[CreateRateLimit],  # per-user rate, counted in Redis (app.api.quota)
 )
 async def create_roadmap(
     body: RoadmapCreate, user: CurrentUser, response: Response, idempotency_key: IdempotencyKey = None
@@ -79,6 +81,7 @@ async def create_roadmap(
         if not created:
             response.headers["Idempotent-Replayed"] = "true"
             return RoadmapAccepted(id=roadmap_id, status=roadmap_status)
+        await claim_in_progress_slot(session, user.subject)  # 429 and rollback over the user's cap
         message = await outbox.stage(session, RUN_WORKFLOW, str(roadmap_id))
         # In the same transaction, not through the Redis buffer: the request never waits on Redis.
         requested = task_events.record(
