@@ -147,3 +147,30 @@ async def test_leak_detection_names_where_a_long_held_connection_was_taken(
     assert leaks[0]["held_seconds"] >= 0.2
     assert "test_pool.py" in leaks[0]["checked_out_at"]
     assert "test_leak_detection_names_where" in leaks[0]["checked_out_at"]
+
+
+@pytest.mark.parametrize(
+    ("what", "url"),
+    [
+        ("database", "postgresql://postgres@127.0.0.1:5432/no_such_database_{tag}"),  # 3D000
+        ("role", "postgresql://no_such_role_{tag}@127.0.0.1:5432/postgres"),  # 28000
+    ],
+)
+async def test_a_wrong_database_or_role_is_503_database_misconfigured(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, what: str, url: str
+) -> None:
+    """The real server refuses the role or the database: every data route says so, never a 500."""
+    import uuid
+
+    monkeypatch.setenv("DATABASE_URL", url.format(tag=uuid.uuid4().hex[:8]))
+    get_settings.cache_clear()
+    for response in (
+        await client.get("/api/v1/roadmaps", headers=auth()),
+        await client.get("/api/v1/task-logs", headers=auth("admin")),
+        await client.post("/api/v1/roadmaps", json={"topic": "Go"}, headers=auth()),
+    ):
+        assert response.status_code == 503, (what, response.text)
+        assert response.json()["reason"] == "database_misconfigured"
+        assert "DATABASE_URL" in response.json()["detail"]
+        assert "Retry-After" in response.headers
+    assert (await client.get("/health")).status_code == 503

@@ -157,6 +157,27 @@ def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -
     assert "hunter2-secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://admin:hunter2-secret@db:notaport/app",
+        "postgresql://admin:hunter2-secret@db:99999/app",
+        "postgres://admin:hunter2-secret@db1:5432,db2:5432/app",
+    ],
+)
+def test_a_database_url_with_a_bad_port_is_one_line_without_its_password(
+    clean_env: pytest.MonkeyPatch, url: str
+) -> None:
+    clean_env.setenv("DATABASE_URL", url)
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: DATABASE_URL: ") and "port" in message
+    assert "hunter2-secret" not in message and "\n" not in message
+    clean_env.setenv("DATABASE_URL", "postgresql://admin:hunter2-secret@db/app")  # default port: fine
+    assert load_settings().database_url.endswith("@db/app")
+
+
 def test_dsn_from_parts_or_url(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("POSTGRES_HOST", "db.internal")
     clean_env.setenv("POSTGRES_PASSWORD", "p@ss:word/1")

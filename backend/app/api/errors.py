@@ -30,7 +30,7 @@ from sqlalchemy import exc
 from app.api.quota import QuotaExceeded, quota_exceeded
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
-from app.db.errors import is_database_timeout, is_database_unavailable
+from app.db.errors import is_database_misconfigured, is_database_timeout, is_database_unavailable
 
 log = structlog.get_logger("app.api")
 # During an outage every request is rejected: one warning per reason per second tells the story.
@@ -70,7 +70,19 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
     return unavailable("database_unavailable", "the database is unreachable; retry shortly")
 
 
+async def database_misconfigured(request: Request, error: Exception) -> JSONResponse:
+    # An error, not a warning: nothing will work until someone fixes DATABASE_URL (or the server).
+    if _rejections.allow("misconfigured"):
+        log.error("request_rejected_database_misconfigured", path=request.url.path, error=str(error))
+    return unavailable(
+        "database_misconfigured",
+        "the database refused this service's role or database name (check DATABASE_URL); retry later",
+    )
+
+
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
+    if is_database_misconfigured(error):
+        return await database_misconfigured(request, error)
     if is_database_unavailable(error):
         return await database_unavailable(request, error)
     raise error

@@ -279,6 +279,17 @@ class _CommonSettings(BaseSettings):
     def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql")):
             raise ValueError("must be a postgresql:// URL")
+        if value is not None:
+            # Parsed here as the engine will parse it: a port such as ":notaport" passed validation
+            # and then failed every request with a 500. The URL holds a password: never echoed.
+            from sqlalchemy.engine import make_url
+
+            try:
+                port = make_url(to_asyncpg_url(value.get_secret_value())).port
+            except ValueError:
+                port = -1
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError("its port must be a number from 1 to 65535 (one host only)")
         return value
 
     @field_validator("ROADMAP_CREATE_RATE_LIMIT")

@@ -29,6 +29,10 @@ from sqlalchemy import exc
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 # statement_timeout (and a cancel request): the server answered, but gave up on the statement in time.
 _QUERY_CANCELED = "57014"
+# The server answers but refuses this deployment's settings: class 28 (invalid authorization: no such
+# role, wrong password) and 3D000 (no such database). Not a bug of the request and not an outage that
+# passes: a 503 that names it, so operators see "misconfigured" rather than a 500 or "unreachable".
+_MISCONFIGURED_SQLSTATES = ("28", "3D000")
 
 
 def _chain(error: BaseException, limit: int = 8) -> list[BaseException]:
@@ -51,6 +55,11 @@ def _sqlstate(chain: list[BaseException]) -> str | None:
         if isinstance(state, str):
             return state
     return None
+
+
+def is_database_misconfigured(error: BaseException) -> bool:
+    state = _sqlstate(_chain(error))
+    return state is not None and state.startswith(_MISCONFIGURED_SQLSTATES)
 
 
 def is_database_unavailable(error: BaseException) -> bool:

@@ -24,7 +24,13 @@ _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
 }
 
-UNAVAILABLE = {503: _doc("database pool exhausted, database or task queue unreachable", _RETRY_AFTER)}
+UNAVAILABLE = {
+    503: _doc(
+        "database pool exhausted, database or task queue unreachable, or the database refused this "
+        "service's role or database name (reason database_misconfigured)",
+        _RETRY_AFTER,
+    )
+}
 AUTH = {
     401: _doc(
         "missing, invalid or expired bearer token", {"WWW-Authenticate": {"schema": {"type": "string"}}}
