@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -80,6 +81,18 @@ async def test_a_bounded_token_is_accepted(client: httpx.AsyncClient) -> None:
     now = int(time.time())
     longest = signed(sub="b" * 200, iat=now, exp=now + 1440 * 60)
     assert (await client.get("/api/v1/roadmaps", headers=longest)).status_code == 200
+
+
+async def test_a_remembered_token_still_expires(client: httpx.AsyncClient) -> None:
+    """Tokens are verified once and remembered; their expiry is checked on every use all the same."""
+    now = int(time.time())
+    brief = signed(sub="brief", iat=now, exp=now + 2)
+    assert (await client.get("/api/v1/roadmaps", headers=brief)).status_code == 200
+    assert (await client.get("/api/v1/roadmaps", headers=brief)).status_code == 200  # from memory
+    while time.time() < now + 2.05:
+        await asyncio.sleep(0.1)
+    expired = await client.get("/api/v1/roadmaps", headers=brief)
+    assert expired.status_code == 401 and expired.json()["detail"] == "token expired"
 
 
 def test_minting_past_the_maximum_lifetime_is_refused() -> None:

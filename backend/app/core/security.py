@@ -9,6 +9,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Literal
 
 import jwt
@@ -53,11 +54,20 @@ def verify_token(token: str, settings: Settings | None = None) -> Principal:
     secret = settings.JWT_SECRET_KEY.get_secret_value()
     if not secret:
         raise AuthError("authentication is not configured on this server (JWT_SECRET_KEY)")
+    principal, exp = _verified(token, secret, settings.JWT_ALGORITHM, settings.JWT_MAX_LIFETIME_MINUTES)
+    if exp <= time.time():  # a remembered token is still checked for expiry on every use
+        raise AuthError("token expired")
+    return principal
+
+
+# A client sends the same token with every request: its signature and claims are checked once, then
+# remembered (by the token and the key that signed it), and only its expiry is checked again. Decoding
+# cost about 8% of an authenticated read's CPU in a py-spy profile. Refused tokens are not remembered.
+@lru_cache(maxsize=4096)
+def _verified(token: str, secret: str, algorithm: str, max_lifetime_minutes: int) -> tuple[Principal, float]:
     try:
         # iat is required so that a token's lifetime can be bounded; PyJWT refuses an iat in the future.
-        claims = jwt.decode(
-            token, secret, algorithms=[settings.JWT_ALGORITHM], options={"require": ["sub", "exp", "iat"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[algorithm], options={"require": ["sub", "exp", "iat"]})
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError):
@@ -65,18 +75,18 @@ def verify_token(token: str, settings: Settings | None = None) -> Principal:
         raise AuthError("invalid token") from None
     # A validly signed token that never expires (exp = 1e30) is a leaked password: refuse any token
     # minted for longer than the maximum, and any whose remaining life exceeds it (iat in the past).
-    max_seconds = settings.JWT_MAX_LIFETIME_MINUTES * 60
+    max_seconds = max_lifetime_minutes * 60
     # PyJWT has checked both are numbers (inf and NaN are refused as non-integers).
     exp, iat = claims["exp"], claims["iat"]
     if exp - iat > max_seconds or exp - time.time() > max_seconds:
-        raise AuthError(f"token lifetime exceeds {settings.JWT_MAX_LIFETIME_MINUTES} minutes")
+        raise AuthError(f"token lifetime exceeds {max_lifetime_minutes} minutes")
     role = claims.get("role", "user")
     if role not in ("user", "admin"):
         raise AuthError("invalid token role")
     subject = claims["sub"]  # PyJWT has checked that it is a string
     if not 1 <= len(subject) <= SUBJECT_MAX_LENGTH or not subject.isprintable():
         raise AuthError(f"invalid token subject (1 to {SUBJECT_MAX_LENGTH} printable characters)")
-    return Principal(subject=subject, role=role)
+    return Principal(subject=subject, role=role), float(exp)
 
 
 def main() -> None:
