@@ -74,18 +74,11 @@ def emit(
     **payload: Any,
 ) -> None:
     """Record a task event. Never raises: losing a log line must not fail the task that logs it."""
-    record = {
-        "task_id": task_id,
-        "task_name": task_name,
-        "queue": queue,
-        "event": event,
-        "level": level,
-        "payload": payload,
-        "created_at": datetime.now(UTC).isoformat(),
-    }
+    entry = record(event, task_name=task_name, task_id=task_id, queue=queue, level=level, **payload)
+    entry["created_at"] = entry["created_at"].isoformat()  # peek_batch parses it back
     try:
         client = get_sync_redis()
-        client.rpush(pending_key(), json.dumps(record, default=str))
+        client.rpush(pending_key(), json.dumps(entry, default=str))
     except Exception as exc:  # noqa: BLE001
         _drop(event, exc)
         return
