@@ -91,12 +91,13 @@ class RoadmapRepository:
         return roadmap
 
     async def create_once(
-        self, topic: str, owner: str, concept_count: int, idempotency_key: str
+        self, topic: str, owner: str, concept_count: int, idempotency_key: str | None
     ) -> tuple[RowMapping, bool]:
         """The roadmap ``owner`` created with ``idempotency_key``: inserted now (True) or found (False).
 
         ``ON CONFLICT DO NOTHING`` on the (owner, key) index makes two concurrent first attempts
-        store one roadmap: the second waits for the first's commit and then finds its row.
+        store one roadmap: the second waits for the first's commit and then finds its row. Without a
+        key the index (``WHERE idempotency_key IS NOT NULL``) never conflicts: always inserted.
         """
         inserted = (
             (

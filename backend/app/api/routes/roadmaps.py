@@ -66,19 +66,16 @@ async def create_roadmap(
     """
     count = body.concept_count or get_settings().ROADMAP_DEFAULT_CONCEPTS
     async with safe_session() as session:
-        repo = RoadmapRepository(session)
-        if idempotency_key is None:
-            roadmap = await repo.create(body.topic, user.subject, count)
-            roadmap_id, roadmap_status, created = roadmap.id, roadmap.status, True
-        else:
-            row, created = await repo.create_once(body.topic, user.subject, count, idempotency_key)
-            if not created and (row["topic"], row["requested_concepts"]) != (body.topic, count):
+        row, created = await RoadmapRepository(session).create_once(
+            body.topic, user.subject, count, idempotency_key
+        )
+        roadmap_id, roadmap_status = row["id"], row["status"]
+        if not created:
+            if (row["topic"], row["requested_concepts"]) != (body.topic, count):
                 raise HTTPException(
                     status.HTTP_409_CONFLICT,
                     "this Idempotency-Key was used for a different roadmap; use a new key",
                 )
-            roadmap_id, roadmap_status = row["id"], row["status"]
-        if not created:
             response.headers["Idempotent-Replayed"] = "true"
             return RoadmapAccepted(id=roadmap_id, status=roadmap_status)
         await claim_in_progress_slot(session, user.subject)  # 429 and rollback over the user's cap
