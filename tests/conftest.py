@@ -9,14 +9,19 @@ below the local server's 100 connections.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+if TYPE_CHECKING:
+    from own_services import OwnPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
@@ -154,3 +159,21 @@ def subprocess_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
     yield env
+
+
+@pytest.fixture
+def own_postgres(subprocess_env: dict[str, str]) -> Iterator[OwnPostgres]:
+    """A private PostgreSQL (its database ``app`` migrated) that a test may stop, cut or restart."""
+    from own_services import OwnPostgres
+
+    pg = OwnPostgres(max_connections=100).start()
+    try:
+        pg.create_database("app")
+        subprocess.run(
+            [sys.executable, "-m", "app.db.prestart", "--wait", "10"],
+            cwd=BACKEND, env={**subprocess_env, "DATABASE_URL": pg.url("app")}, check=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        yield pg
+    finally:
+        pg.stop()

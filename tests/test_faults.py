@@ -8,8 +8,6 @@ machine's shared ones.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ import structlog
 from celery import Celery
 from celery.result import AsyncResult
 from celery.states import READY_STATES
-from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
+from own_services import OwnPostgres, OwnRedis, free_port, running_api
 
 from tests.conftest import auth
 from tests.workers import kill_quietly, start_worker, wait_ready
@@ -77,21 +75,6 @@ async def count_topic(url: str, topic: str) -> int:
         return await conn.fetchval("SELECT count(*) FROM roadmaps WHERE topic = $1", topic)
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def own_postgres(subprocess_env: dict[str, str]) -> Iterator[OwnPostgres]:
-    pg = OwnPostgres(max_connections=100).start()
-    try:
-        pg.create_database("app")
-        subprocess.run(
-            [sys.executable, "-m", "app.db.prestart", "--wait", "10"],
-            cwd=BACKEND, env={**subprocess_env, "DATABASE_URL": pg.url("app")}, check=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        yield pg
-    finally:
-        pg.stop()
 
 
 def test_postgres_restart_under_load(

@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-from own_services import BACKEND, OwnPostgres, OwnRedis, free_port, running_api
+from own_services import OwnPostgres, OwnRedis, free_port, running_api
 
 from tests.conftest import auth
 from tests.workers import Worker, start_worker, wait_ready
@@ -82,10 +81,7 @@ def concept_report(url: str, ids: list[str]) -> tuple[dict[str, int], int]:
             ids,
         )
     )
-    statuses: dict[str, int] = {}
-    for row in rows:
-        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
-    return statuses, sum(1 for r in rows if r["written_events"] != 1)
+    return dict(Counter(r["status"] for r in rows)), sum(1 for r in rows if r["written_events"] != 1)
 
 
 @pytest.fixture
@@ -171,21 +167,6 @@ def test_posts_during_a_redis_outage_are_stored_and_run_once_redis_is_back(
     assert asyncio.run(fetch(url, "SELECT count(*) AS n FROM outbox"))[0]["n"] == 0
     redispatched = asyncio.run(fetch(url, "SELECT id::text FROM roadmaps WHERE redispatches > 0"))
     assert ids[0] in {r["id"] for r in redispatched}  # the one whose message Redis lost
-
-
-@pytest.fixture
-def own_postgres(subprocess_env: dict[str, str]) -> Iterator[OwnPostgres]:
-    pg = OwnPostgres(max_connections=100).start()
-    try:
-        pg.create_database("app")
-        subprocess.run(
-            [sys.executable, "-m", "app.db.prestart", "--wait", "10"],
-            cwd=BACKEND, env={**subprocess_env, "DATABASE_URL": pg.url("app")}, check=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.mark.parametrize(
