@@ -44,9 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     with bench_database() as url:
         use_in_this_process(url)
+        from app import runtime
         from app.config.settings import get_settings
-        from app.core import async_runner
-        from app.db.engine import dispose_engine
 
         async def add_key() -> None:
             from app.db.session import safe_session
@@ -55,7 +54,7 @@ def main() -> None:
             async with safe_session() as session:
                 await TavilyKeyRepository(session).add(f"bench-{uuid.uuid4().hex}", 100_000)
 
-        async_runner.run(add_key())
+        runtime.current().run(add_key())
         # The pool of a content worker's child (6 + 4 in production), every usage event logged.
         os.environ.update(SERVICE_TYPE="celery_content", DB_POOL_USAGE_LOG_INTERVAL="0")
         get_settings.cache_clear()
@@ -69,13 +68,13 @@ def main() -> None:
             os.environ["CONCEPT_CONCURRENCY_LIMIT"] = str(limit)
             get_settings.cache_clear()
             with structlog.testing.capture_logs() as logs:
-                report = async_runner.run(one_run(args.concepts, args.latency))
+                report = runtime.current().run(one_run(args.concepts, args.latency))
             high = sum(1 for e in logs if e["event"] == "db_pool_high_usage")
             critical = sum(1 for e in logs if e["event"] == "db_pool_critical_usage")
             ideal = math.ceil(args.concepts / limit) * args.latency
             print(f"{limit:>6}{report.seconds:>9.2f}{ideal:>9.2f}{report.seconds / ideal:>7.2f}"
                   f"{report.max_in_flight:>16}{report.written:>9}{high:>12}{critical:>12}")  # fmt: skip
-        async_runner.run(dispose_engine())
+        runtime.current().shutdown()
 
 
 if __name__ == "__main__":

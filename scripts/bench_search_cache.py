@@ -53,8 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_database() as url:
         use_in_this_process(url)
-        from app.core import async_runner
-        from app.db.engine import dispose_engine
+        from app import runtime
 
         print(f"{args.searches} searches, {args.concurrency} concurrent, TTL 30 s")
         print(f"{'situation':<20}{'cache':<7}{'availability q':>15}{'reservation q':>14}"
@@ -62,7 +61,7 @@ def main() -> None:
         for label, credits in (("keys with credits", 10**9), ("all keys exhausted", 0)):
             totals = {}
             for use_cache in (False, True):
-                avail, reserve, hits, elapsed = async_runner.run(
+                avail, reserve, hits, elapsed = runtime.current().run(
                     scenario(args.searches, args.concurrency, credits, use_cache)
                 )
                 totals[use_cache] = (avail, avail + reserve)
@@ -72,7 +71,7 @@ def main() -> None:
             (a_off, t_off), (a_on, t_on) = totals[False], totals[True]
             print(f"  -> availability queries {100 * (1 - a_on / a_off):.1f}% fewer; "
                   f"all database queries {100 * (1 - t_on / t_off):.1f}% fewer")  # fmt: skip
-        async_runner.run(dispose_engine())
+        runtime.current().shutdown()
 
 
 if __name__ == "__main__":

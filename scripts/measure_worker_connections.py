@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -93,10 +92,9 @@ def main() -> None:
             from app.core.celery_app import celery_app
 
             idle = asyncio.run(count(url))
-            # each queue's task module has a probe task, routed to that queue
-            tasks = {
-                name: importlib.import_module(p.service.task_module or "").probe for name, p in plans.items()
-            }
+            from app.tasks.probe import probe  # one task every worker registers; sent to each queue
+
+            tasks = {name: probe.s().set(queue=p.service.queue) for name, p in plans.items()}
             results = [
                 tasks[service].delay(hold_seconds=args.hold)
                 for service, plan in plans.items()

@@ -97,18 +97,15 @@ def database_url() -> str:
 @pytest.fixture(autouse=True)
 async def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """Each test reads settings anew and builds its own engine on its own event loop."""
+    from app import runtime
     from app.config.settings import get_settings
-    from app.core.orchestrator_factory import OrchestratorFactory
-    from app.core.redis_client import close_redis
-    from app.db.engine import dispose_engine
 
     for key, value in BASE_ENV.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield
-    await OrchestratorFactory.close()
-    await dispose_engine()
-    await close_redis()
+    await runtime.current().aclose()
+    runtime.reset()
     get_settings.cache_clear()
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import topology
 from app.budget.__main__ import render, settings_for
 from app.budget.audit import run_audit
-from app.budget.guard import CHECKED_MARKER, enforce_budget
+from app.budget.guard import enforce_budget
 from app.budget.model import budget_from_settings, suggest
 from app.config.settings import InvalidSettingsError, Settings, get_settings
 from app.db.engine import get_engine
@@ -134,13 +134,19 @@ def test_suggestion_names_the_replica_count_to_lower() -> None:
 
 def production_env(**extra: str) -> dict[str, str]:
     """The production defaults against a database that does not answer (the server's limits unknown)."""
-    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields and k != CHECKED_MARKER}
+    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     return {**env, "LOG_FORMAT": "console", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", **extra}
 
 
 def test_strict_refuses_the_production_defaults() -> None:
     env = production_env(DB_BUDGET_ENFORCEMENT="strict")
-    for command in (["-m", "app.budget", "--guard", "--service", "api"], ["-c", "import app.main"]):
+    # Importing the module reads no settings; asking for the app (what uvicorn does) builds it.
+    imported = subprocess.run(
+        [sys.executable, "-c", "import app.main"], cwd=BACKEND, env=env, capture_output=True, text=True
+    )
+    assert imported.returncode == 0, imported.stderr
+    api = "from app.main import app"
+    for command in (["-m", "app.budget", "--guard", "--service", "api"], ["-c", api]):
         result = subprocess.run(
             [sys.executable, *command], cwd=BACKEND, env=env, capture_output=True, text=True, timeout=60
         )
@@ -151,6 +157,12 @@ def test_strict_refuses_the_production_defaults() -> None:
         for variable in ("UVICORN_WORKERS", "API_REPLICAS", "DB_POOL_SIZE", "LANGGRAPH_POOL_MAX_SIZE"):
             assert variable in lines[0]
         assert "Traceback" not in result.stderr
+    # The entrypoint ran the guard already (DB_BUDGET_CHECKED): the processes it starts trust it.
+    trusted = subprocess.run(
+        [sys.executable, "-c", api], cwd=BACKEND, env={**env, "DB_BUDGET_CHECKED": "true"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert trusted.returncode == 0, trusted.stderr
 
 
 def test_suggestion_fits_and_passes_strict() -> None:
@@ -163,16 +175,13 @@ def test_suggestion_fits_and_passes_strict() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_warn_logs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+def test_warn_logs_and_strict_refuses() -> None:
     settings = settings_for("production").model_copy(update={"DB_BUDGET_ENFORCEMENT": "warn"})
     with structlog.testing.capture_logs() as logs:
-        enforce_budget(settings, "api", read_server=False)
         enforce_budget(settings, "api", read_server=False)
     warned = [e for e in logs if e["event"] == "db_budget_exceeded"]
     assert len(warned) == 1
     assert warned[0]["worst_case"] == 460 and warned[0]["over_by"] == 180
-    monkeypatch.delenv(CHECKED_MARKER, raising=False)
     with pytest.raises(InvalidSettingsError):
         enforce_budget(
             settings.model_copy(update={"DB_BUDGET_ENFORCEMENT": "strict"}), "api", read_server=False
@@ -190,8 +199,10 @@ async def test_audit_counts_equal_pg_stat_activity(pg: asyncpg.Connection) -> No
     from app.core.orchestrator_factory import OrchestratorFactory
 
     settings = get_settings()
-    await OrchestratorFactory.get_pool("celery_workflow")  # min_size 1: one checkpointer connection
     async with AsyncExitStack() as stack:
+        # A workflow worker's checkpointer pool beside this (API) process's engine: min_size 1.
+        checkpointer = await OrchestratorFactory(settings, "celery_workflow").open()
+        stack.push_async_callback(checkpointer.close)
         for _ in range(2):
             conn = await stack.enter_async_context(get_engine().connect())
             await conn.exec_driver_sql("SELECT 1")
@@ -305,7 +316,6 @@ def test_guard_refuses_what_the_server_cannot_hold(
     env = {**subprocess_env, "ENVIRONMENT": "development", "DB_CONNECTION_BUDGET": "300",
            "DB_BUDGET_ENFORCEMENT": "strict", "DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "3",
            "LANGGRAPH_POOL_MAX_SIZE": "10", "LANGGRAPH_POOL_MIN_SIZE": "2"}  # fmt: skip
-    env.pop(CHECKED_MARKER, None)
     result = subprocess.run(
         [sys.executable, "-m", "app.budget", "--guard", "--command", "api"],
         cwd=BACKEND, env=env, capture_output=True, text=True, timeout=60,
@@ -326,8 +336,7 @@ def test_guard_refuses_what_the_server_cannot_hold(
     assert "db_budget_exceeded" in result.stderr and "over_server_by=" in result.stderr
 
 
-def test_guard_is_quiet_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+def test_guard_is_quiet_when_it_fits() -> None:
     found = suggest(settings_for("production"))
     settings = settings_for("production").model_copy(
         update={**found.env(), "DB_BUDGET_ENFORCEMENT": "strict"}

@@ -23,7 +23,7 @@ from own_services import free_port, running_api
 from sqlalchemy import exc, text
 
 from app.config.settings import get_settings
-from app.core.orchestrator_factory import CheckpointerTimeout, OrchestratorFactory
+from app.core.orchestrator_factory import CheckpointerTimeout, OrchestratorFactory, checkpointer_stats
 from app.db.engine import build_unpooled_engine, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
@@ -94,8 +94,8 @@ async def test_connections_carry_the_server_side_deadlines(test_db_name: str) ->
     # A migration may run for minutes: no statement deadline on either side.
     assert migrate["statement_timeout"] == "0" and migrate["idle_in_transaction_session_timeout"] == "0"
 
-    pool = await OrchestratorFactory.get_pool("celery_workflow")
-    async with pool.connection() as conn:
+    factory = await OrchestratorFactory(get_settings(), "celery_workflow").open()
+    async with factory.pool.connection() as conn:
         row = await (
             await conn.execute(
                 "SELECT current_setting('statement_timeout') AS st,"
@@ -104,6 +104,7 @@ async def test_connections_carry_the_server_side_deadlines(test_db_name: str) ->
         ).fetchone()
         assert row == {"st": "10s", "it": "1min"}
         assert "keepalives=1" in conn.info.dsn and "keepalives_idle=30" in conn.info.dsn
+    await factory.close()
 
 
 async def test_statement_timeout_is_a_clean_server_side_cancel(short_deadlines: None) -> None:
@@ -305,9 +306,9 @@ async def test_a_stalled_checkpointer_call_fails_within_its_deadline(
                 raise
             await asyncio.sleep(0.2)
     until = time.monotonic() + 15
-    while OrchestratorFactory.stats()["in_use"] and time.monotonic() < until:
+    while checkpointer_stats().in_use and time.monotonic() < until:
         await asyncio.sleep(0.2)
-    assert OrchestratorFactory.stats()["in_use"] == 0
+    assert checkpointer_stats().in_use == 0
 
 
 async def test_a_checkpointer_statement_that_gets_no_answer_fails_on_time(proxy: FaultProxy) -> None:
@@ -315,8 +316,8 @@ async def test_a_checkpointer_statement_that_gets_no_answer_fails_on_time(proxy:
     deadline of its own; the saver's answers at its deadline, not after psycopg's cancel attempts."""
     from psycopg.rows import dict_row
 
+    from app.config.connections import libpq_params
     from app.core.orchestrator_factory import BoundedPostgresSaver
-    from app.db.engine import libpq_params
 
     settings = get_settings()
     conn = await psycopg.AsyncConnection.connect(
@@ -346,8 +347,9 @@ def test_a_task_meeting_a_stalled_database_is_retried_to_completion(
 ) -> None:
     """The task's statement fails at the client deadline (1.5 s) instead of hanging its worker child, the
     timeout counts as "database unavailable", and DatabaseTask retries until the database answers."""
-    from app.tasks.content_generation_tasks import probe
+    from app.tasks.probe import probe
 
+    probe = probe.s().set(queue="content_generation")
     env = {
         **subprocess_env,
         "DATABASE_URL": through(proxy),

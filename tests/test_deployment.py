@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from app import topology
-from app.config.settings import InvalidSettingsError, load_settings, settings_from_mapping
-from app.core.celery_app import create_celery, queue_options, service_for_queues
+from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
+from app.core.celery_app import TASK_MODULES, create_celery, queue_options
+from app.worker.lifecycle import service_for_queues
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
@@ -137,12 +139,23 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
     conf = app.conf
     assert conf.task_create_missing_queues is False
     assert {q.name for q in conf.task_queues} == {"logs", "content_generation", "roadmap_workflow"}
-    assert conf.include == [s.task_module for s in topology.WORKERS]
+    assert conf.include == TASK_MODULES
+    assert set(TASK_MODULES) == {*(s.task_module for s in topology.WORKERS), "app.tasks.probe"}
     assert conf.worker_prefetch_multiplier == 1
     assert app.amqp.router.route({}, "app.tasks.content_generation_tasks.anything")["queue"].name == (
         "content_generation"
     )
-    assert service_for_queues("roadmap_workflow") == "celery_workflow"
+    # Each task takes its queue's options when the app binds it: a decorator names only the task.
+    from app.core.celery_app import celery_app
+    from app.messaging.names import FLUSH_TASK_EVENTS, GENERATE_CONTENT, PROBE
+
+    for module in TASK_MODULES:  # what a worker imports at start (include)
+        importlib.import_module(module)
+    tasks = celery_app.tasks
+    assert tasks[GENERATE_CONTENT].time_limit == get_settings().CELERY_CONTENT_TIME_LIMIT
+    assert tasks[GENERATE_CONTENT].acks_late and tasks[GENERATE_CONTENT].reject_on_worker_lost
+    assert tasks[FLUSH_TASK_EVENTS].acks_late is False and tasks[PROBE].acks_late is True
+    assert service_for_queues("roadmap_workflow", load_settings()) == "celery_workflow"
     # A worker on several queues, or on none without a worker SERVICE_TYPE, is in no service's budget.
     for queues in ("logs,content_generation", None):
         with pytest.raises(InvalidSettingsError, match="a worker serves exactly one queue"):

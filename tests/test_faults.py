@@ -80,7 +80,7 @@ async def count_topic(url: str, topic: str) -> int:
 def test_postgres_restart_under_load(
     own_postgres: OwnPostgres, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from app.tasks.content_generation_tasks import probe
+    from app.tasks.probe import probe
 
     env = {**subprocess_env, "DATABASE_URL": own_postgres.url("app"), "DB_POOL_TIMEOUT": "2"}
     headers = auth()
@@ -107,7 +107,8 @@ def test_postgres_restart_under_load(
             for thread in threads:
                 thread.start()
             time.sleep(1.5)
-            tasks = [probe.delay(hold_seconds=1.0) for _ in range(6)]  # in flight during the restart
+            content = probe.s(hold_seconds=1.0).set(queue="content_generation")
+            tasks = [content.delay() for _ in range(6)]  # in flight during the restart
             time.sleep(0.3)
             restarted_at = time.monotonic()
             own_postgres.restart()
@@ -182,6 +183,7 @@ def test_workers_survive_a_redis_restart(
     """
     from app.config.settings import get_settings
     from app.core.celery_app import create_celery
+    from app.messaging.names import PROBE
 
     limits = {"CELERY_CONTENT_TIME_LIMIT": "10", "CELERY_WORKFLOW_TIME_LIMIT": "10"}
     env = {**subprocess_env, "REDIS_URL": persistent_redis.url, **limits}
@@ -193,7 +195,6 @@ def test_workers_survive_a_redis_restart(
     app = create_celery(get_settings(), set_as_current=False)  # reads results
     sender = create_celery(get_settings(), set_as_current=False)
     sender.conf.result_backend = "disabled://"  # sends without subscribing to the results
-    content, flow = "app.tasks.content_generation_tasks.probe", "app.tasks.roadmap_workflow_tasks.probe"
 
     logs = start_worker("logs", 1, env, tmp_path)
     worker = start_worker("content_generation", 3, env, tmp_path)
@@ -201,8 +202,9 @@ def test_workers_survive_a_redis_restart(
     replacement = None
     try:
         wait_ready([logs, worker, doomed])
-        in_flight = [sender.send_task(content, kwargs={"sleep_seconds": 5}).id for _ in range(2)]
-        orphan = sender.send_task(flow, kwargs={"sleep_seconds": 3}).id
+        content, flow = {"queue": "content_generation"}, {"queue": "roadmap_workflow"}
+        in_flight = [sender.send_task(PROBE, kwargs={"sleep_seconds": 5}, **content).id for _ in range(2)]
+        orphan = sender.send_task(PROBE, kwargs={"sleep_seconds": 3}, **flow).id
         for task_id in [*in_flight, orphan]:
             _wait_for(app, task_id, frozenset({"STARTED"}), 30)
 
@@ -216,7 +218,7 @@ def test_workers_survive_a_redis_restart(
         assert all(_outcome(app, task_id, 30)["parent_pid"] == worker.pid for task_id in in_flight)
         assert worker.proc.poll() is None, worker.log()[-3000:]  # alive (5.7.0 died on reconnect)
         assert "Unrecoverable error" not in worker.log()
-        after = sender.send_task(content).id  # and still consuming
+        after = sender.send_task(PROBE, **content).id  # and still consuming
         assert _outcome(app, after, 30)["service"] == "celery_content"
 
         (tmp_path / "again").mkdir()

@@ -128,8 +128,8 @@ async def test_task_events_dropped_while_redis_is_down_are_counted_and_shown(
     not only logged. The emit itself stays fast (the connection is refused at once)."""
     from prometheus_client import REGISTRY
 
-    from app.core import redis_client
-    from app.tasks import task_events
+    from app import runtime
+    from app.messaging import task_events
 
     def counted() -> float:
         value = REGISTRY.get_sample_value("task_events_dropped_total", {"reason": "redis_unavailable"})
@@ -141,7 +141,7 @@ async def test_task_events_dropped_while_redis_is_down_are_counted_and_shown(
         closed_port = s.getsockname()[1]
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port}/0")
     get_settings.cache_clear()
-    monkeypatch.setattr(redis_client, "_sync", None)  # a client for the new URL
+    await runtime.current().aclose()  # clients built from here on use the new URL
 
     started = time.perf_counter()
     for n in range(3):

@@ -8,8 +8,9 @@ import uuid
 import asyncpg
 import structlog
 
+from app import runtime
 from app.config.settings import get_settings
-from app.core.orchestrator_factory import OrchestratorFactory
+from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
 from app.workflows.roadmap_graph import compiled_graph, thread_config
 
 
@@ -18,8 +19,11 @@ async def test_pool_is_configured_once_and_stays_within_max_size(
 ) -> None:
     settings = get_settings()
     with structlog.testing.capture_logs() as logs:
-        pool = await OrchestratorFactory.get_pool("celery_workflow")
-        assert await OrchestratorFactory.get_pool("celery_workflow") is pool
+        runtime.current().name_service("celery_workflow")
+        # Concurrent first users share one opening: one pool, one log line.
+        factories = await asyncio.gather(*(OrchestratorFactory.for_this_process() for _ in range(5)))
+        assert all(f is factories[0] for f in factories)
+        assert await OrchestratorFactory.for_this_process() is factories[0]
     configured = [e for e in logs if e["event"] == "langgraph_connection_pool_configured"]
     assert len(configured) == 1
     assert (
@@ -40,8 +44,7 @@ async def test_pool_is_configured_once_and_stays_within_max_size(
                 test_db_name, name,
             )  # fmt: skip
             peak = max(peak, n)
-            stats = OrchestratorFactory.stats()
-            assert stats["pool_size"] <= settings.LANGGRAPH_POOL_MAX_SIZE
+            assert checkpointer_stats().pool_size <= settings.LANGGRAPH_POOL_MAX_SIZE
             await asyncio.sleep(0.01)
 
     watcher = asyncio.create_task(watch())
@@ -49,10 +52,10 @@ async def test_pool_is_configured_once_and_stays_within_max_size(
     done.set()
     await watcher
     assert 1 <= peak <= settings.LANGGRAPH_POOL_MAX_SIZE
-    stats = OrchestratorFactory.stats()
-    assert stats["opened"] is True and stats["max_size"] == 3 and stats["in_use"] == 0
+    stats = checkpointer_stats()
+    assert stats.opened is True and stats.max_size == 3 and stats.in_use == 0
 
-    await OrchestratorFactory.close()
+    await runtime.current().aclose()
     for _ in range(50):
         if not await pg.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
@@ -62,4 +65,4 @@ async def test_pool_is_configured_once_and_stays_within_max_size(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("checkpointer connections left open after close()")
-    assert OrchestratorFactory.stats()["opened"] is False
+    assert checkpointer_stats().opened is False

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from app.config.settings import get_settings
-from app.tasks import outbox, watchdog
-from app.tasks.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
+from app.messaging import outbox, watchdog
+from app.messaging.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
 from tests.conftest import BASE_ENV, REDIS_URL, auth
 
 

@@ -108,7 +108,7 @@ def server_connections_of(pid: int) -> int:
 async def test_api_requests_and_a_workflow_through_pgbouncer(
     through_pgbouncer: int, client: httpx.AsyncClient, test_db: asyncpg.Connection
 ) -> None:
-    from app.core import orchestrator_factory
+    from app import runtime
     from app.tasks.content_generation_tasks import generate_content
     from app.workflows import roadmap_graph
 
@@ -128,7 +128,7 @@ async def test_api_requests_and_a_workflow_through_pgbouncer(
     assert await roadmap_graph.resume_after_content(roadmap_id) == "completed"
     body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", headers=auth())).json()
     assert body["status"] == "completed" and body["concept_status"] == {"completed": 6}
-    await orchestrator_factory.OrchestratorFactory.close()
+    await runtime.current().aclose()
 
 
 async def test_max_db_connections_caps_the_server_side(

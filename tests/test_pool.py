@@ -51,12 +51,12 @@ async def test_gauges_equal_what_pg_stat_activity_counts(pg: asyncpg.Connection,
 
 
 async def test_dispose_closes_every_server_connection(pg: asyncpg.Connection, test_db_name: str) -> None:
-    from app.db.engine import dispose_engine
+    from app import runtime
 
     async with safe_session() as session:
         await session.execute(text("SELECT 1"))
     assert await server_count(pg, test_db_name) >= 1
-    await dispose_engine()
+    await runtime.current().aclose()
     for _ in range(20):
         if await server_count(pg, test_db_name) == 0:
             break

@@ -208,7 +208,11 @@ def test_application_name_is_environment_dot_service(clean_env: pytest.MonkeyPat
 def test_app_start_up_with_bad_setting_exits_with_one_line(subprocess_env: dict[str, str]) -> None:
     env = {**subprocess_env, "DB_POOL_SIZE": "-2"}
     result = subprocess.run(
-        [sys.executable, "-c", "import app.main"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", "from app.main import app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]

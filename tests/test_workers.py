@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -43,10 +42,10 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Work
 
 
 def probe_task(queue: str):
-    """Each queue's task module has a ``probe`` task (routed by module to that queue)."""
-    spec = topology.for_queue(queue)
-    assert spec is not None and spec.task_module
-    return importlib.import_module(spec.task_module).probe
+    """The one probe task, sent to ``queue``: every worker registers it."""
+    from app.tasks.probe import probe
+
+    return probe.s().set(queue=queue)
 
 
 async def wait_for_rows(
@@ -130,10 +129,9 @@ async def test_killed_child_task_is_redelivered_and_completes_once(
 
 def test_task_events_are_written_one_connection_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run in this process (no worker), to count checkouts exactly: 120 events, batches of 50 -> 3."""
-    from app.core import async_runner
+    from app import runtime
     from app.core.redis_client import get_sync_redis
-    from app.db.engine import dispose_engine
-    from app.tasks import task_events
+    from app.messaging import task_events
     from app.tasks.logs_tasks import flush_task_events
 
     monkeypatch.setenv("TASK_LOG_BATCH_SIZE", "50")
@@ -152,9 +150,8 @@ def test_task_events_are_written_one_connection_per_batch(monkeypatch: pytest.Mo
         assert task_events.pending_count() == 0
         assert flush_task_events.run() == 0
     finally:
-        async_runner.run(dispose_engine())
-        async_runner.stop_process_loop()
         get_sync_redis().delete(task_events.pending_key(), task_events.flush_guard_key())
+        runtime.current().shutdown()
 
 
 def plain_worker(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -1,19 +1,25 @@
 """The FastAPI application (``uvicorn app.main:app``).
 
-The lifespan owns this process's resources: at shutdown it disposes of the
-engine, closes Redis and tells prometheus-client the process is gone. The engine itself is built on the
-first request that needs it, in the worker process, never in uvicorn's supervisor.
+``app`` is built when it is first asked for (uvicorn's import of ``app.main:app``, a test's
+``from app.main import app``), not when this module is imported: building it reads the settings,
+configures logging and runs the budget guard, which must happen in the process that serves.
+
+Resources belong to ``app.runtime``: the engine, Redis clients and so on are built on the first request
+that needs them, in the worker process, never in uvicorn's supervisor; the lifespan closes them all at
+shutdown and tells prometheus-client the process is gone.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import runtime
 from app.api import background
 from app.api.deadline import RequestDeadlineMiddleware
 from app.api.errors import install_error_handlers
@@ -23,9 +29,6 @@ from app.budget.guard import enforce_budget
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import mark_this_process_dead
-from app.core.orchestrator_factory import OrchestratorFactory
-from app.core.redis_client import close_redis
-from app.db.engine import dispose_engine
 
 log = structlog.get_logger("app.main")
 
@@ -45,9 +48,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await background.stop(jobs)
-        await OrchestratorFactory.close()
-        await dispose_engine()
-        await close_redis()
+        await runtime.current().aclose()
         mark_this_process_dead()
         log.info("api_stopped")
 
@@ -56,8 +57,9 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # Before uvicorn's first line, so every line of the process has one format.
     configure_logging(settings)
-    # Strict budget enforcement refuses to start here (unless railway_entrypoint.sh checked already).
-    enforce_budget(settings, "api")
+    if not settings.DB_BUDGET_CHECKED:  # railway_entrypoint.sh checked it already
+        # Strict enforcement refuses to start here: InvalidSettingsError exits with its one line.
+        enforce_budget(settings, "api")
     # No debug=settings.DEBUG: FastAPI's debug mode makes Starlette answer a 500 with its traceback
     # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
     app = FastAPI(
@@ -83,4 +85,12 @@ def create_app() -> FastAPI:
     return app
 
 
-app = create_app()
+@cache
+def _app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ They need what every API process already has, a budgeted pool and the broker, an
 wherever roadmaps are created, so they ride along in each API process's lifespan instead of adding a
 service to deploy, size and watch. Each round takes one short checkout; any number of processes and
 replicas may run them at once, because each round claims its rows with ``FOR UPDATE SKIP LOCKED``
-(app.tasks.outbox, app.tasks.watchdog). A failing round is logged and the next one tries again: a
+(app.messaging.outbox, app.messaging.watchdog). A failing round is logged and the next one tries again: a
 database or broker outage pauses them, it never stops them.
 """
 
@@ -19,7 +19,7 @@ import structlog
 
 from app.config.settings import Settings
 from app.core.logging import LogRateLimiter
-from app.tasks import outbox, watchdog
+from app.messaging import outbox, watchdog
 
 log = structlog.get_logger("app.background")
 _failures = LogRateLimiter(interval=30.0)

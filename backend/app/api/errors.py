@@ -33,8 +33,13 @@ from app.core.logging import LogRateLimiter
 from app.db.errors import is_database_misconfigured, is_database_timeout, is_database_unavailable
 
 log = structlog.get_logger("app.api")
-# During an outage every request is rejected: one warning per reason per second tells the story.
-_rejections = LogRateLimiter(interval=1.0)
+
+
+def _first_this_second(request: Request, reason: str) -> bool:
+    """During an outage every request is rejected: one warning per reason per second (per app, kept on
+    its state by ``install_error_handlers``) tells the story."""
+    limiter: LogRateLimiter = request.app.state.rejection_log
+    return limiter.allow(reason)
 
 
 def unavailable(reason: str, detail: str) -> JSONResponse:
@@ -46,7 +51,7 @@ def unavailable(reason: str, detail: str) -> JSONResponse:
 
 
 async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
-    if _rejections.allow("pool"):
+    if _first_this_second(request, "pool"):
         log.warning("request_rejected_pool_exhausted", path=request.url.path)
     return unavailable(
         "db_pool_exhausted",
@@ -57,7 +62,7 @@ async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
 
 async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
     if is_database_timeout(error):
-        if _rejections.allow("database_timeout"):
+        if _first_this_second(request, "database_timeout"):
             log.warning(
                 "request_rejected_database_timeout",
                 path=request.url.path,
@@ -65,14 +70,14 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
                 error=str(error),
             )
         return unavailable("database_timeout", "the database did not answer in time; retry shortly")
-    if _rejections.allow("database"):
+    if _first_this_second(request, "database"):
         log.warning("request_rejected_database_unavailable", path=request.url.path, error=str(error))
     return unavailable("database_unavailable", "the database is unreachable; retry shortly")
 
 
 async def database_misconfigured(request: Request, error: Exception) -> JSONResponse:
     # An error, not a warning: nothing will work until someone fixes DATABASE_URL (or the server).
-    if _rejections.allow("misconfigured"):
+    if _first_this_second(request, "misconfigured"):
         log.error("request_rejected_database_misconfigured", path=request.url.path, error=str(error))
     return unavailable(
         "database_misconfigured",
@@ -89,7 +94,7 @@ async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def queue_unavailable(request: Request, error: Exception) -> JSONResponse:
-    if _rejections.allow("queue"):
+    if _first_this_second(request, "queue"):
         log.warning("request_rejected_queue_unavailable", path=request.url.path, error=str(error))
     return unavailable("queue_unavailable", "the task queue (Redis) is unreachable; nothing was stored")
 
@@ -111,10 +116,11 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.state.rejection_log = LogRateLimiter(interval=1.0)
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, internal_error)
     # Redis unreachable where a request cannot do without it. Creating a roadmap is not such a place:
-    # its task waits in the outbox (app.tasks.outbox).
+    # its task waits in the outbox (app.messaging.outbox).
     app.add_exception_handler(kombu.exceptions.OperationalError, queue_unavailable)
     app.add_exception_handler(redis.exceptions.ConnectionError, queue_unavailable)
     app.add_exception_handler(QuotaExceeded, quota_exceeded)

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
             service = args.command or args.service
             configure_logging(settings, service=service)
-            enforce_budget(settings, service, force=True)
+            enforce_budget(settings, service)
     except InvalidSettingsError as exc:
         print(exc, file=sys.stderr)
         return 1

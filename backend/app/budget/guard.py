@@ -8,13 +8,12 @@ Two ceilings, both checked once per service start:
   protection on a 100-connection one. When the server cannot be reached the guard says so and checks
   the allocation alone: the service's own pool will keep retrying.
 
-Run by ``railway_entrypoint.sh`` (every service), by a Celery worker's parent when started by any other
-command, and at API import unless the entrypoint already did it (``DB_BUDGET_CHECKED``).
+Run by ``railway_entrypoint.sh`` (every service, once per start, before the server forks), and by the
+processes it would otherwise not cover: a Celery worker's parent and the API app, when they were
+started by another command (``DB_BUDGET_CHECKED`` unset).
 """
 
 from __future__ import annotations
-
-import os
 
 import psycopg
 import structlog
@@ -25,8 +24,6 @@ from app.config.settings import InvalidSettingsError, Settings
 from app.db.engine import direct_connection
 
 log = structlog.get_logger("app.budget")
-
-CHECKED_MARKER = "DB_BUDGET_CHECKED"
 
 
 def read_server_limits(settings: Settings) -> ServerLimits | None:
@@ -59,10 +56,10 @@ def overrun_message(budget: Budget) -> str:
 
 
 def enforce_budget(
-    settings: Settings, service: str | None = None, *, force: bool = False, read_server: bool = True
+    settings: Settings, service: str | None = None, *, read_server: bool = True
 ) -> Budget | None:
-    """Log (warn) or refuse (strict) a topology that cannot fit; once per service start."""
-    if settings.DB_BUDGET_ENFORCEMENT == "off" or (os.environ.get(CHECKED_MARKER) == "1" and not force):
+    """Log (warn) or refuse (strict) a topology that cannot fit."""
+    if settings.DB_BUDGET_ENFORCEMENT == "off":
         return None
     budget = budget_from_settings(settings, read_server_limits(settings) if read_server else None)
     if not budget.fits:
@@ -79,5 +76,4 @@ def enforce_budget(
             budget_service=service or settings.SERVICE_TYPE,
             change=", ".join(budget_variables()),
         )
-    os.environ[CHECKED_MARKER] = "1"
     return budget

@@ -159,6 +159,9 @@ class _CommonSettings(BaseSettings):
     # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
     # strict (refuse to start, naming the variables to change).
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
+    # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
+    # it starts (every uvicorn worker, a worker's parent) do not check again.
+    DB_BUDGET_CHECKED: bool = False
     # /metrics runs the pg_stat_activity audit (one short query) so alerts see the server's own count.
     DB_AUDIT_ON_SCRAPE: bool = True
 
@@ -208,7 +211,7 @@ class _CommonSettings(BaseSettings):
     # OUTBOX_RELAY_INTERVAL_SECONDS, from one process of the fleet at a time (an advisory lock).
     OUTBOX_RELAY_AFTER_SECONDS: float = Field(5.0, ge=0, le=3600)
     OUTBOX_RELAY_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=3600)
-    # 0 turns the relay and the watchdog off in this process (the API runs them; see app.tasks.outbox).
+    # 0 turns the relay and the watchdog off in this process (the API runs them; see app.messaging.outbox).
     BACKGROUND_JOBS: bool = True
 
     # --- LLM and web search providers -----------------------------------------------------------------

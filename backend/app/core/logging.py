@@ -1,4 +1,5 @@
-"""structlog, configured once per process: console lines in development, JSON lines in production.
+"""structlog, configured by each process's entry point (the API app, a worker's start, the CLIs):
+console lines in development, JSON lines in production.
 
 The standard library's loggers (uvicorn, celery, sqlalchemy) go through the same processors, so every
 line has a timestamp, a level and the service name, and every line passes the secret redactor.
@@ -15,8 +16,6 @@ from typing import Any
 import structlog
 
 from app.config.settings import Settings
-
-_configured = False
 
 
 @dataclass
@@ -65,10 +64,9 @@ class SecretRedactor:
 
 
 def configure_logging(settings: Settings, service: str | None = None, *, force: bool = False) -> None:
-    """Idempotent: the first call wins unless ``force`` (tests switch formats)."""
-    global _configured
-    if _configured and not force:
-        return
+    """Install the processors and the root handler (replacing, never adding: a second call leaves one
+    handler). ``force``: loggers are not cached, so a later call takes effect for them too (tests
+    switch formats)."""
     redactor = SecretRedactor(settings.secret_values())
     static = {"service": service or settings.SERVICE_TYPE, "environment": settings.ENVIRONMENT}
 
@@ -91,13 +89,17 @@ def configure_logging(settings: Settings, service: str | None = None, *, force: 
         if settings.LOG_FORMAT == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    # The same list instance, refilled: loggers cached under an earlier call hold a reference to it and
+    # follow the new configuration (structlog.testing.capture_logs relies on the same).
+    processors = structlog.get_config()["processors"]
+    # filter_by_level first: a call below LOG_LEVEL returns before any processor builds the event.
+    processors[:] = [
+        structlog.stdlib.filter_by_level,
+        *shared,
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        # filter_by_level first: a call below LOG_LEVEL returns before any processor builds the event.
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=not force,
@@ -122,4 +124,3 @@ def configure_logging(settings: Settings, service: str | None = None, *, force: 
         logging.getLogger(name).setLevel(logging.NOTSET)
         logging.getLogger(name).propagate = True
     access.propagate = not access_off
-    _configured = True

@@ -73,7 +73,7 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
 )
 
-# The transactional outbox (app.tasks.outbox): a broker outage shows as failures and a growing backlog,
+# The transactional outbox (app.messaging.outbox): a broker outage shows as failures and a growing backlog,
 # never as lost tasks. source: request (after the API's commit), worker, relay.
 OUTBOX_PUBLISHED = Counter(
     "outbox_messages_published_total", "Outbox messages the broker took, by publisher.", ["source"]

@@ -3,31 +3,31 @@
 LangGraph's ``AsyncPostgresSaver.from_conn_string`` opens connections with no pool settings at all, so
 the factory builds its own ``AsyncConnectionPool``:
 
-* ``min_size`` 2, ``max_size`` from settings (production 20; development sets 10), ``timeout`` so a
-  checkout fails fast like the SQLAlchemy pool does;
+* ``min_size``, ``max_size`` and ``timeout`` from settings (LANGGRAPH_POOL_*), so a checkout fails fast
+  like the SQLAlchemy pool's does;
 * the connection options the saver needs: autocommit and dict rows; prepared statements off when the
   database sits behind PgBouncer in transaction mode;
 * ``check=AsyncConnectionPool.check_connection``: a connection is verified before it is handed out, so a
   server restart or an idle cut never surfaces as an error in a workflow step;
 * ``application_name = <environment>.<service>.langgraph``: pg_stat_activity and the budget audit see
   this pool apart from the service's SQLAlchemy pool;
-* the same deadlines as the SQLAlchemy connections (``app.db.engine.libpq_params``): connect_timeout,
+* the same deadlines as the SQLAlchemy connections (``app.config.connections.libpq_params``): connect_timeout,
   TCP keepalives, and ``statement_timeout`` / ``idle_in_transaction_session_timeout`` through libpq's
   ``options``. psycopg has no client-side statement deadline, and psycopg_pool's ``check`` and
   LangGraph's own calls have none either: against a server that stopped answering they would wait
   forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``) fails with
   ``CheckpointerTimeout`` once ``Settings.checkpointer_operation_timeout`` has passed.
 
-Like the SQLAlchemy engine it is created lazily in the process that uses it (a workflow worker child,
-never a prefork parent), opened explicitly (``open=False`` then ``await pool.open()``), and closed at
-shutdown. Only processes that run workflows open it; an API process reports it as not opened.
+Like the SQLAlchemy engine it belongs to the process that uses it (``app.runtime``): a workflow worker
+child opens it explicitly (``open=False`` then ``await pool.open()``) on its first graph run and closes
+it at shutdown; an API process reports it as not opened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -38,9 +38,10 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from app import runtime
+from app.config.connections import libpq_params
 from app.config.settings import Settings, get_settings
 from app.core import metrics
-from app.db.engine import configured_service, libpq_params
 
 log = structlog.get_logger("app.orchestrator")
 T = TypeVar("T")
@@ -144,17 +145,36 @@ class BoundedPostgresSaver(AsyncPostgresSaver):
         )
 
 
+@dataclass(frozen=True)
+class CheckpointerStats:
+    """What /health shows and what the gauges publish; ``opened`` is false where no graph ever ran."""
+
+    opened: bool
+    min_size: int
+    max_size: int
+    pool_size: int = 0
+    in_use: int = 0
+    available: int = 0
+    waiting: int = 0
+
+
 class OrchestratorFactory:
-    """Per-process owner of the checkpointer pool (the guide keeps it at class level; so do we, keyed
-    by pid so that a forked child never uses its parent's sockets)."""
+    """Builds and owns one process's checkpointer pool and the saver on top of it.
 
-    _pool: AsyncConnectionPool | None = None
-    _saver: BoundedPostgresSaver | None = None
-    _pid: int | None = None
-    _service: str | None = None
+    ``for_this_process()`` gives this process's factory, opened on first use and owned by
+    ``app.runtime`` like the engine: a workflow worker child opens it with its first graph run, never
+    a prefork parent, and an API process never opens one at all.
+    """
 
-    @classmethod
-    def build_pool(cls, settings: Settings, service: str) -> AsyncConnectionPool:
+    def __init__(self, settings: Settings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.pool = self.build_pool(settings, service)
+        self.saver = BoundedPostgresSaver(self.pool)  # type: ignore[arg-type]
+        self.saver.deadline = settings.checkpointer_operation_timeout(service)
+
+    @staticmethod
+    def build_pool(settings: Settings, service: str) -> AsyncConnectionPool:
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "row_factory": dict_row,
@@ -174,66 +194,77 @@ class OrchestratorFactory:
             name=f"langgraph-{service}",
         )
 
-    @classmethod
-    async def get_pool(cls, service: str | None = None) -> AsyncConnectionPool:
-        if cls._pool is not None and cls._pid != os.getpid():
-            cls._pool = cls._saver = None  # inherited across fork: not ours to use or close
-        if cls._pool is None:
-            settings = get_settings()
-            service = service or configured_service()
-            pool = cls.build_pool(settings, service)
-            await pool.open(wait=True, timeout=settings.LANGGRAPH_POOL_TIMEOUT)
-            cls._pool, cls._pid, cls._service = pool, os.getpid(), service
-            log.info(
-                "langgraph_connection_pool_configured",
-                environment=settings.ENVIRONMENT,
-                min_size=settings.LANGGRAPH_POOL_MIN_SIZE,
-                max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
-                application_name=checkpointer_application_name(settings, service),
-            )
-        return cls._pool
+    async def open(self) -> OrchestratorFactory:
+        await self.pool.open(wait=True, timeout=self.settings.LANGGRAPH_POOL_TIMEOUT)
+        log.info(
+            "langgraph_connection_pool_configured",
+            environment=self.settings.ENVIRONMENT,
+            min_size=self.settings.LANGGRAPH_POOL_MIN_SIZE,
+            max_size=self.settings.LANGGRAPH_POOL_MAX_SIZE,
+            application_name=checkpointer_application_name(self.settings, self.service),
+        )
+        return self
 
-    @classmethod
-    async def get_checkpointer(cls, service: str | None = None) -> BoundedPostgresSaver:
-        pool = await cls.get_pool(service)
-        if cls._saver is None:
-            saver = BoundedPostgresSaver(pool)  # type: ignore[arg-type]
-            service = cls._service or configured_service()
-            saver.deadline = get_settings().checkpointer_operation_timeout(service)
-            cls._saver = saver
-        return cls._saver
+    async def close(self) -> None:
+        await self.pool.close()
 
-    @classmethod
-    def stats(cls) -> dict[str, Any]:
-        """Live figures for /health and Prometheus; ``opened: false`` in processes that never ran a graph."""
-        settings = get_settings()
-        base = {
-            "min_size": settings.LANGGRAPH_POOL_MIN_SIZE,
-            "max_size": settings.LANGGRAPH_POOL_MAX_SIZE,
-        }
-        if cls._pool is None or cls._pid != os.getpid():
-            return {"opened": False, **base, "pool_size": 0, "in_use": 0, "available": 0, "waiting": 0}
-        raw = cls._pool.get_stats()
+    def stats(self) -> CheckpointerStats:
+        raw = self.pool.get_stats()
         size, available = raw.get("pool_size", 0), raw.get("pool_available", 0)
-        stats = {
-            "opened": True,
-            **base,
-            "pool_size": size,
-            "in_use": size - available,
-            "available": available,
-            "waiting": raw.get("requests_waiting", 0),
-        }
-        service = cls._service or configured_service()
-        metrics.LANGGRAPH_POOL_SIZE.labels(service).set(size)
-        metrics.LANGGRAPH_POOL_IN_USE.labels(service).set(size - available)
-        metrics.LANGGRAPH_POOL_MAX.labels(service).set(settings.LANGGRAPH_POOL_MAX_SIZE)
-        return stats
+        return CheckpointerStats(
+            opened=True,
+            min_size=self.settings.LANGGRAPH_POOL_MIN_SIZE,
+            max_size=self.settings.LANGGRAPH_POOL_MAX_SIZE,
+            pool_size=size,
+            in_use=size - available,
+            available=available,
+            waiting=raw.get("requests_waiting", 0),
+        )
 
     @classmethod
-    async def close(cls) -> None:
-        pool, cls._pool, cls._saver = cls._pool, None, None
-        if pool is not None and cls._pid == os.getpid():
-            await pool.close()
+    async def for_this_process(cls) -> OrchestratorFactory:
+        return await runtime.current().open(
+            _RUNTIME_KEY,
+            lambda: cls(get_settings(), runtime.current().service).open(),
+            close=_close,
+            abandon=_abandon,
+        )
+
+
+_RUNTIME_KEY = "langgraph.checkpointer"
+
+
+async def _close(factory: OrchestratorFactory) -> None:
+    await factory.close()
+
+
+def _abandon(_factory: OrchestratorFactory) -> None:
+    """Inherited across fork: the pool's sockets and worker threads are the parent's; just forget it."""
+
+
+async def get_checkpointer() -> BoundedPostgresSaver:
+    """This process's saver, its pool opened on first use."""
+    return (await OrchestratorFactory.for_this_process()).saver
+
+
+def checkpointer_stats() -> CheckpointerStats:
+    """This process's checkpointer pool figures; reading them opens nothing."""
+    factory: OrchestratorFactory | None = runtime.current().peek(_RUNTIME_KEY)
+    if factory is not None:
+        return factory.stats()
+    settings = get_settings()
+    return CheckpointerStats(
+        opened=False, min_size=settings.LANGGRAPH_POOL_MIN_SIZE, max_size=settings.LANGGRAPH_POOL_MAX_SIZE
+    )
+
+
+def publish_checkpointer_metrics(stats: CheckpointerStats, service: str) -> None:
+    """The checkpointer pool gauges (a workflow worker child publishes them after each task)."""
+    if not stats.opened:
+        return
+    metrics.LANGGRAPH_POOL_SIZE.labels(service).set(stats.pool_size)
+    metrics.LANGGRAPH_POOL_IN_USE.labels(service).set(stats.in_use)
+    metrics.LANGGRAPH_POOL_MAX.labels(service).set(stats.max_size)
 
 
 async def setup_checkpointer_tables() -> None:

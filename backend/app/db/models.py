@@ -172,7 +172,7 @@ class OutboxMessage(Base):
 
     The row commits with the roadmap it is about, so a broker that is down or slow never loses work and
     never holds a request: the API publishes right after its commit, and the relay publishes whatever
-    is left (``app.tasks.outbox``). A published message's row is deleted.
+    is left (``app.messaging.outbox``). A published message's row is deleted.
     """
 
     __tablename__ = "outbox"

@@ -26,7 +26,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.config.settings import get_settings
-from app.db.engine import current_service, get_engine, get_sessionmaker
+from app.db.engine import get_engine, get_sessionmaker, process_engine
 from app.db.pool_metrics import record_pool_timeout
 
 log = structlog.get_logger("app.db")
@@ -89,8 +89,8 @@ async def _gated() -> AsyncIterator[None]:
 
 
 def _pool_timed_out() -> None:
-    record_pool_timeout(current_service())
-    log.warning("db_pool_timeout", pool_service=current_service())
+    record_pool_timeout(process_engine().service)
+    log.warning("db_pool_timeout", pool_service=process_engine().service)
 
 
 @asynccontextmanager

@@ -4,22 +4,45 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from app.config.settings import get_settings
 from app.schemas.types import integral_float_to_int
 
 
+def _state_the_cap(schema: dict[str, Any], _model: type) -> None:
+    """The OpenAPI schema states ROADMAP_MAX_CONCEPTS as the maximum, read when the schema is built
+    (the app's first /openapi.json), like the validator reads it per request."""
+    concept_count = schema["properties"]["concept_count"]
+    for option in concept_count.get("anyOf", [concept_count]):
+        if option.get("type") == "integer":
+            option["maximum"] = get_settings().ROADMAP_MAX_CONCEPTS
+
+
 class RoadmapCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # true is not 1, "5" is not 5
+    # strict: true is not 1, "5" is not 5
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_state_the_cap)
 
     # Two visible characters at least, and no NUL (PostgreSQL text cannot store it).
     topic: str = Field(min_length=2, max_length=300, pattern=r"^\s*[^\s\x00][^\x00]*[^\s\x00]\s*$")
-    # The cap is ROADMAP_MAX_CONCEPTS, read when the app is built so the OpenAPI schema states it.
-    concept_count: int | None = Field(default=None, ge=1, le=get_settings().ROADMAP_MAX_CONCEPTS)
+    concept_count: int | None = Field(default=None, ge=1)
 
     _integral = field_validator("concept_count", mode="before")(integral_float_to_int)
+
+    @field_validator("concept_count")
+    @classmethod
+    def _within_cap(cls, value: int | None) -> int | None:
+        # ROADMAP_MAX_CONCEPTS is read per request, not captured when this module is imported; the
+        # error is the one ``le=`` would give.
+        cap = get_settings().ROADMAP_MAX_CONCEPTS
+        if value is not None and value > cap:
+            raise PydanticCustomError(
+                "less_than_equal", "Input should be less than or equal to {le}", {"le": cap}
+            )
+        return value
 
     @field_validator("topic")
     @classmethod

@@ -1,6 +1,6 @@
 """Queue ``content_generation``: a roadmap's concept content, at most CONCEPT_CONCURRENCY_LIMIT at once.
 
-About 30 concepts per roadmap; an ``asyncio.Semaphore`` lets CONCEPT_CONCURRENCY_LIMIT (15) run at a
+About 30 concepts per roadmap; an ``asyncio.Semaphore`` lets CONCEPT_CONCURRENCY_LIMIT run at a
 time and ``asyncio.gather(..., return_exceptions=True)`` keeps one concept's failure from failing the
 others. A failed concept is retried (CONCEPT_MAX_ATTEMPTS) and, if it still fails, recorded as failed.
 
@@ -33,18 +33,17 @@ from typing import Any, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from app import runtime
 from app.config.settings import get_settings
-from app.core import async_runner
-from app.core.celery_app import celery_app, queue_options
+from app.core.celery_app import celery_app
 from app.db.batch import Coalescer
-from app.db.engine import current_service
+from app.db.engine import process_engine
 from app.db.errors import is_database_unavailable
 from app.db.session import limit_checkouts, safe_session
+from app.messaging import outbox, task_events
+from app.messaging.names import GENERATE_CONTENT, RESUME_WORKFLOW
 from app.repositories.roadmaps import RoadmapRepository
 from app.repositories.task_logs import TaskLogRepository
-from app.tasks import outbox, task_events
-from app.tasks.names import GENERATE_CONTENT, RESUME_WORKFLOW
-from app.tasks.probe import probe_database
 from app.tools.llm import RoadmapLLM, get_llm
 from app.tools.search.web_search_router import WebSearchRouter
 
@@ -241,7 +240,7 @@ async def generate_content(
     run = _Run(asyncio.Semaphore(settings.CONCEPT_CONCURRENCY_LIMIT))
 
     started = time.perf_counter()
-    with limit_checkouts(settings.fan_out_checkouts(current_service())):
+    with limit_checkouts(settings.fan_out_checkouts(process_engine().service)):
         results = await asyncio.gather(
             *(_generate_one(roadmap_id, topic, cid, title, llm, router, run) for cid, title in todo),
             return_exceptions=True,
@@ -267,24 +266,11 @@ async def generate_content(
     return report
 
 
-@celery_app.task(
-    name=GENERATE_CONTENT,
-    **queue_options("content_generation"),
-)
+@celery_app.task(name=GENERATE_CONTENT)
 def generate_roadmap_content(roadmap_id: str) -> dict[str, Any]:
-    report = async_runner.run(generate_content(roadmap_id))
+    report = runtime.current().run(generate_content(roadmap_id))
     log.info("roadmap_content_generated", **report.__dict__)
     # Every concept is written or failed for real: the workflow assembles. Stored before it is
     # published, so a broker outage now delays the resume instead of leaving the roadmap generating.
-    async_runner.run(outbox.send(RESUME_WORKFLOW, roadmap_id))
+    runtime.current().run(outbox.send(RESUME_WORKFLOW, roadmap_id))
     return report.__dict__
-
-
-# Its result is read (tests, diagnostics), unlike every other task's.
-@celery_app.task(
-    name="app.tasks.content_generation_tasks.probe",
-    ignore_result=False,
-    **queue_options("content_generation"),
-)
-def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
-    return async_runner.run(probe_database(hold_seconds, sleep_seconds))

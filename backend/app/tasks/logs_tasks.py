@@ -6,14 +6,14 @@ from typing import Any
 
 import structlog
 
+from app import runtime
 from app.config.settings import get_settings
-from app.core import async_runner
-from app.core.celery_app import celery_app, queue_options
+from app.core.celery_app import celery_app
 from app.core.redis_client import get_sync_redis
 from app.db.session import safe_session
+from app.messaging import task_events
+from app.messaging.names import FLUSH_TASK_EVENTS
 from app.repositories.task_logs import TaskLogRepository
-from app.tasks import task_events
-from app.tasks.probe import probe_database
 
 log = structlog.get_logger("app.tasks.logs")
 
@@ -23,7 +23,7 @@ async def _write(batch: list[dict[str, Any]]) -> None:
         await TaskLogRepository(session).add_many(batch)
 
 
-@celery_app.task(name="app.tasks.logs_tasks.flush_task_events", **queue_options("logs"))
+@celery_app.task(name=FLUSH_TASK_EVENTS)
 def flush_task_events() -> int:
     """Drain the Redis buffer into task_logs. One flusher at a time (a Redis lock), so a batch is
     trimmed from the buffer only by the process that committed it."""
@@ -34,7 +34,7 @@ def flush_task_events() -> int:
     written = 0
     try:
         while batch := task_events.peek_batch(size):
-            async_runner.run(_write(batch))
+            runtime.current().run(_write(batch))
             task_events.drop_batch(len(batch))
             written += len(batch)
     finally:
@@ -42,9 +42,3 @@ def flush_task_events() -> int:
     if written:
         log.info("task_events_flushed", rows=written)
     return written
-
-
-# Its result is read (tests, diagnostics), unlike every other task's.
-@celery_app.task(name="app.tasks.logs_tasks.probe", ignore_result=False, **queue_options("logs"))
-def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
-    return async_runner.run(probe_database(hold_seconds, sleep_seconds))

@@ -1,9 +1,10 @@
 """A smoke test every queue answers: which process ran it, as which service, and what its pool holds.
 
-``celery -A app.core.celery_app call app.tasks.content_generation_tasks.probe`` after a deploy shows
-that the queue is served and that the worker reaches the database under its own application_name.
-``hold_seconds`` keeps the connection checked out (to load a pool); ``sleep_seconds`` waits *without*
-one, the way a task should wait for an LLM.
+One task, registered by every worker (``app.core.celery_app`` includes this module); the caller picks
+the queue. After a deploy, ``celery -A app.core.celery_app call app.tasks.probe.probe
+--queue=content_generation`` shows that the queue is served and that its worker reaches the database
+under its own application_name. ``hold_seconds`` keeps the connection checked out (to load a pool);
+``sleep_seconds`` waits *without* one, the way a task should wait for an LLM.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Any
 
 from sqlalchemy import text
 
-from app.db.engine import current_service, pool_snapshot
+from app import runtime
+from app.core.celery_app import celery_app
+from app.db.engine import pool_snapshot
 from app.db.session import safe_session
+from app.messaging.names import PROBE
 
 
 async def probe_database(hold_seconds: float, sleep_seconds: float) -> dict[str, Any]:
@@ -29,7 +33,14 @@ async def probe_database(hold_seconds: float, sleep_seconds: float) -> dict[str,
     return {
         "pid": os.getpid(),
         "parent_pid": os.getppid(),
-        "service": current_service(),
+        "service": runtime.current().service,
         "application_name": application_name,
         "pool": asdict(pool_snapshot()),
     }
+
+
+# Its result is read (tests, diagnostics), unlike every other task's. Acknowledged late and redelivered
+# when its worker dies, like the long tasks: it is how the fault tests watch a redelivery happen.
+@celery_app.task(name=PROBE, ignore_result=False, acks_late=True, reject_on_worker_lost=True)
+def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
+    return runtime.current().run(probe_database(hold_seconds, sleep_seconds))

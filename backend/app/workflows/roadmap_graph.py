@@ -18,11 +18,11 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from app.core.orchestrator_factory import OrchestratorFactory
+from app.core.orchestrator_factory import get_checkpointer
 from app.db.session import safe_session
+from app.messaging import outbox, task_events
+from app.messaging.names import GENERATE_CONTENT
 from app.repositories.roadmaps import RoadmapRepository
-from app.tasks import outbox, task_events
-from app.tasks.names import GENERATE_CONTENT
 from app.tools.llm import get_llm
 
 
@@ -104,7 +104,7 @@ def build_graph() -> StateGraph:
 
 
 async def compiled_graph() -> CompiledStateGraph:
-    checkpointer = await OrchestratorFactory.get_checkpointer()
+    checkpointer = await get_checkpointer()
     return build_graph().compile(checkpointer=checkpointer, interrupt_before=["assemble"])
 
 

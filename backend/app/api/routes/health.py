@@ -1,7 +1,7 @@
 """``GET /health``: the guide's JSON shape, with live pool figures and a Redis section.
 
-200 when the database answers; 503 within HEALTH_CHECK_TIMEOUT (1.5 s by default, so under the 2 s a
-load balancer typically allows) when it does not, including when the pool is exhausted. A Redis outage
+200 when the database answers; 503 within HEALTH_CHECK_TIMEOUT (kept under the 2 s a load balancer
+typically allows) when it does not, including when the pool is exhausted. A Redis outage
 degrades the service (status ``degraded``) but does not take it out of rotation: reads still work; the
 ``task_events`` section then says events are not being recorded and counts the ones this process lost.
 Nothing secret is reported: no URL, no host, no user.
@@ -19,11 +19,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.config.settings import get_settings
-from app.core.orchestrator_factory import OrchestratorFactory
+from app.core.orchestrator_factory import checkpointer_stats
 from app.core.redis_client import get_redis
 from app.db.engine import pool_snapshot
 from app.db.session import safe_session
-from app.tasks import task_events
+from app.messaging import task_events
 
 router = APIRouter(tags=["health"])
 log = structlog.get_logger("app.health")
@@ -74,7 +74,7 @@ async def health() -> JSONResponse:
             "redis": redis,
             # The checkpointer pool of *this* process: API processes do not open one (only workflow
             # workers run graphs), so here it normally reads opened=false with its configured sizes.
-            "langgraph": {"pool": OrchestratorFactory.stats()},
+            "langgraph": {"pool": asdict(checkpointer_stats())},
             # Events emitted while Redis is down are dropped (logging never fails a request or a task):
             # how many this process lost, and whether the ones emitted now are recorded.
             # task_events_dropped_total in /metrics is the same count summed over processes.

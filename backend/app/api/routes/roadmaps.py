@@ -17,6 +17,8 @@ from app.api.routes import API_V1
 from app.config.settings import get_settings
 from app.core.security import Principal
 from app.db.session import read, safe_session
+from app.messaging import outbox, task_events
+from app.messaging.names import RUN_WORKFLOW
 from app.repositories.roadmaps import EVERY_OWNER, EveryOwner, RoadmapRepository
 from app.repositories.task_logs import TaskLogRepository
 from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, QUOTA, UNAVAILABLE
@@ -27,8 +29,6 @@ from app.schemas.roadmaps import (
     RoadmapPage,
     RoadmapSummary,
 )
-from app.tasks import outbox, task_events
-from app.tasks.names import RUN_WORKFLOW
 
 router = APIRouter(prefix=f"{API_V1}/roadmaps", tags=["roadmaps"], responses={**AUTH, **UNAVAILABLE})
 

@@ -1,7 +1,7 @@
 """Task events, buffered in Redis and written to task_logs in batches by the ``logs`` queue.
 
 Any process (API, workers) calls ``emit()``: one RPUSH, no database connection. At most one
-``logs_tasks.flush_task_events`` is queued per TASK_LOG_FLUSH_INTERVAL (a SET NX guard), and that task
+``flush_task_events`` (queue ``logs``) is queued per TASK_LOG_FLUSH_INTERVAL (a SET NX guard), and that task
 writes up to TASK_LOG_BATCH_SIZE events per connection. Writing one row per event from every worker
 would cost a checkout per line; here a burst of thousands of events costs a handful.
 
@@ -24,7 +24,9 @@ import structlog
 
 from app.config.settings import get_settings
 from app.core import metrics
+from app.core.celery_app import celery_app
 from app.core.redis_client import get_sync_redis
+from app.messaging.names import FLUSH_TASK_EVENTS
 
 log = structlog.get_logger("app.task_events")
 
@@ -85,9 +87,7 @@ def emit(
     try:
         interval_ms = int(get_settings().TASK_LOG_FLUSH_INTERVAL * 1000)
         if client.set(flush_guard_key(), "1", nx=True, px=interval_ms):
-            from app.tasks.logs_tasks import flush_task_events
-
-            flush_task_events.apply_async(countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
+            celery_app.send_task(FLUSH_TASK_EVENTS, countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
     except Exception as exc:  # noqa: BLE001
         # Not lost: the event is in Redis, and the next emit after the guard expires schedules a flush.
         log.warning("task_event_flush_not_scheduled", task_event=event, error=str(exc))

@@ -31,8 +31,8 @@ from app.config.settings import get_settings
 from app.core.metrics import WATCHDOG_ACTIONS
 from app.db.models import IN_PROGRESS, Concept, OutboxMessage, Roadmap
 from app.db.session import safe_session
-from app.tasks import outbox
-from app.tasks.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
+from app.messaging import outbox
+from app.messaging.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
 
 log = structlog.get_logger("app.watchdog")
 
