@@ -285,7 +285,7 @@ class _CommonSettings(BaseSettings):
             from sqlalchemy.engine import make_url
 
             try:
-                port = make_url(to_asyncpg_url(value.get_secret_value())).port
+                port = make_url(value.get_secret_value()).port
             except ValueError:
                 port = -1
             if port is not None and not 1 <= port <= 65535:
@@ -497,19 +497,36 @@ def redis_cert_reqs(url: str) -> str | None:
     return parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower().removeprefix("cert_")
 
 
+# The drivers a URL may name that each consumer accepts in place of its own. A URL naming any other
+# driver is returned as it is.
+_ASYNCPG_FROM = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
+_LIBPQ_FROM = frozenset({"postgres", "postgresql+asyncpg", "postgresql+psycopg"})
+
+
+def _with_driver(url: str, driver: str, replaced: frozenset[str]) -> str:
+    """``url`` naming ``driver`` when SQLAlchemy's parser (the engine's own) reads its driver as one of
+    ``replaced``; otherwise ``url`` unchanged.
+
+    Only the driver changes. ``render_as_string`` would re-encode the rest, and libpq reads the result
+    differently: it refuses the raw space a ``%20`` in a password or database name becomes, and takes a
+    ``+`` in a query value literally where SQLAlchemy's form encoding means a space.
+    """
+    from sqlalchemy.engine import make_url
+
+    current = make_url(url).drivername  # the URL's scheme, exactly as written
+    if current not in replaced:
+        return url
+    return driver + url[len(current) :]
+
+
 def to_asyncpg_url(url: str) -> str:
     """Accept the ``postgres://`` / ``postgresql://`` forms PaaS hand out; SQLAlchemy needs the driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
+    return _with_driver(url, "postgresql+asyncpg", _ASYNCPG_FROM)
 
 
 def to_libpq_url(url: str) -> str:
-    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
+    """The URL as libpq (psycopg) reads it: ``postgresql://``, without a SQLAlchemy driver."""
+    return _with_driver(url, "postgresql", _LIBPQ_FROM)
 
 
 def mask_url(url: str) -> str:
