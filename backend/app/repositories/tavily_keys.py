@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import TavilyApiKey
@@ -71,9 +71,3 @@ class TavilyKeyRepository:
 
     async def list(self) -> list[TavilyApiKey]:
         return list(await self.session.scalars(select(TavilyApiKey).order_by(TavilyApiKey.id)))
-
-    async def exhaust(self, key_id: int) -> None:
-        """The provider said the key has no quota left: stop choosing it."""
-        await self.session.execute(
-            update(TavilyApiKey).where(TavilyApiKey.id == key_id).values(status="exhausted")
-        )
