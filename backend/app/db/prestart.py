@@ -1,8 +1,8 @@
 """The explicit prestart step: wait for PostgreSQL, then migrate to head, once, under a lock.
 
 Run by ``backend/scripts/prestart.sh``: Railway's ``preDeployCommand``, compose's ``migrate`` service,
-``dev.sh``. Migrations never run as a side effect of importing the app: with eight uvicorn workers that
-would be eight concurrent migrations.
+``dev.sh``. Migrations never run as a side effect of importing the app: every uvicorn worker would then
+run its own, concurrently.
 
 Two prestarts may still start together (two services deploying at once, replicas started with
 ``RUN_MIGRATIONS=1``). Each takes a session-level PostgreSQL advisory lock first, on its own

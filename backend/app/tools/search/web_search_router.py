@@ -1,10 +1,10 @@
-"""Chooses a Tavily key for each search, with the guide's Redis cache of key availability.
+"""Chooses a Tavily key for each search, behind a Redis cache of whether any key has credits left.
 
 Per search:
 
-1. ``tavily:keys:available`` in Redis (0/1, TTL TAVILY_AVAILABILITY_CACHE_TTL = 30 s). On a miss,
-   ``TavilyKeyRepository.get_best_key()`` decides and the answer is cached. When no key has credits, every
-   search within the TTL is answered from Redis without touching the database.
+1. ``tavily:keys:available`` in Redis (the guide's key: 0/1, for TAVILY_AVAILABILITY_CACHE_TTL seconds).
+   On a miss, ``TavilyKeyRepository.get_best_key()`` decides and the answer is cached. When no key has
+   credits, every search within the TTL is answered from Redis without touching the database.
 2. One atomic statement picks the best key and spends a credit (``reserve_credit``), in its own short
    session: no connection is held during the HTTP call to the search provider.
 
