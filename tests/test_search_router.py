@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from app.config.settings import get_settings
 from app.core.redis_client import get_redis
-from app.repositories.tavily_keys import RESERVE_CREDITS
+from app.repositories.tavily_keys import RESERVE_CREDITS, TavilyKeyRepository
 from app.tools.search.offline import OfflineSearch
-from app.tools.search.web_search_router import WebSearchRouter
+from app.tools.search.web_search_router import WebSearchRouter, availability_lookups
 
 RESERVE_CREDIT = RESERVE_CREDITS.replace(":n", "1")  # one credit, in asyncpg's own syntax
 
@@ -39,25 +39,42 @@ async def add_key(db: asyncpg.Connection, credits: int, status: str = "active") 
     )  # fmt: skip
 
 
+def lookups_since(before: dict[str, int]) -> dict[str, int]:
+    """Availability checks answered since ``before`` (an ``availability_lookups()``), by source."""
+    now = availability_lookups()
+    return {source: now[source] - before[source] for source in now}
+
+
 async def test_miss_then_hits_within_ttl(keys: asyncpg.Connection) -> None:
     await add_key(keys, 100)
     router = WebSearchRouter(OfflineSearch())
+    before = availability_lookups()
     outcomes = [await router.search(f"query {i}") for i in range(20)]
     assert all(o.reason == "ok" and len(o.results) == 3 for o in outcomes)
-    assert router.stats.cache_misses == 1 and router.stats.cache_hits == 19
-    assert router.stats.availability_queries == 1
+    assert lookups_since(before) == {"database": 1, "cache": 19}
     assert await get_redis().get(router.cache_key) == b"1"
     assert 0 < await get_redis().ttl(router.cache_key) <= get_settings().TAVILY_AVAILABILITY_CACHE_TTL
     assert await keys.fetchval("SELECT remaining_credits FROM tavily_api_keys") == 80
 
 
-async def test_no_keys_is_cached_as_zero_and_spares_the_database(keys: asyncpg.Connection) -> None:
+async def test_no_keys_is_cached_as_zero_and_spares_the_database(
+    keys: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await add_key(keys, 0)  # no credits
     await add_key(keys, 50, status="disabled")
+    reservations: list[int] = []
+    reserve = TavilyKeyRepository.reserve_credit
+
+    async def counted(self: TavilyKeyRepository, attempts: int = 10, n: int = 1) -> object:
+        reservations.append(n)
+        return await reserve(self, attempts, n)
+
+    monkeypatch.setattr(TavilyKeyRepository, "reserve_credit", counted)
     router = WebSearchRouter(OfflineSearch())
+    before = availability_lookups()
     outcomes = [await router.search("q") for _ in range(50)]
     assert {o.reason for o in outcomes} == {"no_search_keys"}
-    assert router.stats.availability_queries == 1 and router.stats.reservation_queries == 0
+    assert lookups_since(before)["database"] == 1 and reservations == []
     assert await get_redis().get(router.cache_key) == b"0"
 
 
@@ -74,11 +91,12 @@ async def test_redis_down_falls_back_to_the_database(
     await add_key(keys, 10)
     dead = Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5, socket_timeout=0.5)
     router = WebSearchRouter(OfflineSearch(), redis=dead)
+    before = availability_lookups()
     with structlog.testing.capture_logs() as logs:
         outcomes = [await router.search("q") for _ in range(3)]
     assert all(o.reason == "ok" for o in outcomes)  # never fails the request
-    assert router.stats.availability_queries == 3 and router.stats.redis_errors >= 3
     fallback = [e for e in logs if e["event"] == "tavily_availability_cache_unavailable"]
+    assert lookups_since(before)["database"] == 3 and len(fallback) >= 3
     assert fallback and fallback[0]["fallback"] == "database" and fallback[0]["log_level"] == "warning"
     await dead.aclose()
 
@@ -132,6 +150,7 @@ async def test_router_spends_credits_concurrently_without_overdraft(keys: asyncp
 async def test_concurrent_misses_share_one_database_lookup(keys: asyncpg.Connection) -> None:
     await add_key(keys, 0)
     router = WebSearchRouter(OfflineSearch())
+    before = availability_lookups()
     outcomes = await asyncio.gather(*(router.search(f"q{i}") for i in range(25)))
     assert {o.reason for o in outcomes} == {"no_search_keys"}
-    assert router.stats.availability_queries == 1  # single flight, not 25 queries at expiry
+    assert lookups_since(before)["database"] == 1  # single flight, not 25 queries at expiry

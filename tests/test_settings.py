@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from app import topology
 from app.config.settings import InvalidSettingsError, Settings, load_settings
@@ -189,6 +190,46 @@ def test_dsn_from_parts_or_url(clean_env: pytest.MonkeyPatch) -> None:
     assert "***" in settings.database_url_masked
     clean_env.setenv("DATABASE_URL", "postgres://u:pw-from-url@h:6543/app")
     assert load_settings().database_url == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
+
+
+@pytest.mark.parametrize(
+    ("url", "asyncpg", "libpq"),
+    [
+        (
+            "postgres://u:pw@h:6543/app",
+            "postgresql+asyncpg://u:pw@h:6543/app",
+            "postgresql://u:pw@h:6543/app",
+        ),
+        ("postgresql://u@h/app", "postgresql+asyncpg://u@h/app", "postgresql://u@h/app"),
+        (
+            "postgresql+psycopg://u:pw@h/app?sslmode=require&application_name=x",
+            "postgresql+asyncpg://u:pw@h/app?sslmode=require&application_name=x",
+            "postgresql://u:pw@h/app?sslmode=require&application_name=x",
+        ),
+        ("postgresql+asyncpg://u:pw@h/app", "postgresql+asyncpg://u:pw@h/app", "postgresql://u:pw@h/app"),
+    ],
+)
+def test_each_driver_gets_the_url_form_it_reads(
+    clean_env: pytest.MonkeyPatch, url: str, asyncpg: str, libpq: str
+) -> None:
+    """The forms PaaS hand out become the asyncpg URL (SQLAlchemy) and the libpq URL (psycopg): only
+    the driver changes, the rest is kept as written."""
+    clean_env.setenv("DATABASE_URL", url)
+    clean_env.setenv("CHECKPOINTER_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url == asyncpg
+    assert settings.database_conninfo == libpq
+    assert settings.checkpointer_conninfo == libpq
+
+
+def test_libpq_reads_encoded_spaces_as_written(clean_env: pytest.MonkeyPatch) -> None:
+    """libpq refuses a raw space in a URL and takes "+" literally: re-encoding the URL would break both."""
+    clean_env.setenv("POSTGRES_PASSWORD", "correct horse")
+    clean_env.setenv("CHECKPOINTER_DATABASE_URL", "postgres://u@h/my%20db?options=-c%20search_path%3Da+b")
+    settings = load_settings()
+    assert conninfo_to_dict(settings.database_conninfo)["password"] == "correct horse"
+    checkpointer = conninfo_to_dict(settings.checkpointer_conninfo)
+    assert (checkpointer["dbname"], checkpointer["options"]) == ("my db", "-c search_path=a+b")
 
 
 def test_rediss_url_with_cert_requirements_is_accepted(clean_env: pytest.MonkeyPatch) -> None:

@@ -240,7 +240,8 @@ def fleet(settings: Settings) -> list[ServicePlan]:
 
 
 def start_command(settings: Settings, name: str, *, port: str = "8000", loglevel: str = "INFO") -> list[str]:
-    """The command that starts one replica of ``name``, in the guide's shape, its counts from settings.
+    """The command that starts one replica of ``name`` (uvicorn, or a Celery worker on its queue), its
+    process count from settings.
 
     railway_entrypoint.sh execs exactly this (``python -m app.budget --command NAME``), so what the
     shell starts and what the budget counts cannot disagree. A worker started by any other command

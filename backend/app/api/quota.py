@@ -14,7 +14,7 @@ and search calls on the workers every user shares.
 * Redis unreachable or stalled: the rate is not counted (fail open, one warning a second). Creation
   does not need Redis (its task waits in the outbox), so failing closed would turn a Redis outage into
   a creation outage; the cap still bounds what one user can start. The check is bounded by
-  RATE_CHECK_TIMEOUT so a stalled Redis costs a POST a quarter of a second, not REDIS_TIMEOUT.
+  RATE_CHECK_TIMEOUT, so a stalled Redis costs a POST that long at most, not REDIS_TIMEOUT.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Two ways of counting, side by side, because the difference is the point:
 
 * **as the guide counts**: each Celery worker is ``1 parent + N children`` processes, each at its
   pool's ``pool_size + max_overflow``; the LangGraph pool is counted once at ``LANGGRAPH_POOL_MAX_SIZE``;
-  the total adds the *estimated* peak (``DB_BUDGET_PEAK_FACTOR``, 60%), not the maximum. This
-  reproduces the guide's tables (147 / 88 / 108 and 350 / 210 / 250).
+  the total adds the *estimated* peak (``DB_BUDGET_PEAK_FACTOR``, the guide's 60%), not the maximum.
+  This reproduces the guide's tables (147 / 88 / 108 and 350 / 210 / 250).
 * **what really opens connections**: prefork parents open none (tested), so only children count; the
   checkpointer pool is per process, and every workflow child that runs a graph opens one; every
   replica brings all of its processes' pools. This is the worst case the server can see, and what the
@@ -129,7 +129,7 @@ class Budget:
 
     @property
     def guide_theoretical_total(self) -> int:
-        """The guide's own figures at full load instead of at 60%."""
+        """The guide's own figures at full load instead of at the estimated peak."""
         return self.sqlalchemy_theoretical + self.langgraph_max_size + self.admin_reserve
 
     # -- what really opens connections -------------------------------------------------------------

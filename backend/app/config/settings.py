@@ -1,8 +1,9 @@
 """The one Settings class: every knob of the service, with the production values as defaults.
 
-Connection allocation (managed PostgreSQL, ``max_connections = 400``):
+Connection allocation (one managed PostgreSQL server shared by the environments):
 
-* production gets 280 connections, development 120 (``DB_CONNECTION_BUDGET``);
+* each environment gets its share of the server's ``max_connections`` (``DB_CONNECTION_BUDGET``; the
+  guide splits 400 as production 280, development 120);
 * each process holds at most ``pool_size + max_overflow`` SQLAlchemy connections: the shared
   ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` unless its service sets its own (``API_DB_POOL_SIZE``, ...);
 * the LangGraph checkpointer has its own psycopg pool per workflow process (``LANGGRAPH_POOL_MAX_SIZE``);
@@ -61,7 +62,8 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
-# After DB_TCP_KEEPALIVES_IDLE, a silent peer is probed every 10 s and given up after 3 unanswered probes.
+# After DB_TCP_KEEPALIVES_IDLE, a silent peer is probed every TCP_KEEPALIVES_INTERVAL seconds and given
+# up after TCP_KEEPALIVES_COUNT unanswered probes.
 TCP_KEEPALIVES_INTERVAL = 10
 TCP_KEEPALIVES_COUNT = 3
 
@@ -106,7 +108,7 @@ class _CommonSettings(BaseSettings):
     CHECKPOINTER_DATABASE_URL: SecretStr | None = None
 
     # --- SQLAlchemy pool, per process ---------------------------------------------------------------
-    # The shared sizing (production 6 + 4 = 10 per process): a service's <PREFIX>_DB_POOL_SIZE /
+    # The shared sizing, pool_size + max_overflow per process: a service's <PREFIX>_DB_POOL_SIZE /
     # <PREFIX>_DB_MAX_OVERFLOW, when set, wins for that service's processes.
     DB_POOL_SIZE: int = Field(6, ge=1, le=200)
     DB_MAX_OVERFLOW: int = Field(4, ge=0, le=200)
@@ -130,10 +132,11 @@ class _CommonSettings(BaseSettings):
     # The server ends a session left idle inside a transaction this long (a client stuck or gone
     # mid-transaction would otherwise hold its row locks and its connection slot forever). 0: off.
     DB_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, ge=0, le=86400)
-    # The server probes a silent client's socket after this many idle seconds (then every 10 s, 3
-    # times): the connections of a host that vanished leave pg_stat_activity and the budget within
-    # about a minute instead of the kernel's two hours. The client side probes the same way (libpq
-    # keepalives for psycopg; asyncpg has none, its command_timeout and the idle ping cover it).
+    # The server probes a silent client's socket after this many idle seconds (then every
+    # TCP_KEEPALIVES_INTERVAL seconds, TCP_KEEPALIVES_COUNT times): the connections of a host that
+    # vanished leave pg_stat_activity and the budget that much later, not after the kernel's two hours.
+    # The client side probes the same way (libpq keepalives for psycopg; asyncpg has none, its
+    # command_timeout and the idle ping cover it).
     DB_TCP_KEEPALIVES_IDLE: int = Field(30, ge=1, le=7200)
     # Pool instrumentation (events -> Prometheus, usage logs); off only to measure its cost.
     DB_POOL_METRICS_ENABLED: bool = True
@@ -220,14 +223,14 @@ class _CommonSettings(BaseSettings):
     LLM_BASE_URL: str = "https://api.openai.com/v1"
     LLM_MODEL: str = "gpt-4o-mini"
     LLM_TIMEOUT: float = Field(60.0, gt=0, le=600)
-    # Simulated latency of the offline provider per call (load tests: the guide's 1 s LLM call).
+    # Simulated latency of the offline provider per call (docs/benchmarks.md's load tests use 1 s).
     LLM_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
     # Tavily keys live in the database (admin API); "offline" searches nothing outside this machine.
     SEARCH_PROVIDER: Literal["tavily", "offline"] = "tavily"
     TAVILY_BASE_URL: str = "https://api.tavily.com"
     SEARCH_TIMEOUT: float = Field(20.0, gt=0, le=120)
     SEARCH_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
-    # The guide's Redis cache of key availability (tavily:keys:available, 0/1).
+    # Seconds the Redis cache of key availability keeps an answer (the guide's tavily:keys:available, 0/1).
     TAVILY_AVAILABILITY_CACHE_TTL: int = Field(30, ge=1, le=3600)
 
     # --- auth -------------------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class _CommonSettings(BaseSettings):
             from sqlalchemy.engine import make_url
 
             try:
-                port = make_url(to_asyncpg_url(value.get_secret_value())).port
+                port = make_url(value.get_secret_value()).port
             except ValueError:
                 port = -1
             if port is not None and not 1 <= port <= 65535:
@@ -421,7 +424,6 @@ class _CommonSettings(BaseSettings):
         pool's scheduling and the kill at the hard limit. Any shorter and a slow but alive task would
         be started a second time; any longer and the tasks of a worker that died without restoring
         them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
-        Production: 3600 + 30 + 360 = 3990 s (it was twice the longest limit of any service, 2 h).
         """
         limits = [
             p.time_limit
@@ -500,19 +502,36 @@ def redis_cert_reqs(url: str) -> str | None:
     return parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower().removeprefix("cert_")
 
 
+# The drivers a URL may name that each consumer accepts in place of its own. A URL naming any other
+# driver is returned as it is.
+_ASYNCPG_FROM = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
+_LIBPQ_FROM = frozenset({"postgres", "postgresql+asyncpg", "postgresql+psycopg"})
+
+
+def _with_driver(url: str, driver: str, replaced: frozenset[str]) -> str:
+    """``url`` naming ``driver`` when SQLAlchemy's parser (the engine's own) reads its driver as one of
+    ``replaced``; otherwise ``url`` unchanged.
+
+    Only the driver changes. ``render_as_string`` would re-encode the rest, and libpq reads the result
+    differently: it refuses the raw space a ``%20`` in a password or database name becomes, and takes a
+    ``+`` in a query value literally where SQLAlchemy's form encoding means a space.
+    """
+    from sqlalchemy.engine import make_url
+
+    current = make_url(url).drivername  # the URL's scheme, exactly as written
+    if current not in replaced:
+        return url
+    return driver + url[len(current) :]
+
+
 def to_asyncpg_url(url: str) -> str:
     """Accept the ``postgres://`` / ``postgresql://`` forms PaaS hand out; SQLAlchemy needs the driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
+    return _with_driver(url, "postgresql+asyncpg", _ASYNCPG_FROM)
 
 
 def to_libpq_url(url: str) -> str:
-    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
+    """The URL as libpq (psycopg) reads it: ``postgresql://``, without a SQLAlchemy driver."""
+    return _with_driver(url, "postgresql", _LIBPQ_FROM)
 
 
 def mask_url(url: str) -> str:

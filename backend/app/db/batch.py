@@ -1,8 +1,8 @@
 """Coalesce concurrent small writes into one statement: one checkout per batch, not one per caller.
 
 Concept generation runs ``CONCEPT_CONCURRENCY_LIMIT`` concepts at once, and concepts started together
-finish together (their LLM calls take about as long). Written one by one, a wave of 15 concepts makes
-15 checkouts within a few milliseconds of each other, which is what pushed a 10-connection pool to
+finish together (their LLM calls take about as long). Written one by one, such a wave makes as many
+checkouts within a few milliseconds of each other, which is what pushed a 10-connection pool to
 ``db_pool_critical_usage``. Here each caller adds its item and awaits its own result; the first item
 of a batch schedules a flush ``linger`` seconds later, and everything added by then is written by one
 statement in one short session.

@@ -3,11 +3,12 @@
 * ``connect`` / ``close`` / ``close_detached``: server connections open (what pg_stat_activity sees);
 * ``checkout`` / ``checkin``: connections in use, and how long each was held (the guide's
   ``db_connection_hold_seconds``: hold time, not connection count, is what exhausts a pool);
-* at 70% / 90% of ``pool_size + max_overflow`` the guide's ``db_pool_high_usage`` (info) and
-  ``db_pool_critical_usage`` (error) events, at most once per ``DB_POOL_USAGE_LOG_INTERVAL`` seconds
-  per level, so a busy pool does not flood the log.
+* at ``DB_POOL_HIGH_USAGE_RATIO`` / ``DB_POOL_CRITICAL_USAGE_RATIO`` of ``pool_size + max_overflow``
+  (the guide's 70% / 90%), the guide's ``db_pool_high_usage`` (info) and ``db_pool_critical_usage``
+  (error) events, at most once per ``DB_POOL_USAGE_LOG_INTERVAL`` seconds per level, so a busy pool
+  does not flood the log.
 
-Pool timeouts are counted where they surface, in ``app.db.session.safe_session``.
+Pool timeouts are counted where they surface, in ``app.db.session`` (``safe_session``, ``autocommit``).
 """
 
 from __future__ import annotations

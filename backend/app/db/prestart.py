@@ -1,8 +1,8 @@
 """The explicit prestart step: wait for PostgreSQL, then migrate to head, once, under a lock.
 
 Run by ``backend/scripts/prestart.sh``: Railway's ``preDeployCommand``, compose's ``migrate`` service,
-``dev.sh``. Migrations never run as a side effect of importing the app: with eight uvicorn workers that
-would be eight concurrent migrations.
+``dev.sh``. Migrations never run as a side effect of importing the app: every uvicorn worker would then
+run its own, concurrently.
 
 Two prestarts may still start together (two services deploying at once, replicas started with
 ``RUN_MIGRATIONS=1``). Each takes a session-level PostgreSQL advisory lock first, on its own
@@ -18,12 +18,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
+from tenacity import RetryCallState, Retrying, stop_after_delay, wait_incrementing
 
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
@@ -49,20 +51,27 @@ async def _ping() -> None:
         await engine.dispose()
 
 
+def _not_ready(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.info("database_not_ready", attempt=state.attempt_number, error=str(error))
+
+
 def wait_for_database(timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            asyncio.run(_ping())
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            if time.monotonic() >= deadline:
-                log.error("database_unreachable", attempts=attempt, error=str(exc))
-                raise SystemExit(f"database not reachable after {timeout:.0f} s: {exc}") from None
-            log.info("database_not_ready", attempt=attempt, error=str(exc))
-            time.sleep(min(2.0, 0.25 * attempt))
+    """Ping until PostgreSQL answers; any failure means "not yet". The pause after each failure grows,
+    up to a cap: a server about to accept is found quickly, one still starting is not hammered. After
+    ``timeout`` seconds of failures, exit with the last one."""
+
+    def unreachable(state: RetryCallState) -> NoReturn:
+        error = state.outcome.exception() if state.outcome else None
+        log.error("database_unreachable", attempts=state.attempt_number, error=str(error))
+        raise SystemExit(f"database not reachable after {timeout:.0f} s: {error}")
+
+    Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_incrementing(start=0.25, increment=0.25, max=2.0),
+        before_sleep=_not_ready,
+        retry_error_callback=unreachable,
+    )(lambda: asyncio.run(_ping()))
 
 
 @contextmanager

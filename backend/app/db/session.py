@@ -2,15 +2,18 @@
 
 * ``safe_session()``: an ORM session in a transaction, for writes. It commits on success, rolls back
   on error and always returns the connection to the pool, which makes leaks impossible by construction.
-* ``read(query)``: one read on a connection in autocommit, for the request path's reads. A read needs
-  no BEGIN/COMMIT round trips, and the routes' reads are single statements, so a request costs one
-  round trip (behind PgBouncer in transaction mode a transaction is kept: see ``read``). A read that
-  finds its connection dead (killed while pooled) runs once more on a fresh one: reads are idempotent,
-  and the pool has already replaced every connection older than the failure.
+* ``autocommit()``: a connection on which each statement commits by itself, for single statements
+  (an atomic ``UPDATE ... RETURNING``) whose row locks should end with the statement.
+* ``read(query)``: one read on an ``autocommit()`` connection, for the request path's reads. A read
+  needs no BEGIN/COMMIT round trips, and the routes' reads are single statements, so a request costs
+  one round trip (behind PgBouncer in transaction mode a transaction is kept: see ``autocommit``). A
+  read that finds its connection dead (killed while pooled) runs once more on a fresh one: reads are
+  idempotent, and the pool has already replaced every connection older than the failure.
 * ``limit_checkouts(n)``: a bound on the sessions a task's own fan-out holds at once.
 
-Both are where a pool timeout surfaces, so this is where ``db_pool_connection_timeouts_total`` is
-counted before the error travels on (the API turns it into a 503, a Celery task into a retry).
+``safe_session()`` and ``autocommit()`` are where a pool timeout surfaces, so this is where
+``db_pool_connection_timeouts_total`` is counted before the error travels on (the API turns it into a
+503, a Celery task into a retry).
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ _checkout_gate: ContextVar[asyncio.Semaphore | None] = ContextVar("db_checkout_g
 
 @contextmanager
 def limit_checkouts(slots: int) -> Iterator[None]:
-    """Within the block (and the tasks it starts), at most ``slots`` sessions at once: a fan-out of 15
-    concepts then queues for the pool below its high-usage mark instead of piling onto it."""
+    """Within the block (and the tasks it starts), at most ``slots`` sessions at once: a content task's
+    concept fan-out then queues for the pool below its high-usage mark instead of piling onto it."""
     token = _checkout_gate.set(asyncio.Semaphore(slots))
     try:
         yield

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import TavilyApiKey
 
-# One statement picks the key with the most credits and spends one of them. The subquery takes no
-# lock; the UPDATE locks that single row and re-checks ``remaining_credits > 0`` on the latest version,
+# One statement picks the key with the most credits and spends ``n`` of them. The subquery takes no
+# lock; the UPDATE locks that single row and re-checks ``remaining_credits >= :n`` on the latest version,
 # so two workers can never both spend a key's last credit (the CHECK constraint backs that up). When a
 # competitor got there first the statement updates nothing and the caller tries again. Locking only one
 # row per statement is what keeps this deadlock-free (a FOR UPDATE subquery with ORDER BY ... LIMIT
@@ -35,7 +35,8 @@ class TavilyKeyRepository:
         self.session = session
 
     async def get_best_key(self) -> TavilyApiKey | None:
-        """The active key with the most remaining credits (the guide's availability check)."""
+        """The active key with the most remaining credits, None when no key has any: the database's
+        answer to WebSearchRouter's availability check."""
         return await self.session.scalar(
             select(TavilyApiKey)
             .where(TavilyApiKey.status == "active", TavilyApiKey.remaining_credits > 0)
@@ -71,9 +72,3 @@ class TavilyKeyRepository:
 
     async def list(self) -> list[TavilyApiKey]:
         return list(await self.session.scalars(select(TavilyApiKey).order_by(TavilyApiKey.id)))
-
-    async def exhaust(self, key_id: int) -> None:
-        """The provider said the key has no quota left: stop choosing it."""
-        await self.session.execute(
-            update(TavilyApiKey).where(TavilyApiKey.id == key_id).values(status="exhausted")
-        )

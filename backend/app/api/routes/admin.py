@@ -21,7 +21,8 @@ router = APIRouter(prefix=f"{API_V1}/admin", tags=["admin"], responses={**AUTH, 
 
 @router.get("/connections")
 async def connections(session: SessionDep, _admin: AdminUser) -> dict[str, Any]:
-    """The live audit: pg_stat_activity grouped as the guide groups it, each service against its budget."""
+    """The live audit of pg_stat_activity: this environment's connections by service, each against its
+    budget, and the whole instance's. Also refreshes the audit's Prometheus gauges."""
     audit = await run_audit(session, get_settings())
     publish(audit)
     return audit.as_dict()

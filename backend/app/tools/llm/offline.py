@@ -2,7 +2,7 @@
 
 Selected by ``LLM_PROVIDER=offline``, or by ``auto`` when no ``LLM_API_KEY`` is set. Its output says
 that it is offline; nothing pretends to be a model. ``LLM_OFFLINE_LATENCY`` simulates the time a real
-call takes (the guide's load figures assume about 1 s), so pool behaviour under load is realistic.
+call takes (docs/benchmarks.md's load runs use 1 s), so pool behaviour under load is realistic.
 """
 
 from __future__ import annotations
