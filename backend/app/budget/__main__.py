@@ -35,6 +35,8 @@ from app.config.settings import (
     load_settings,
     settings_from_mapping,
 )
+from app.core.logging import configure_logging
+from app.db.engine import build_unpooled_engine
 
 EXIT_USAGE = 64  # railway_entrypoint.sh's status for an unknown SERVICE_TYPE (sysexits EX_USAGE)
 
@@ -186,8 +188,6 @@ def render_audit(audit: Audit) -> str:
 
 
 async def _audit(settings: Settings) -> Audit:
-    from app.db.engine import build_unpooled_engine
-
     engine = build_unpooled_engine(settings, service="audit")
     try:
         async with engine.connect() as conn:
@@ -235,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_for(args.environment, _overrides(args.set))
         if args.guard:
-            from app.core.logging import configure_logging
-
             service = args.command or args.service
             configure_logging(settings, service=service)
             enforce_budget(settings, service)

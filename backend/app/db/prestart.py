@@ -29,6 +29,7 @@ from tenacity import RetryCallState, Retrying, stop_after_delay, wait_incrementi
 
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
+from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db.engine import build_unpooled_engine, direct_connection
 
 log = structlog.get_logger("app.prestart")
@@ -127,8 +128,6 @@ def main(argv: list[str] | None = None) -> None:
         before = schema_revision(conn)
         command.upgrade(alembic_config(), args.revision)
         # LangGraph's checkpoint tables are created here too, never by a worker at run time.
-        from app.core.orchestrator_factory import setup_checkpointer_tables
-
         asyncio.run(setup_checkpointer_tables())
         after = schema_revision(conn)
     log.info("prestart_done", revision=args.revision, migrated_from=before, migrated_to=after)

@@ -31,7 +31,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_exponential_jitter,
+)
 
 from app import runtime
 from app.config.settings import get_settings
@@ -160,46 +167,45 @@ async def _generate_one(
     Returns whether this call wrote the content, False when the concept failed for real (recorded as
     failed); raises only when the database stayed unavailable, leaving the concept to the task's retry.
     """
-    settings = get_settings()
-    for attempt in range(1, settings.CONCEPT_MAX_ATTEMPTS + 1):
-        try:
-            async with run.slot():
-                # Marked started (with the wave's other concepts) while the search runs; a start that
-                # fails cancels the search, so nothing runs outside the slot or spends a credit twice.
-                search = asyncio.ensure_future(router.search(f"{topic} {title}"))  # short sessions inside
-                try:
-                    await _outlasting_outage(partial(run.starts.submit, concept_id, None))
-                except BaseException:
-                    search.cancel()
-                    raise
-                outcome = await search
-                content = await llm.write_concept(topic, title, outcome.results)
-        except Exception as exc:
-            if is_database_unavailable(exc):
-                raise
-            error = f"{type(exc).__name__}: {exc}"
-            if attempt < settings.CONCEPT_MAX_ATTEMPTS:
-                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
-                continue
-            return await _failed_for_real(roadmap_id, concept_id, error, attempt, run)
-        # The content is paid for: an outage now delays its write, it does not redo the LLM call.
-        event = task_events.record(
-            "concept_written", task_name="generate_roadmap_content", task_id=roadmap_id,
-            queue="content_generation", concept_id=str(concept_id), attempts=attempt, search=outcome.reason,
-        )  # fmt: skip
-        try:
-            written = await _outlasting_outage(
-                partial(run.contents.submit, concept_id, _Content(content, event))
-            )
-        except Exception as exc:
-            if is_database_unavailable(exc):
-                raise
-            # A value the database refuses (app.db.batch wrote the rest of the wave): this concept's.
-            return await _failed_for_real(
-                roadmap_id, concept_id, f"{type(exc).__name__}: {exc}", attempt, run
-            )
-        return written
-    return False
+    attempts = 0
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(get_settings().CONCEPT_MAX_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.4, max=2.0),
+            # A database outage is not the concept's failure: it goes up at once (a cancellation too).
+            retry=retry_if_exception(lambda e: isinstance(e, Exception) and not is_database_unavailable(e)),
+            reraise=True,
+        ):
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                async with run.slot():
+                    # Marked started (with the wave's other concepts) while the search runs; a start that
+                    # fails cancels the search, so nothing runs outside the slot or spends a credit twice.
+                    search = asyncio.ensure_future(router.search(f"{topic} {title}"))  # short sessions inside
+                    try:
+                        await _outlasting_outage(partial(run.starts.submit, concept_id, None))
+                    except BaseException:
+                        search.cancel()
+                        raise
+                    outcome = await search
+                    content = await llm.write_concept(topic, title, outcome.results)
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise
+        return await _failed_for_real(roadmap_id, concept_id, f"{type(exc).__name__}: {exc}", attempts, run)
+    # The content is paid for: an outage now delays its write, it does not redo the LLM call.
+    event = task_events.record(
+        "concept_written", task_name="generate_roadmap_content", task_id=roadmap_id,
+        queue="content_generation", concept_id=str(concept_id), attempts=attempts, search=outcome.reason,
+    )  # fmt: skip
+    try:
+        written = await _outlasting_outage(partial(run.contents.submit, concept_id, _Content(content, event)))
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise
+        # A value the database refuses (app.db.batch wrote the rest of the wave): this concept's.
+        return await _failed_for_real(roadmap_id, concept_id, f"{type(exc).__name__}: {exc}", attempts, run)
+    return written
 
 
 async def _failed_for_real(
