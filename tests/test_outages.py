@@ -18,12 +18,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from own_services import OwnPostgres, OwnRedis, free_port, running_api
 
-from tests.conftest import auth
-from tests.workers import Worker, start_worker, wait_ready
+from scripts.own_services import OwnPostgres, OwnRedis, free_port, running_api
+from tests.support.auth import auth
+from tests.support.workers import Worker, start_worker, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 
 TERMINAL = ("completed", "failed")
 
