@@ -9,7 +9,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import BASE_ENV, auth
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV
 
 JSON = {"content-type": "application/json"}
 KEYS = "/api/v1/admin/tavily-keys"

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from own_services import free_port, running_api
 from schemathesis.specs.openapi import checks
 
 from app.main import app
-from tests.conftest import BASE_ENV, auth
+from scripts.own_services import free_port, running_api
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 
 
 def schema_as(role: str) -> Any:
@@ -53,7 +54,7 @@ EXCLUDED = [checks.allow_header_conformance]
 
 
 @pytest.fixture(scope="module")
-def api_base() -> Iterator[str]:
+def api_base(migrated_database: str) -> Iterator[str]:
     with running_api({**os.environ, **BASE_ENV}, free_port()) as base:
         yield base
 

@@ -7,7 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import auth
+from tests.support.auth import auth
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 async def test_writes_need_a_token(client: httpx.AsyncClient) -> None:

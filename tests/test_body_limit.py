@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from own_services import free_port, wait_answering
 
-from tests.conftest import BACKEND, auth
+from scripts.own_services import free_port, wait_answering
+from tests.support.auth import auth
+from tests.support.env import BACKEND
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 
 LIMIT = 65_536
 ANNOUNCED = 250 * 1024 * 1024  # what the attack announced
@@ -31,7 +32,7 @@ CHUNK = b"x" * 65_536
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[tuple[str, psutil.Process]]:
+def api(migrated_database: str) -> Iterator[tuple[str, psutil.Process]]:
     """One uvicorn process (no supervisor: its RSS is the application's)."""
     env = {**os.environ, "MAX_REQUEST_BODY_BYTES": str(LIMIT)}
     port = free_port()

@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -27,9 +26,8 @@ from app.budget.model import budget_from_settings, suggest
 from app.config.settings import InvalidSettingsError, Settings, get_settings
 from app.db.engine import get_engine
 from app.db.session import safe_session
-from tests.conftest import ADMIN_URL, TEST_DB, auth
-
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
+from tests.support.auth import auth
+from tests.support.env import ADMIN_URL, BACKEND, TEST_DB
 
 
 @pytest.mark.parametrize(
@@ -51,10 +49,10 @@ def test_tables_reproduce_the_guide(
     assert f"**over by {worst - allocation}**" in text
 
 
-def test_cli_prints_the_tables(subprocess_env: dict[str, str]) -> None:
+def test_cli_prints_the_tables(standalone_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app.budget", "--environment", "production"],
-        cwd=BACKEND, env=subprocess_env, capture_output=True, text=True,
+        cwd=BACKEND, env=standalone_env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 1  # the guide's production topology does not fit: a deploy gate fails
     out = result.stdout
@@ -62,16 +60,16 @@ def test_cli_prints_the_tables(subprocess_env: dict[str, str]) -> None:
     assert "350 + 20 + 20 = 390" in out and "460" in out
 
 
-def budget_json(subprocess_env: dict[str, str], *args: str) -> tuple[int, dict]:
+def budget_json(standalone_env: dict[str, str], *args: str) -> tuple[int, dict]:
     result = subprocess.run(
         [sys.executable, "-m", "app.budget", "--json", *args],
-        cwd=BACKEND, env=subprocess_env, capture_output=True, text=True, timeout=60,
+        cwd=BACKEND, env=standalone_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     return result.returncode, json.loads(result.stdout)
 
 
-def test_json_is_a_deploy_gate(subprocess_env: dict[str, str]) -> None:
-    status, body = budget_json(subprocess_env, "--environment", "production")
+def test_json_is_a_deploy_gate(standalone_env: dict[str, str]) -> None:
+    status, body = budget_json(standalone_env, "--environment", "production")
     assert status == 1 and body["fits"] is False
     assert (body["environment"], body["allocation"], body["worst_case"]) == ("production", 280, 460)
     workflow = next(s for s in body["services"] if s["service"] == "celery_workflow")
@@ -80,7 +78,7 @@ def test_json_is_a_deploy_gate(subprocess_env: dict[str, str]) -> None:
     assert [s["service"] for s in body["services"]] == list(topology.NAMES)
     found = suggest(settings_for("production"))
     sets = [arg for name, value in found.env().items() for arg in ("--set", f"{name}={value}")]
-    status, body = budget_json(subprocess_env, "--environment", "production", *sets)
+    status, body = budget_json(standalone_env, "--environment", "production", *sets)
     assert status == 0 and body["fits"] is True and body["worst_case"] == found.worst_case
 
 
@@ -346,19 +344,19 @@ def test_guard_is_quiet_when_it_fits() -> None:
     assert logs == []
 
 
-def test_the_english_guide_shows_the_tables_the_code_computes(subprocess_env: dict[str, str]) -> None:
+def test_the_english_guide_shows_the_tables_the_code_computes(standalone_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, str(BACKEND.parent / "scripts" / "update_generated.py"), "--check"],
-        env=subprocess_env, capture_output=True, text=True,
+        env=standalone_env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     doc = (BACKEND.parent / "docs" / "connection-pool-guide.md").read_text()
     assert "**250 < 280**" in doc and "**108 < 120**" in doc and "**460**" in doc
 
 
-def test_a_misspelt_setting_is_refused_not_ignored(subprocess_env: dict[str, str]) -> None:
+def test_a_misspelt_setting_is_refused_not_ignored(standalone_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app.budget", "--environment", "production", "--set", "API_REPLICA=3"],
-        cwd=BACKEND, env=subprocess_env, capture_output=True, text=True, timeout=60,
+        cwd=BACKEND, env=standalone_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode != 0 and "API_REPLICA: no such setting" in result.stderr

@@ -18,6 +18,8 @@ from app.tools.search.base import SearchResult
 from app.tools.search.offline import OfflineSearch
 from app.tools.search.web_search_router import WebSearchRouter
 
+pytestmark = pytest.mark.usefixtures("migrated_database")
+
 
 async def new_roadmap(concepts: int) -> str:
     async with safe_session() as session:

@@ -1,8 +1,9 @@
 """A stalled database: every request, statement and checkpointer call has a deadline, and the pools heal.
 
-The stall is real: a TCP proxy (tests/fault_proxy.py) in front of the real PostgreSQL stops passing
-bytes while keeping every connection open, which is what a hung server or a black-holed network looks
-like to a client. Before these deadlines, 2 of 4 ``GET /roadmaps/{id}`` hung until the client gave up.
+The stall is real: a TCP proxy (tests/support/fault_proxy.py) in front of the real PostgreSQL stops
+passing bytes while keeping every connection open, which is what a hung server or a black-holed network
+looks like to a client. Before these deadlines, 2 of 4 ``GET /roadmaps/{id}`` hung until the client gave
+up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
-from own_services import free_port, running_api
 from sqlalchemy import exc, text
 
 from app.config.settings import get_settings
@@ -27,9 +27,13 @@ from app.core.orchestrator_factory import CheckpointerTimeout, OrchestratorFacto
 from app.db.engine import build_unpooled_engine, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
-from tests.conftest import BASE_ENV, auth
-from tests.fault_proxy import FaultProxy
-from tests.workers import start_worker, wait_ready
+from scripts.own_services import free_port, running_api
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV
+from tests.support.fault_proxy import FaultProxy
+from tests.support.workers import start_worker, wait_ready
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 def through(proxy: FaultProxy) -> str:

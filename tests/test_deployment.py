@@ -17,8 +17,8 @@ from app import topology
 from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
+from tests.support.env import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
 CELERY = "celery -A app.core.celery_app worker --loglevel=INFO"
 EXPECTED = {
@@ -187,10 +187,10 @@ def test_rediss_url_with_required_certificates(monkeypatch: pytest.MonkeyPatch) 
     assert app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
 
 
-def test_railway_files_and_docs_match_the_topology(subprocess_env: dict[str, str]) -> None:
+def test_railway_files_and_docs_match_the_topology(standalone_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "update_generated.py"), "--check"],
-        env=subprocess_env, capture_output=True, text=True,
+        env=standalone_env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     files = sorted((ROOT / "deploy" / "railway").glob("*.json"))

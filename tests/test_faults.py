@@ -21,12 +21,12 @@ import structlog
 from celery import Celery
 from celery.result import AsyncResult
 from celery.states import READY_STATES
-from own_services import OwnPostgres, OwnRedis, free_port, running_api
 
-from tests.conftest import auth
-from tests.workers import kill_quietly, start_worker, wait_ready
+from scripts.own_services import OwnPostgres, OwnRedis, free_port, running_api
+from tests.support.auth import auth
+from tests.support.workers import kill_quietly, start_worker, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 
 
 async def test_terminated_connections_recover_through_pre_ping(

@@ -13,6 +13,8 @@ import pytest
 from app.config.settings import get_settings
 from app.db.engine import get_engine
 
+pytestmark = pytest.mark.usefixtures("migrated_database")
+
 POOL_KEYS = {"pool_size", "checked_out", "overflow", "max_overflow", "max_connections", "usage_ratio"}
 
 

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.system_tools import require
+from tests.support.env import ROOT
+from tests.support.system_tools import require
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_ci_load_profile_stays_within_the_budget(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_ci_load_profile_stays_within_the_budget(tmp_path: Path, standalone_env: dict[str, str]) -> None:
     require("wrk", "wrk")  # the harness's load generator
     harness = ROOT / "scripts" / "load_harness.py"
     result = subprocess.run(
         [sys.executable, str(harness), "--profile", "ci", "--out", str(tmp_path)],
-        cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=standalone_env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     data = json.loads((tmp_path / "load-ci.json").read_text())

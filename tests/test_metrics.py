@@ -10,25 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from own_services import free_port, running_api
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config.settings import get_settings
 from app.core.metrics import sweep_dead_processes
-from tests.conftest import auth
+from scripts.own_services import free_port, running_api
+from tests.support.auth import auth
+from tests.support.metrics_text import sample
 
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
 pytestmark = pytest.mark.slow
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 @pytest.fixture
@@ -65,8 +54,8 @@ def test_metrics_count_every_request_across_workers(api_server: str) -> None:
     assert 'db_pool_connection_timeouts_total{service="api"} 0.0' in text
 
 
-def test_dead_process_gauges_are_swept(multiproc_dir: Path, subprocess_env: dict[str, str]) -> None:
-    env = {**subprocess_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+def test_dead_process_gauges_are_swept(multiproc_dir: Path, standalone_env: dict[str, str]) -> None:
+    env = {**standalone_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
     code = (
         "from app.core import metrics; import time; "
         "metrics.DB_POOL_OPEN.labels('api').set(7); print('ready', flush=True); time.sleep(60)"

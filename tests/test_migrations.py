@@ -12,12 +12,14 @@ import asyncpg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from own_services import execute
 
 from app.config.settings import get_settings
 from app.db.models import LANGGRAPH_TABLES, Base, alembic_include_name
 from app.db.prestart import alembic_config
-from tests.conftest import BACKEND
+from scripts.own_services import execute
+from tests.support.env import BACKEND
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 async def tables(url: str) -> set[str]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from pathlib import Path
 
 from app.core import metrics
-from tests.system_tools import require
+from tests.support.env import ROOT
+from tests.support.system_tools import require
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = ROOT / "deploy"
 EXPORTED = {
     name
     for value in vars(metrics).values()

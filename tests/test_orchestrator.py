@@ -6,12 +6,15 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 import structlog
 
 from app import runtime
 from app.config.settings import get_settings
 from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
 from app.workflows.roadmap_graph import compiled_graph, thread_config
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 async def test_pool_is_configured_once_and_stays_within_max_size(

@@ -18,12 +18,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from own_services import OwnPostgres, OwnRedis, free_port, running_api
 
-from tests.conftest import auth
-from tests.workers import Worker, start_worker, wait_ready
+from scripts.own_services import OwnPostgres, OwnRedis, free_port, running_api
+from tests.support.auth import auth
+from tests.support.workers import Worker, start_worker, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 
 TERMINAL = ("completed", "failed")
 
@@ -130,7 +130,7 @@ def test_posts_during_a_redis_outage_are_stored_and_run_once_redis_is_back(
         burst(http, "while Redis is down", 20)
         idle_in_transaction = asyncio.run(
             fetch(url, "SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'idle in transaction'"
-                       " AND application_name LIKE 'test.%'")
+                       " AND application_name LIKE 'test.%' AND datname = current_database()")
         )[0]["n"]  # fmt: skip
         own_redis.start()
         assert own_redis.proc is not None

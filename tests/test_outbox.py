@@ -19,7 +19,10 @@ import redis
 from app.config.settings import get_settings
 from app.messaging import outbox, watchdog
 from app.messaging.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
-from tests.conftest import BASE_ENV, REDIS_URL, auth
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV, REDIS_URL
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 def queued(queue: str) -> list[dict[str, object]]:

@@ -19,11 +19,14 @@ import asyncpg
 import httpx
 import psutil
 import pytest
-from own_services import free_port
 
 from app.config.settings import get_settings
-from tests.conftest import BASE_ENV, auth
-from tests.system_tools import require
+from scripts.own_services import free_port
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV
+from tests.support.system_tools import require
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 MAX_DB_CONNECTIONS = 4
 RUN_AS = "postgres"  # pgbouncer refuses to run as root

@@ -16,7 +16,9 @@ from sqlalchemy import text
 from app.config.settings import get_settings
 from app.db.engine import get_engine, pool_snapshot
 from app.db.session import safe_session
-from tests.conftest import auth
+from tests.support.auth import auth
+
+pytestmark = pytest.mark.usefixtures("migrated_database")
 
 
 def gauge(name: str, service: str = "api") -> float:

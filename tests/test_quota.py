@@ -10,10 +10,11 @@ import uuid
 
 import httpx
 import pytest
-from own_services import free_port, running_api
 
 from app.config.settings import get_settings
-from tests.conftest import BASE_ENV, auth
+from scripts.own_services import free_port, running_api
+from tests.support.auth import auth
+from tests.support.env import BASE_ENV
 
 
 def quota(monkeypatch: pytest.MonkeyPatch, rate: str = "100000/minute", in_progress: int = 10000) -> None:

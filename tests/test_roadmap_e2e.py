@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 import pytest
-from own_services import free_port
 
-from tests.conftest import auth
-from tests.test_metrics import sample
-from tests.workers import Worker, running_workers
+from scripts.own_services import free_port
+from tests.support.auth import auth
+from tests.support.metrics_text import sample
+from tests.support.workers import Worker, running_workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 PLAN_LATENCY = "2.0"
 WRITE_LATENCY = "0.3"
 
@@ -31,7 +31,7 @@ METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
+def workers(migrated_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     prom = tmp_path_factory.mktemp("prom-workflow")
     per_queue = {
         "roadmap_workflow": {

@@ -12,15 +12,18 @@ import structlog
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.db.engine import get_engine
+from tests.support.env import BASE_ENV
 
 PASSWORD = "pw-Zq81-never-shown"
 API_KEY = "sk-test-4f7e-never-shown"
 
 
 @pytest.fixture
-def secret_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
-    # Trust auth ignores the password, so the real database still answers with it in the URL.
-    monkeypatch.setenv("DATABASE_URL", database_url.replace("postgres@", f"postgres:{PASSWORD}@"))
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Trust auth ignores the password, so the real database still answers with it in the URL (the
+    # session's, when a test asks for it: only the /health test does).
+    url = BASE_ENV["DATABASE_URL"]
+    monkeypatch.setenv("DATABASE_URL", url.replace("postgres@", f"postgres:{PASSWORD}@"))
     monkeypatch.setenv("LLM_API_KEY", API_KEY)
     monkeypatch.setenv("JWT_SECRET_KEY", "jwt-secret-never-shown-0123456789abcdef")
     get_settings.cache_clear()

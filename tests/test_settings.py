@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from app import topology
 from app.config.settings import InvalidSettingsError, Settings, load_settings
+from tests.support.env import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC_PRODUCTION = {
     "ENVIRONMENT": "production",
     "DB_POOL_SIZE": 6,
@@ -246,8 +245,8 @@ def test_application_name_is_environment_dot_service(clean_env: pytest.MonkeyPat
     assert settings.application_name("migrate") == "development.migrate"
 
 
-def test_app_start_up_with_bad_setting_exits_with_one_line(subprocess_env: dict[str, str]) -> None:
-    env = {**subprocess_env, "DB_POOL_SIZE": "-2"}
+def test_app_start_up_with_bad_setting_exits_with_one_line(standalone_env: dict[str, str]) -> None:
+    env = {**standalone_env, "DB_POOL_SIZE": "-2"}
     result = subprocess.run(
         [sys.executable, "-c", "from app.main import app"],
         env=env,

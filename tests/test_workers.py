@@ -28,15 +28,16 @@ from prometheus_client import REGISTRY
 from app import topology
 from app.config.settings import get_settings
 from app.core.celery_app import celery_app
-from tests.workers import BACKEND, Worker, client_pid, running_workers
+from tests.support.env import BACKEND
+from tests.support.workers import Worker, client_pid, running_workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 CONCURRENCY = 2
 SERVICES = {s.queue: s.name for s in topology.WORKERS}
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
+def workers(migrated_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     with running_workers(tmp_path_factory.mktemp("celery"), CONCURRENCY) as started:
         yield started
 

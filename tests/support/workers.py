@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
+from tests.support.env import BACKEND, BASE_ENV
 
 
 @dataclass
@@ -104,8 +104,6 @@ def running_workers(
     log_dir: Path, concurrency: int = 2, per_queue: dict[str, dict[str, str]] | None = None
 ) -> Iterator[dict[str, Worker]]:
     """The three workers on the test database and Redis prefix; stopped (and reaped) afterwards."""
-    from tests.conftest import BASE_ENV
-
     env = {**os.environ, **BASE_ENV, "PYTHONUNBUFFERED": "1"}
     started = {
         q: start_worker(q, concurrency, {**env, **(per_queue or {}).get(q, {})}, log_dir) for q in queues()

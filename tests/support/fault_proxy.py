@@ -18,7 +18,7 @@ import contextlib
 import threading
 from typing import Any
 
-from own_services import free_port
+from scripts.own_services import free_port
 
 
 class FaultProxy:
