@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,6 +55,8 @@ class Runtime:
         self._opening: dict[str, asyncio.Future[Any]] = {}
         self._lock = threading.Lock()  # sync clients are built from request threadpools too
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inherited: list[Any] = []  # the parent's, never used and never finalized here
+        _every_runtime.add(self)
 
     # --- which service this process is -----------------------------------------------------------
 
@@ -160,6 +163,9 @@ class Runtime:
                     held.abandon(held.value)
                 except Exception as error:  # noqa: BLE001 - the child must still start clean
                     log.warning("runtime_abandon_failed", resource=key, error_type=type(error).__name__)
+            # Kept referenced for the child's life: a finalizer run by the garbage collector could
+            # still speak on the parent's socket (libpq's PQfinish sends Terminate, for one).
+            self._inherited.append(held.value)
         self._held.clear()
         self._opening.clear()
         self._lock = threading.Lock()  # a lock held by another thread at fork would never be released
@@ -167,6 +173,7 @@ class Runtime:
         self.pid = os.getpid()
 
 
+_every_runtime: weakref.WeakSet[Runtime] = weakref.WeakSet()
 _current = Runtime()
 
 
@@ -181,4 +188,9 @@ def reset(service: str | None = None) -> Runtime:
     return _current
 
 
-os.register_at_fork(after_in_child=lambda: _current._forget_after_fork())
+def _after_fork_in_child() -> None:
+    for each in list(_every_runtime):
+        each._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
