@@ -208,3 +208,31 @@ async def test_watchdog_fails_a_roadmap_that_never_moves_with_the_reason(
     row = await test_db.fetchrow("SELECT status, error FROM roadmaps WHERE id = $1", uuid.UUID(roadmap_id))
     assert row["status"] == "failed"
     assert "no progress for 60 s after 2 re-dispatches" in row["error"] and "planning" in row["error"]
+
+
+def test_every_send_by_name_asks_for_no_stored_result() -> None:
+    """send_task does not know a task's options: without ignore_result it would store every result
+    (and subscribe the sender to it). Both ways a task is sent by name say so."""
+    from celery import signals
+
+    from app.core.redis_client import get_sync_redis
+    from app.messaging import task_events
+    from app.messaging.names import FLUSH_TASK_EVENTS
+    from app.messaging.send import send_by_name
+
+    seen: dict[str, object] = {}
+
+    def record_header(headers: dict[str, object] | None = None, **_: object) -> None:
+        if headers:
+            seen[str(headers.get("task"))] = headers.get("ignore_result")
+
+    signals.before_task_publish.connect(record_header)
+    try:
+        send_by_name(GENERATE_CONTENT, [str(uuid.uuid4())])
+        get_sync_redis().delete(task_events.flush_guard_key())
+        task_events.emit("header_check", task_name="test.headers")  # schedules a flush, by name
+    finally:
+        signals.before_task_publish.disconnect(record_header)
+    assert seen == {GENERATE_CONTENT: True, FLUSH_TASK_EVENTS: True}
+    drain("content_generation")
+    drain("logs")

@@ -79,3 +79,52 @@ def test_one_loop_for_every_run_until_shutdown() -> None:
     assert runtime.run(loop()) is first  # pooled asyncpg connections belong to this loop
     runtime.shutdown()
     assert first.is_closed()
+
+
+async def test_an_opening_whose_caller_was_cancelled_is_still_held_and_closed() -> None:
+    runtime = Runtime()
+    closed: list[object] = []
+
+    async def opener() -> object:
+        await asyncio.sleep(0.05)
+        return "pool"
+
+    async def close(value: object) -> None:
+        closed.append(value)
+
+    caller = asyncio.ensure_future(runtime.open("pool", opener, close=close))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    await runtime.aclose()  # waits for the opening it cannot abandon, then closes what it opened
+    assert closed == ["pool"]
+
+
+def test_an_opening_cancelled_with_its_loop_is_opened_again() -> None:
+    runtime = Runtime()
+    opened: list[asyncio.AbstractEventLoop] = []
+
+    async def opener() -> str:
+        opened.append(asyncio.get_running_loop())
+        await asyncio.sleep(10)
+        return "never"
+
+    async def abandon_first() -> None:
+        caller = asyncio.ensure_future(runtime.open("pool", opener))
+        await asyncio.sleep(0.01)
+        assert not caller.done()  # asyncio.run cancels it, and the opening, with its loop
+
+    asyncio.run(abandon_first())
+
+    async def second() -> str:
+        async def quick() -> str:
+            return "pool"
+
+        return await runtime.open("pool", quick)
+
+    assert asyncio.run(second()) == "pool" and len(opened) == 1
+
+
+def test_a_resource_built_from_another() -> None:
+    runtime = Runtime()
+    client = runtime.get("outer", lambda: ("limiter", runtime.get("inner", lambda: "client")))
+    assert client == ("limiter", "client") and runtime.peek("inner") == "client"

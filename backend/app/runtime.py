@@ -25,6 +25,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -53,7 +54,9 @@ class Runtime:
         self._service = service
         self._held: dict[str, _Held] = {}
         self._opening: dict[str, asyncio.Future[Any]] = {}
-        self._lock = threading.Lock()  # sync clients are built from request threadpools too
+        # Sync clients are built from request threadpools too; reentrant, since one resource may be
+        # built from another (the quota's limiter from the Redis client).
+        self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inherited: list[Any] = []  # the parent's, never used and never finalized here
         _every_runtime.add(self)
@@ -104,16 +107,22 @@ class Runtime:
         if held is not None:
             return held.value
         opening = self._opening.get(key)
-        if opening is None:
+        # An opening cancelled with its loop (a test's, an asyncio.run's) is not waited for; a new one is.
+        if opening is None or opening.cancelled() or opening.get_loop() is not asyncio.get_running_loop():
             opening = self._opening[key] = asyncio.ensure_future(opener())
-        try:
-            value = await asyncio.shield(opening)
-        finally:
-            if opening.done():
-                self._opening.pop(key, None)
+            opening.add_done_callback(partial(self._opened, key, close, abandon))
+        # Shielded: a caller cancelled mid-opening leaves it to finish and be held (and closed later).
+        return await asyncio.shield(opening)
+
+    def _opened(
+        self, key: str, close: Closer | None, abandon: Abandoner | None, opening: asyncio.Future[Any]
+    ) -> None:
+        if self._opening.get(key) is opening:
+            del self._opening[key]
+        if opening.cancelled() or opening.exception() is not None:
+            return  # the callers get the error; the next one opens again
         if key not in self._held:
-            self._held[key] = _Held(value, close, abandon)
-        return self._held[key].value
+            self._held[key] = _Held(opening.result(), close, abandon)
 
     def peek(self, key: str) -> Any | None:
         """The resource if this process built it, without building it (stats, /health)."""
@@ -122,6 +131,10 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Close every resource, newest first; one that fails to close does not keep the rest open."""
+        loop = asyncio.get_running_loop()
+        pending = [o for o in self._opening.values() if not o.done() and o.get_loop() is loop]
+        if pending:  # bounded by their own timeouts; what they open is held, then closed below
+            await asyncio.gather(*pending, return_exceptions=True)
         while self._held:
             key, held = self._held.popitem()
             if held.close is None:
@@ -163,12 +176,12 @@ class Runtime:
                     held.abandon(held.value)
                 except Exception as error:  # noqa: BLE001 - the child must still start clean
                     log.warning("runtime_abandon_failed", resource=key, error_type=type(error).__name__)
-            # Kept referenced for the child's life: a finalizer run by the garbage collector could
-            # still speak on the parent's socket (libpq's PQfinish sends Terminate, for one).
+            # Kept referenced for the child's life, so that no finalizer of the parent's objects runs
+            # here: a client that closes politely when collected would speak on the parent's socket.
             self._inherited.append(held.value)
         self._held.clear()
         self._opening.clear()
-        self._lock = threading.Lock()  # a lock held by another thread at fork would never be released
+        self._lock = threading.RLock()  # one held by another thread at fork would never be released
         self._loop = None  # the parent's; its selector is not ours to close
         self.pid = os.getpid()
 

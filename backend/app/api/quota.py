@@ -30,10 +30,10 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import runtime
 from app.api.deps import CurrentUser
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
@@ -75,23 +75,20 @@ async def quota_exceeded(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=429, content=content, headers=headers)
 
 
-# One limiter per Redis client (the client is per process, and tests replace it): the limiter's
-# storage borrows the client's connection pool, so the quota opens no connections of its own.
-_limiter: tuple[Redis, MovingWindowRateLimiter] | None = None
+def _build_rate_limiter() -> MovingWindowRateLimiter:
+    # The storage borrows this process's Redis client's connection pool: the quota opens no
+    # connections of its own, and the runtime that owns the client owns the limiter beside it.
+    storage = RedisStorage(
+        "async+redis://",  # the scheme selects the storage; the pool below is the connection
+        implementation="redispy",
+        key_prefix=f"{get_settings().REDIS_KEY_PREFIX}limits",
+        connection_pool=get_redis().connection_pool,
+    )
+    return MovingWindowRateLimiter(storage)
 
 
 def _rate_limiter() -> MovingWindowRateLimiter:
-    global _limiter
-    client = get_redis()
-    if _limiter is None or _limiter[0] is not client:
-        storage = RedisStorage(
-            "async+redis://",  # the scheme selects the storage; the pool below is the connection
-            implementation="redispy",
-            key_prefix=f"{get_settings().REDIS_KEY_PREFIX}limits",
-            connection_pool=client.connection_pool,
-        )
-        _limiter = (client, MovingWindowRateLimiter(storage))
-    return _limiter[1]
+    return runtime.current().get("quota.limiter", _build_rate_limiter)
 
 
 def create_rate_limits() -> list[RateLimitItem]:

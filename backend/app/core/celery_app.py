@@ -63,7 +63,8 @@ def queue_options(queue: str, settings: Settings) -> dict[str, Any]:
 
 class QueueTaskOptions:
     """A Celery task annotation: each task gets its queue's options (time limits, acknowledgement)
-    when the app binds it, so a task decorator names only the task."""
+    when the app binds it, so a task decorator names only the task. Celery applies annotations after
+    the decorator, so they win: change a queue's options in the topology, not on one task."""
 
     def __init__(self, settings: Settings) -> None:
         self.by_module = {

@@ -30,12 +30,12 @@ from sqlalchemy import Float, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config.settings import get_settings
-from app.core.celery_app import celery_app
 from app.core.logging import LogRateLimiter
 from app.core.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
 from app.db.errors import is_database_unavailable
 from app.db.models import OutboxMessage
 from app.db.session import autocommit, safe_session
+from app.messaging.send import send_by_name
 
 log = structlog.get_logger("app.outbox")
 _OUTBOX = OutboxMessage.__table__
@@ -70,7 +70,7 @@ async def stage(session: AsyncSession, task_name: str, *args: Any) -> Message:
 def _send_all(messages: Sequence[Message], sent: list[int]) -> None:
     for message in messages:
         # retry=False: the caller's deadline bounds the attempt; the relay is the retry.
-        celery_app.send_task(message.task_name, args=message.args, ignore_result=True, retry=False)
+        send_by_name(message.task_name, message.args, retry=False)
         sent.append(message.id)
 
 

@@ -24,9 +24,9 @@ import structlog
 
 from app.config.settings import get_settings
 from app.core import metrics
-from app.core.celery_app import celery_app
 from app.core.redis_client import get_sync_redis
 from app.messaging.names import FLUSH_TASK_EVENTS
+from app.messaging.send import send_by_name
 
 log = structlog.get_logger("app.task_events")
 
@@ -87,7 +87,7 @@ def emit(
     try:
         interval_ms = int(get_settings().TASK_LOG_FLUSH_INTERVAL * 1000)
         if client.set(flush_guard_key(), "1", nx=True, px=interval_ms):
-            celery_app.send_task(FLUSH_TASK_EVENTS, countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
+            send_by_name(FLUSH_TASK_EVENTS, countdown=get_settings().TASK_LOG_FLUSH_INTERVAL)
     except Exception as exc:  # noqa: BLE001
         # Not lost: the event is in Redis, and the next emit after the guard expires schedules a flush.
         log.warning("task_event_flush_not_scheduled", task_event=event, error=str(exc))

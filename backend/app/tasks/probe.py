@@ -41,6 +41,14 @@ async def probe_database(hold_seconds: float, sleep_seconds: float) -> dict[str,
 
 # Its result is read (tests, diagnostics), unlike every other task's. Acknowledged late and redelivered
 # when its worker dies, like the long tasks: it is how the fault tests watch a redelivery happen.
-@celery_app.task(name=PROBE, ignore_result=False, acks_late=True, reject_on_worker_lost=True)
+# Its own time limit: no queue's annotation applies to this module.
+@celery_app.task(
+    name=PROBE,
+    ignore_result=False,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=60,
+    soft_time_limit=54,
+)
 def probe(hold_seconds: float = 0.0, sleep_seconds: float = 0.0) -> dict[str, Any]:
     return runtime.current().run(probe_database(hold_seconds, sleep_seconds))
