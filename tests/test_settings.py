@@ -133,20 +133,22 @@ def test_invalid_value_is_one_line_naming_the_variable(
     assert fragment in message
 
 
-def test_cross_field_rule_names_both_variables(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("LANGGRAPH_POOL_MIN_SIZE", "12")
-    clean_env.setenv("LANGGRAPH_POOL_MAX_SIZE", "10")
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        (("LANGGRAPH_POOL_MIN_SIZE", "12"), ("LANGGRAPH_POOL_MAX_SIZE", "10")),
+        # tokens cannot be minted longer than they may live
+        (("JWT_EXPIRE_MINUTES", "120"), ("JWT_MAX_LIFETIME_MINUTES", "60")),
+    ],
+)
+def test_cross_field_rule_names_both_variables(
+    clean_env: pytest.MonkeyPatch, low: tuple[str, str], high: tuple[str, str]
+) -> None:
+    for name, value in (low, high):
+        clean_env.setenv(name, value)
     with pytest.raises(InvalidSettingsError) as caught:
         load_settings()
-    assert "LANGGRAPH_POOL_MIN_SIZE (12) must be <= LANGGRAPH_POOL_MAX_SIZE (10)" in str(caught.value)
-
-
-def test_tokens_cannot_be_minted_longer_than_they_may_live(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("JWT_EXPIRE_MINUTES", "120")
-    clean_env.setenv("JWT_MAX_LIFETIME_MINUTES", "60")
-    with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
-    assert "JWT_EXPIRE_MINUTES (120) must be <= JWT_MAX_LIFETIME_MINUTES (60)" in str(caught.value)
+    assert f"{low[0]} ({low[1]}) must be <= {high[0]} ({high[1]})" in str(caught.value)
 
 
 def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -82,24 +83,27 @@ def database_url(migrated_database: str) -> str:
     return migrated_database
 
 
-@pytest.fixture
-async def pg(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
-    """A direct admin connection for asserting on what the server sees (pg_stat_activity)."""
-    conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+@asynccontextmanager
+async def _direct(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url, timeout=5)
     try:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def pg(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct admin connection for asserting on what the server sees (pg_stat_activity)."""
+    async with _direct(ADMIN_URL) as conn:
+        yield conn
 
 
 @pytest.fixture
 async def test_db(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection to the session's test database, for checking rows the app wrote."""
-    conn = await asyncpg.connect(migrated_database, timeout=5)
-    try:
+    async with _direct(migrated_database) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
