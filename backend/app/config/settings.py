@@ -162,6 +162,9 @@ class _CommonSettings(BaseSettings):
     # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
     # strict (refuse to start, naming the variables to change).
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
+    # The deploy window the budget plans for (app.topology.DeployCase): a rolling deploy runs a
+    # service's old and new deployments side by side, so its pools count twice while it redeploys.
+    DB_BUDGET_DEPLOY_CASE: topology.DeployCase = "one_service"
     # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
     # it starts (every uvicorn worker, a worker's parent) do not check again.
     DB_BUDGET_CHECKED: bool = False
