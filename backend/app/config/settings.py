@@ -612,6 +612,11 @@ def _one_line(error: ValidationError) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and ``ENV_FILE`` when set), or stop with one line naming the variable."""
     env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not os.path.isfile(env_file):
+        # pydantic-settings skips a missing env file silently: every value in it would be lost unseen.
+        raise InvalidSettingsError(
+            f"ENV_FILE={env_file!r}: no such file (relative to {os.getcwd()}); fix the path or unset ENV_FILE"
+        )
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
