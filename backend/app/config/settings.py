@@ -233,6 +233,9 @@ class _CommonSettings(BaseSettings):
     TAVILY_BASE_URL: str = "https://api.tavily.com"
     SEARCH_TIMEOUT: float = Field(20.0, gt=0, le=120)
     SEARCH_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
+    # The offline provider needs no key; true sends it through key choice and credit accounting anyway
+    # (the load harness measures the router's real work that way).
+    SEARCH_OFFLINE_USES_KEYS: bool = False
     # Seconds the Redis cache of key availability keeps an answer (the guide's tavily:keys:available, 0/1).
     TAVILY_AVAILABILITY_CACHE_TTL: int = Field(30, ge=1, le=3600)
 
