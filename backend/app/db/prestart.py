@@ -25,12 +25,13 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
-from tenacity import RetryCallState, Retrying, stop_after_delay, wait_incrementing
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db.engine import build_unpooled_engine, direct_connection
+from app.db.errors import is_database_misconfigured
 
 log = structlog.get_logger("app.prestart")
 
@@ -67,12 +68,31 @@ def wait_for_database(timeout: float) -> None:
         log.error("database_unreachable", attempts=state.attempt_number, error=str(error))
         raise SystemExit(f"database not reachable after {timeout:.0f} s: {error}")
 
-    Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_incrementing(start=0.25, increment=0.25, max=2.0),
-        before_sleep=_not_ready,
-        retry_error_callback=unreachable,
-    )(lambda: asyncio.run(_ping()))
+    try:
+        Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_incrementing(start=0.25, increment=0.25, max=2.0),
+            # No such database (3D000) or a role refused (28xxx): waiting will not fix configuration.
+            retry=retry_if_exception(lambda error: not is_database_misconfigured(error)),
+            before_sleep=_not_ready,
+            retry_error_callback=unreachable,
+        )(lambda: asyncio.run(_ping()))
+    except Exception as error:
+        if not is_database_misconfigured(error):
+            raise
+        log.error("database_misconfigured", error=_first_line(error))
+        raise SystemExit(
+            f"database misconfigured: {_first_line(error)}; check DATABASE_URL (or POSTGRES_*)"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The server's message without the driver's wrapping (SQLAlchemy appends SQL and a link)."""
+    for candidate in (getattr(error, "orig", None), error):
+        text = str(candidate or "").strip()
+        if text:
+            return text.splitlines()[0].split("'>: ")[-1]
+    return type(error).__name__
 
 
 @contextmanager
