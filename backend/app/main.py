@@ -18,6 +18,7 @@ from functools import cache
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import runtime
 from app.api import background
@@ -62,7 +63,9 @@ def create_app() -> FastAPI:
         enforce_budget(settings, "api")
     # No debug=settings.DEBUG: FastAPI's debug mode makes Starlette answer a 500 with its traceback
     # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
-    app = FastAPI(
+    # /docs and /redoc from assets the app serves itself (fastapi-offline ships Swagger UI and ReDoc):
+    # FastAPI's defaults load them from a CDN, a blank page without the internet.
+    app = FastAPIOffline(
         title=settings.PROJECT_NAME, lifespan=lifespan, max_body_size=settings.MAX_REQUEST_BODY_BYTES
     )
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
