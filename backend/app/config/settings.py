@@ -162,6 +162,11 @@ class _CommonSettings(BaseSettings):
     # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
     # strict (refuse to start, naming the variables to change).
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
+    # Nothing above stops another environment on the same server from taking this one's connections:
+    # the prestart step (and python -m app.budget --apply-cap) sets DB_CONNECTION_BUDGET -
+    # DB_ADMIN_RESERVE as the server's CONNECTION LIMIT of this database (database), and of the app's
+    # role too (database_and_role: only where each environment has a role of its own). off: nothing.
+    DB_CONNECTION_CAP: Literal["off", "database", "database_and_role"] = "off"
     # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
     # it starts (every uvicorn worker, a worker's parent) do not check again.
     DB_BUDGET_CHECKED: bool = False
