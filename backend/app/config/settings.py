@@ -165,6 +165,11 @@ class _CommonSettings(BaseSettings):
     # The deploy window the budget plans for (app.topology.DeployCase): a rolling deploy runs a
     # service's old and new deployments side by side, so its pools count twice while it redeploys.
     DB_BUDGET_DEPLOY_CASE: topology.DeployCase = "one_service"
+    # Nothing above stops another environment on the same server from taking this one's connections:
+    # the prestart step (and python -m app.budget --apply-cap) sets DB_CONNECTION_BUDGET -
+    # DB_ADMIN_RESERVE as the server's CONNECTION LIMIT of this database (database), and of the app's
+    # role too (database_and_role: only where each environment has a role of its own). off: nothing.
+    DB_CONNECTION_CAP: Literal["off", "database", "database_and_role"] = "off"
     # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
     # it starts (every uvicorn worker, a worker's parent) do not check again.
     DB_BUDGET_CHECKED: bool = False

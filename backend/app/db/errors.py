@@ -16,6 +16,11 @@ closed) count, and so does ``psycopg_pool.PoolTimeout``: unlike the SQLAlchemy p
 fires when this process is busy, the checkpointer pool's also fires when it cannot reconnect to a server
 that is down, and it cannot tell the two apart; either way a workflow step should be retried later.
 ``PoolClosed`` does not count: the process is shutting down, and retrying would only delay that.
+
+Within class 53, a connection refused with 53300 ("too many connections for database / role", "sorry, too
+many clients already") is also ``allocation_exhausted``: the server's cap on this environment (or the
+server itself) is full. Still "unavailable" (a task retries it), but the API names it apart from an
+outage and from this process's own pool being exhausted (``db_pool_exhausted``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import socket
 import psycopg
 import psycopg_pool
 from sqlalchemy import exc
+
+from app.config.connections import refused_for_slots
 
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 # statement_timeout (and a cancel request): the server answered, but gave up on the statement in time.
@@ -82,6 +89,11 @@ def is_database_unavailable(error: BaseException) -> bool:
         return True
     state = _sqlstate(chain)
     return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+
+
+def is_allocation_exhausted(error: BaseException) -> bool:
+    """The server refused a new connection for want of slots (SQLSTATE 53300), whichever driver saw it."""
+    return any(refused_for_slots(e) for e in _chain(error))
 
 
 def is_database_timeout(error: BaseException) -> bool:

@@ -8,6 +8,10 @@ Two prestarts may still start together (two services deploying at once, replicas
 ``RUN_MIGRATIONS=1``). Each takes a session-level PostgreSQL advisory lock first, on its own
 connection, and holds it until the migration and the checkpointer tables are done: the second waits,
 then finds the schema at head and does nothing. Both exit 0.
+
+Under the same lock it sets the server's cap on this environment when ``DB_CONNECTION_CAP`` asks
+(``app.db.connection_cap``): altered only where it differs, one ``db_connection_cap`` log event either
+way; a role that may not alter it stops the deploy with the SQL an administrator should run.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from alembic.config import Config
 from sqlalchemy import text
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
-from app.config.settings import get_settings
+from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.orchestrator_factory import setup_checkpointer_tables
+from app.db import connection_cap
 from app.db.engine import build_unpooled_engine, direct_connection
 from app.db.errors import is_database_misconfigured
 
@@ -134,6 +139,28 @@ def schema_revision(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+def apply_connection_cap(conn: psycopg.Connection, settings: Settings) -> None:
+    """The server-side cap on this environment, when DB_CONNECTION_CAP asks for one: one log event."""
+    if settings.DB_CONNECTION_CAP == "off":
+        return
+    try:
+        in_force, changes = connection_cap.apply(conn, settings)
+    except connection_cap.CapNotPermitted as refused:
+        log.error("db_connection_cap_not_permitted", error=str(refused))
+        raise
+    # A superuser app role is exempt from the cap it just set: say so in the same event.
+    emit = log.warning if in_force.superuser else log.info
+    emit(
+        "db_connection_cap",
+        database=in_force.database,
+        role=in_force.role,
+        cap=connection_cap.expected_cap(settings),
+        scope=settings.DB_CONNECTION_CAP,
+        changed=[f"{c.target} {c.before} -> {c.after}" for c in changes],
+        superuser_exempt=in_force.superuser,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the database")
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         # LangGraph's checkpoint tables are created here too, never by a worker at run time.
         asyncio.run(setup_checkpointer_tables())
         after = schema_revision(conn)
+        apply_connection_cap(conn, settings)
     log.info("prestart_done", revision=args.revision, migrated_from=before, migrated_to=after)
 
 
