@@ -109,6 +109,9 @@ def _fleet_variables(settings: Settings, environment: str) -> dict[str, str]:
         "DB_ADMIN_RESERVE": str(settings.DB_ADMIN_RESERVE),
         "DB_BUDGET_DEPLOY_CASE": DEPLOY_CASE,
         "DB_BUDGET_ENFORCEMENT": "strict",
+        # The pre-deploy step sets allocation - admin reserve as the database's CONNECTION LIMIT: one
+        # environment misconfigured cannot take the other's connections (needs a non-superuser role).
+        "DB_CONNECTION_CAP": "database",
         # Migrations run in the pre-deploy command, so the API does not run them again at start.
         "RUN_MIGRATIONS": "0",
     }
