@@ -22,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import runtime
 from app.api import background
 from app.api.deadline import RequestDeadlineMiddleware
+from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import admin, health, metrics, roadmaps, task_logs
@@ -76,6 +77,8 @@ def create_app() -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(HttpMetricsMiddleware)
+    # Outermost: every response written while the process drains tells its client to go elsewhere.
+    app.add_middleware(ConnectionCloseWhileDraining)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
