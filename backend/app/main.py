@@ -23,6 +23,7 @@ from fastapi_offline import FastAPIOffline
 from app import runtime
 from app.api import background
 from app.api.deadline import RequestDeadlineMiddleware
+from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import admin, health, metrics, roadmaps, task_logs
@@ -79,6 +80,8 @@ def create_app() -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(HttpMetricsMiddleware)
+    # Outermost: every response written while the process drains tells its client to go elsewhere.
+    app.add_middleware(ConnectionCloseWhileDraining)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
