@@ -26,7 +26,7 @@ from app.api.deadline import RequestDeadlineMiddleware
 from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
-from app.api.routes import admin, health, metrics, roadmaps, task_logs
+from app.api.routes import admin, fleet, health, metrics, roadmaps, task_logs
 from app.budget.guard import enforce_budget
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
@@ -87,6 +87,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(roadmaps.router)
     app.include_router(admin.router)
+    app.include_router(fleet.router)
     app.include_router(task_logs.router)
     return app
 
