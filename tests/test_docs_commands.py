@@ -51,6 +51,8 @@ SKIP = {
     "uvicorn ": "starts the API",
     "python -m app.budget --audit": "reads pg_stat_activity of the environment's own database",
     "python -m app.budget --guard": "the start-up guard, for a service being started",
+    "python -m app.budget --apply-cap": "sets the server's CONNECTION LIMIT (test_connection_cap.py runs it "
+    "on a PostgreSQL of its own)",
     "python scripts/update_generated.py": "rewrites the generated files (its --check form runs)",
     "python scripts/bench_": "a benchmark: starts servers, runs for minutes",
     "python scripts/load_harness.py": "a benchmark: starts the production topology under load",
@@ -258,7 +260,9 @@ def test_entrypoint_finds_the_virtualenv_without_a_python_on_path() -> None:
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("uvicorn app.main:app --host 0.0.0.0 --port 8000 "), result.stdout
+    assert result.stdout.startswith("python -m app.api.server app.main:app --host 0.0.0.0 --port 8000 "), (
+        result.stdout
+    )
 
 
 # Relative links: [text](path), ![alt](path), [text](path#anchor), and [label]: path definitions.
