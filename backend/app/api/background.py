@@ -1,10 +1,13 @@
-"""The fleet's periodic jobs, run by the API processes: the outbox relay and the roadmap watchdog.
+"""The fleet's periodic jobs, run by the API processes: the outbox relay, the roadmap watchdog and
+retention (task_logs past TASK_LOG_RETENTION_DAYS; a checkpoint sweep asked of the workflow worker).
 
 They need what every API process already has, a budgeted pool and the broker, and they need to run
 wherever roadmaps are created, so they ride along in each API process's lifespan instead of adding a
 service to deploy, size and watch. Each round takes one short checkout; any number of processes and
 replicas may run them at once, because each round claims its rows with ``FOR UPDATE SKIP LOCKED``
-(app.messaging.outbox, app.messaging.watchdog). A failing round is logged and the next one tries again: a
+(app.messaging.outbox, app.messaging.watchdog); retention's batches take a transaction-scoped advisory
+lock, so one batch runs in the fleet at a time, on one connection, none held between batches
+(app.messaging.retention). A failing round is logged and the next one tries again: a
 database or broker outage pauses them, it never stops them.
 """
 
@@ -19,7 +22,7 @@ import structlog
 
 from app.config.settings import Settings
 from app.core.logging import LogRateLimiter
-from app.messaging import outbox, watchdog
+from app.messaging import outbox, retention, watchdog
 
 log = structlog.get_logger("app.background")
 _failures = LogRateLimiter(interval=30.0)
@@ -38,12 +41,15 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
 
 
 def start(settings: Settings) -> list[asyncio.Task[None]]:
-    """Start the relay and the watchdog on the running loop (none when BACKGROUND_JOBS is off)."""
+    """Start the relay, the watchdog and retention on the running loop (none when BACKGROUND_JOBS is off)."""
     if not settings.BACKGROUND_JOBS:
         return []
     return [
         asyncio.create_task(_every(settings.OUTBOX_RELAY_INTERVAL_SECONDS, outbox.relay, "outbox_relay")),
         asyncio.create_task(_every(settings.WATCHDOG_INTERVAL_SECONDS, watchdog.watch, "watchdog")),
+        asyncio.create_task(
+            _every(settings.RETENTION_INTERVAL_SECONDS, retention.retention_round, "retention")
+        ),
     ]
 
 

@@ -57,6 +57,8 @@ PROFILES: dict[str, dict[str, object]] = {
         "DB_CONNECTION_BUDGET": 120,
         "DB_ADMIN_RESERVE": 10,
         "LANGGRAPH_POOL_MAX_SIZE": 10,
+        # A finished roadmap's checkpoints stay a day, to look at what its graph did while debugging.
+        "CHECKPOINT_RETENTION_SECONDS": 86_400,
         **{s.processes_var: s.processes["development"] for s in topology.SERVICES},
     },
 }
@@ -222,8 +224,25 @@ class _CommonSettings(BaseSettings):
     # OUTBOX_RELAY_INTERVAL_SECONDS, from one process of the fleet at a time (an advisory lock).
     OUTBOX_RELAY_AFTER_SECONDS: float = Field(5.0, ge=0, le=3600)
     OUTBOX_RELAY_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=3600)
-    # 0 turns the relay and the watchdog off in this process (the API runs them; see app.messaging.outbox).
+    # 0 turns the relay, the watchdog and retention off in this process (app.api.background runs them).
     BACKGROUND_JOBS: bool = True
+
+    # --- data lifecycle (app.messaging.retention) --------------------------------------------------------
+    # A completed or failed roadmap's LangGraph checkpoint thread is deleted this long after it finished
+    # (0: by the worker that finished it, at once); nothing resumes a finished roadmap, so it is dead weight.
+    CHECKPOINT_RETENTION_SECONDS: int = Field(0, ge=0, le=31_536_000)
+    # task_logs rows older than this are deleted (0: kept forever); they are for debugging, not records.
+    TASK_LOG_RETENTION_DAYS: int = Field(30, ge=0, le=3650)
+    # One retention round per API process this often: task_logs batches, then a checkpoint sweep task.
+    RETENTION_INTERVAL_SECONDS: float = Field(300.0, gt=0, le=86_400)
+    # Rows per delete batch: each batch is its own short transaction, so no lock or connection is held long.
+    RETENTION_BATCH_SIZE: int = Field(2000, ge=1, le=100_000)
+    # A batch that would wait longer than this for a row lock gives up (the next round retries).
+    RETENTION_LOCK_TIMEOUT: float = Field(1.0, gt=0, le=60)
+    # Pause between two batches: the connection goes back to the pool and the requests get the disk.
+    RETENTION_BATCH_PAUSE_SECONDS: float = Field(0.05, ge=0, le=60)
+    # Checkpoint threads looked at (and deleted) per step of a sweep, on the workflow worker's saver.
+    CHECKPOINT_SWEEP_BATCH: int = Field(200, ge=1, le=10_000)
 
     # --- LLM and web search providers -----------------------------------------------------------------
     # auto: the OpenAI-compatible API when LLM_API_KEY is set, else the offline provider.

@@ -97,6 +97,26 @@ WATCHDOG_ACTIONS = Counter(
     ["action"],
 )
 
+# Data lifecycle (app.messaging.retention): what retention and DELETE removed, and what the tables hold.
+RETENTION_ROWS_DELETED = Counter(
+    "retention_rows_deleted_total",
+    "Rows deleted, by table and why: retention (age) or deleted (a roadmap deleted through the API).",
+    ["table", "reason"],
+)
+# Refreshed at each scrape of the API's /metrics, like the audit; every replica reports the same figure.
+DATA_TABLE_BYTES = Gauge(
+    "data_table_bytes",
+    "pg_total_relation_size of the tables that grow with use (checkpoints, task_logs, outbox).",
+    ["environment", "table"],
+    multiprocess_mode="livemostrecent",
+)
+DATA_OLDEST_ROW_AGE = Gauge(
+    "data_oldest_row_age_seconds",
+    "Age of the oldest row of task_logs and of the outbox (0: the table is empty).",
+    ["environment", "table"],
+    multiprocess_mode="livemostrecent",
+)
+
 LANGGRAPH_POOL_SIZE = Gauge(
     "langgraph_pool_size",
     "Connections the LangGraph checkpointer pool holds open.",

@@ -126,5 +126,38 @@ def drop_batch(count: int) -> None:
     get_sync_redis().ltrim(pending_key(), count, -1)
 
 
+def forgotten_key() -> str:
+    return f"{get_settings().REDIS_KEY_PREFIX}task_events:forgotten"
+
+
+# How long a deleted roadmap's id keeps its buffered events out of task_logs: far longer than an event
+# waits in the buffer unless the database is down that long.
+FORGET_SECONDS = 3600
+
+
+def forget(task_ids: list[str]) -> None:
+    """Events of these task ids still in the buffer are dropped instead of written: a roadmap deleted
+    right after it finished must not get its last events back a second later. Never raises (the
+    deleting worker deletes the rows once more; retention removes any that still land)."""
+    if not task_ids:
+        return
+    try:
+        client = get_sync_redis()
+        client.sadd(forgotten_key(), *task_ids)
+        client.expire(forgotten_key(), FORGET_SECONDS)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("task_events_not_forgotten", ids=len(task_ids), error=str(exc))
+
+
+def without_forgotten(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` less those of forgotten task ids (one SMISMEMBER per batch)."""
+    ids = [e["task_id"] for e in events if e.get("task_id")]
+    if not ids:
+        return events
+    flags = get_sync_redis().smismember(forgotten_key(), ids)
+    forgotten = {task_id for task_id, flag in zip(ids, flags, strict=True) if flag}
+    return [e for e in events if e.get("task_id") not in forgotten] if forgotten else events
+
+
 def pending_count() -> int:
     return int(get_sync_redis().llen(pending_key()))

@@ -34,7 +34,7 @@ def flush_task_events() -> int:
     written = 0
     try:
         while batch := task_events.peek_batch(size):
-            runtime.current().run(_write(batch))
+            runtime.current().run(_write(task_events.without_forgotten(batch)))
             task_events.drop_batch(len(batch))
             written += len(batch)
     finally:

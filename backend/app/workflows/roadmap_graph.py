@@ -20,7 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from app.core.orchestrator_factory import get_checkpointer
 from app.db.session import safe_session
-from app.messaging import outbox, task_events
+from app.messaging import outbox, retention, task_events
 from app.messaging.names import GENERATE_CONTENT
 from app.repositories.roadmaps import RoadmapRepository
 from app.tools.llm import get_llm
@@ -148,4 +148,9 @@ async def resume_after_content(roadmap_id: str) -> str:
         await outbox.publish([message], source="worker")
         return "content_unfinished"
     result = await graph.ainvoke(None, config, durability="sync")
-    return str(result.get("outcome", "finished"))
+    outcome = str(result.get("outcome", "finished"))
+    if outcome in ("completed", "failed"):
+        # Nothing resumes a finished roadmap: its thread goes now (CHECKPOINT_RETENTION_SECONDS=0) or
+        # to the sweep after the window.
+        await retention.release_finished_thread(await get_checkpointer(), roadmap_id)
+    return outcome
