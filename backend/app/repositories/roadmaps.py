@@ -11,18 +11,21 @@ from sqlalchemy import (
     ColumnElement,
     RowMapping,
     Select,
+    String,
     Text,
+    any_,
     bindparam,
     column,
+    delete,
     func,
     select,
     update,
     values,
 )
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.models import Concept, Roadmap
+from app.db.models import IN_PROGRESS, Concept, OutboxMessage, Roadmap, TaskLog
 
 _ROADMAPS = Roadmap.__table__
 _CONCEPTS = Concept.__table__
@@ -66,6 +69,16 @@ class EveryOwner:
 
 
 EVERY_OWNER = EveryOwner()
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What ``delete_finished`` found and did: ``running`` non-empty means nothing was deleted."""
+
+    found: int
+    running: list[uuid.UUID]
+    deleted: list[uuid.UUID]
+    rows: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -241,3 +254,38 @@ class RoadmapRepository:
             .group_by(Concept.status)
         )
         return {status: int(n) for status, n in rows.all()}
+
+    async def delete_finished(
+        self, *, owner: str | EveryOwner, roadmap_id: uuid.UUID | None = None
+    ) -> Deletion:
+        """Delete ``owner``'s roadmap ``roadmap_id`` (or all of ``owner``'s), with their concepts, task
+        events and unpublished tasks, in the session's transaction; nothing at all when one of them
+        is still in progress (its workers may be mid-step: see the DELETE route).
+
+        The rows are locked first (``FOR UPDATE``), so a status changing meanwhile is seen after its
+        commit, never half-way; the task events are those whose task_id is the roadmap's id.
+        """
+        query = select(_ROADMAPS.c.id, _ROADMAPS.c.status).with_for_update()
+        if roadmap_id is not None:
+            query = query.where(_ROADMAPS.c.id == roadmap_id)
+        if not isinstance(owner, EveryOwner):
+            query = query.where(_ROADMAPS.c.owner == owner)
+        rows = (await self.session.execute(query)).all()
+        running = [r.id for r in rows if r.status in IN_PROGRESS]
+        if not rows or running:
+            return Deletion(len(rows), running, [], {})
+        ids = [r.id for r in rows]
+        as_uuids = bindparam("ids", ids, type_=ARRAY(UUID(as_uuid=True)))
+        as_text = bindparam("names", [str(i) for i in ids], type_=ARRAY(String))
+        statements = {
+            "concepts": delete(Concept).where(Concept.roadmap_id == any_(as_uuids)),
+            "roadmaps": delete(Roadmap).where(Roadmap.id == any_(as_uuids)),
+            "task_logs": delete(TaskLog).where(TaskLog.task_id == any_(as_text)),
+            # A task still waiting for the broker about a roadmap that is gone would find nothing.
+            "outbox": delete(OutboxMessage).where(OutboxMessage.args[0].astext == any_(as_text)),
+        }
+        counts = {}
+        for table, statement in statements.items():
+            result = await self.session.execute(statement.execution_options(synchronize_session=False))
+            counts[table] = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return Deletion(len(rows), [], ids, counts)

@@ -48,6 +48,12 @@ BAD_BODY = {
     },
 }
 CONFLICT = {409: _doc("already exists")}
+ROADMAP_IN_PROGRESS = {
+    409: _doc(
+        "the roadmap (or one of the owner's) is still pending, planning or generating (reason "
+        "roadmap_in_progress): nothing was deleted; retry once it is completed or failed"
+    )
+}
 IDEMPOTENCY_CONFLICT = {409: _doc("the Idempotency-Key was used for a different request")}
 QUOTA = {
     429: _doc(

@@ -92,3 +92,10 @@ class RoadmapPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class RoadmapErasure(BaseModel):
+    """What DELETE /api/v1/admin/owners/{owner}/roadmaps removed (0 the second time: idempotent)."""
+
+    owner: str
+    deleted: int

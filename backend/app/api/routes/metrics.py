@@ -1,8 +1,9 @@
 """``GET /metrics``: Prometheus text, aggregated over every uvicorn worker of this service.
 
 Each scrape first runs the live budget audit (one short pg_stat_activity query on the pool, bounded by
-HEALTH_CHECK_TIMEOUT) so that ``db_server_connections{service}`` is what the *server* sees; a failure
-only leaves those gauges as they were.
+HEALTH_CHECK_TIMEOUT) so that ``db_server_connections{service}`` is what the *server* sees, and reads
+the growing tables' sizes and oldest rows (``data_table_bytes``, ``data_oldest_row_age_seconds``: two
+index-served statements); a failure only leaves those gauges as they were.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from app.budget.audit import publish, run_audit
 from app.config.settings import get_settings
 from app.core.metrics import render_latest
 from app.db.session import safe_session
+from app.messaging import retention
 
 router = APIRouter(tags=["monitoring"])
 log = structlog.get_logger("app.metrics")
@@ -29,6 +31,7 @@ async def refresh_server_gauges() -> None:
     async def audit() -> None:
         async with safe_session() as session:
             publish(await run_audit(session, settings))
+            retention.publish_storage(await retention.storage(await session.connection()))
 
     try:
         await asyncio.wait_for(audit(), timeout=settings.HEALTH_CHECK_TIMEOUT)

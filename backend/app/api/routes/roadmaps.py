@@ -1,4 +1,4 @@
-"""``/api/v1/roadmaps``: create (202, workflow enqueued), read one with its concepts, list.
+"""``/api/v1/roadmaps``: create (202, workflow enqueued), read one with its concepts, list, delete.
 
 Every route needs a token. A user reads their own roadmaps only (another's is a 404, exactly like a
 missing one, so ids cannot be probed); an admin reads everyone's (OWASP API1, object-level access).
@@ -6,22 +6,33 @@ missing one, so ids cannot be probed); an admin reads everyone's (OWASP API1, ob
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from app.api.deps import CurrentUser
 from app.api.quota import CreateRateLimit, claim_in_progress_slot
 from app.api.routes import API_V1
 from app.config.settings import get_settings
+from app.core.metrics import RETENTION_ROWS_DELETED
 from app.core.security import Principal
 from app.db.session import read, safe_session
 from app.messaging import outbox, task_events
-from app.messaging.names import RUN_WORKFLOW
-from app.repositories.roadmaps import EVERY_OWNER, EveryOwner, RoadmapRepository
+from app.messaging.names import RELEASE_CHECKPOINTS, RUN_WORKFLOW
+from app.repositories.roadmaps import EVERY_OWNER, Deletion, EveryOwner, RoadmapRepository
 from app.repositories.task_logs import TaskLogRepository
-from app.schemas.errors import AUTH, BAD_BODY, IDEMPOTENCY_CONFLICT, NOT_FOUND, QUOTA, UNAVAILABLE
+from app.schemas.errors import (
+    AUTH,
+    BAD_BODY,
+    IDEMPOTENCY_CONFLICT,
+    NOT_FOUND,
+    QUOTA,
+    ROADMAP_IN_PROGRESS,
+    UNAVAILABLE,
+)
 from app.schemas.roadmaps import (
     RoadmapAccepted,
     RoadmapCreate,
@@ -113,3 +124,59 @@ async def list_roadmaps(
     return RoadmapPage(
         items=[RoadmapSummary.model_validate(dict(r)) for r in rows], total=total, limit=limit, offset=offset
     )
+
+
+# Checkpoint threads released per task: the roadmap ids travel in the outbox row's JSON.
+_RELEASE_CHUNK = 500
+
+
+async def erase(owner: str | EveryOwner, roadmap_id: uuid.UUID | None = None) -> Deletion:
+    """Delete roadmaps (one, or all of ``owner``'s) and everything of theirs in this database in one
+    transaction, with the release of their checkpoint threads staged in the same transaction; the
+    workflow worker, which owns a checkpointer, releases them through the saver."""
+    async with safe_session() as session:
+        deletion = await RoadmapRepository(session).delete_finished(owner=owner, roadmap_id=roadmap_id)
+        ids = [str(i) for i in deletion.deleted]
+        staged = [
+            await outbox.stage(session, RELEASE_CHECKPOINTS, ids[i : i + _RELEASE_CHUNK])
+            for i in range(0, len(ids), _RELEASE_CHUNK)
+        ]
+    for table, n in deletion.rows.items():
+        if n:
+            RETENTION_ROWS_DELETED.labels(table, "deleted").inc(n)
+    if ids:
+        # Their events still in the Redis buffer are dropped, not written after the deletion.
+        await asyncio.to_thread(task_events.forget, ids)
+    await outbox.publish(staged)
+    return deletion
+
+
+def in_progress(detail: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status.HTTP_409_CONFLICT, content={"detail": detail, "reason": "roadmap_in_progress"}
+    )
+
+
+@router.delete(
+    "/{roadmap_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**NOT_FOUND, **ROADMAP_IN_PROGRESS},
+)
+async def delete_roadmap(roadmap_id: uuid.UUID, user: CurrentUser) -> Response:
+    """Delete the roadmap, its concepts, its task events and (right after, on the workflow worker) its
+    checkpoint thread. The owner or an admin; anyone else gets the 404 a missing roadmap gets.
+
+    A roadmap still pending, planning or generating is refused with 409 instead of being cancelled:
+    its workers may be mid-step (a content wave, a checkpoint write), and deleting under them would
+    leave writes landing on nothing and a thread re-created after its release. Every roadmap ends
+    completed or failed (the watchdog sees to it), so the client retries then.
+    """
+    deletion = await erase(readable_by(user), roadmap_id)
+    if deletion.running:
+        return in_progress(
+            f"roadmap {roadmap_id} is still in progress; delete it once it is completed or failed"
+        )
+    if not deletion.deleted:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
