@@ -23,7 +23,7 @@ EXPORTED = {
 def metric_names(expression: str) -> set[str]:
     return set(
         re.findall(
-            r"\b(?:(?:db|langgraph|http|tavily|outbox|roadmap_watchdog)_[a-z_]+|task_events_dropped_total)\b",
+            r"\b(?:(?:db|langgraph|http|tavily|outbox|roadmap_watchdog|data|retention)_[a-z_]+|task_events_dropped_total)\b",
             expression,
         )
     )
@@ -37,7 +37,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
