@@ -140,6 +140,13 @@ class BoundedPostgresSaver(AsyncPostgresSaver):
     async def adelete_thread(self, thread_id: str) -> None:
         await run_within(self.deadline, "checkpointer adelete_thread", super().adelete_thread(thread_id))
 
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await run_within(
+            self.deadline,
+            "checkpointer aprune",
+            super().aprune(thread_ids, strategy=strategy),  # type: ignore[misc]
+        )
+
     async def aget_delta_channel_history(self, *args: Any, **kwargs: Any) -> Any:
         return await run_within(
             self.deadline,
