@@ -48,7 +48,7 @@ export DB_BUDGET_CHECKED=1
 # Each service exactly as in production (railway_entrypoint.sh), with the development values from
 # .env.development, its output prefixed with its name. The API binds to loopback only. A service that
 # exits with an error is started again, as Railway's ON_FAILURE policy does in production
-# (deploy/railway/*.json: at most 10 times): one worker that dies (a crash, an OOM kill) no longer
+# (.railway/railway.py: at most 10 times): one worker that dies (a crash, an OOM kill) no longer
 # takes the others down with it. One that still fails after that stops the stack, as before.
 MAX_RESTARTS=10
 start() {

@@ -5,66 +5,35 @@ python scripts/update_generated.py          # rewrite them
 python scripts/update_generated.py --check  # exit 1 if any is out of date (the tests do this)
 
 * docs/connection-pool-guide.md: the budget tables (python -m app.budget) and the Railway variables;
-* deploy/railway/<service>.json: Railway config as code, one file per service of app/topology.py.
+* .railway/railway.py: Railway infrastructure as code for both environments (scripts/railway_config.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "connection-pool-guide.md"
-RAILWAY = ROOT / "deploy" / "railway"
 sys.path.insert(0, str(ROOT / "backend"))
+sys.path.insert(0, str(ROOT))
 
 from app import topology  # noqa: E402
 from app.budget.__main__ import render, settings_for  # noqa: E402
 from app.budget.model import budget_from_settings  # noqa: E402
-
-
-def railway_config(service: topology.Service) -> dict[str, object]:
-    """One service in Railway's railway.json format (https://docs.railway.com/config-as-code/reference).
-
-    The start command overrides the image's ENTRYPOINT (exec form, no shell), so it names the
-    entrypoint and the service itself. Migrations run in preDeployCommand: once per deploy, not once
-    per replica, and safe when two services deploy at once (prestart's advisory lock); the API's start
-    command then skips its own. numReplicas is the service's replicas in app/topology.py: scale by
-    raising it there and regenerating, so the file and the budget change together.
-    """
-    plan = topology.plan(settings_for("production"), service.name)
-    start = f"scripts/railway_entrypoint.sh {service.name}"
-    deploy: dict[str, object] = {
-        "startCommand": start if service.is_worker else f"env RUN_MIGRATIONS=0 {start}",
-        "preDeployCommand": ["scripts/prestart.sh"],
-        "numReplicas": plan.replicas,
-        "restartPolicyType": "ON_FAILURE",
-        "restartPolicyMaxRetries": 10,
-    }
-    if not service.is_worker:
-        deploy |= {"healthcheckPath": "/health", "healthcheckTimeout": 60}
-    return {
-        "$schema": "https://railway.com/railway.schema.json",
-        "build": {"builder": "DOCKERFILE", "dockerfilePath": "Dockerfile"},
-        "deploy": deploy,
-    }
-
-
-def railway_files() -> dict[Path, str]:
-    return {
-        RAILWAY / f"{s.name}.json": json.dumps(railway_config(s), indent=2) + "\n" for s in topology.SERVICES
-    }
+from scripts import railway_config  # noqa: E402
 
 
 def railway_variables() -> str:
-    """The guide's Railway section: each service's variables, for both environments."""
-    prod, dev = settings_for("production"), settings_for("development")
+    """The guide's Railway section: each service's variables, for both environments, as the Railway
+    file sets them (the pools --suggest fits to the deploy window)."""
+    rendered = {env: railway_config.environment_values(env) for env in railway_config.ENVIRONMENTS}
+    prod, dev = (settings_for(env, rendered[env]["variables"]) for env in ("production", "development"))
     lines = [
-        "| service | config file | `SERVICE_TYPE` | variable | production | development |",
-        "|---|---|---|---|---:|---:|",
+        "| service | `SERVICE_TYPE` | variable | production | development |",
+        "|---|---|---|---:|---:|",
     ]
     for s in topology.SERVICES:
         p, d = topology.plan(prod, s.name), topology.plan(dev, s.name)
@@ -72,7 +41,7 @@ def railway_variables() -> str:
         # A fixed-size pool holds the shared maximum, all persistent (app.topology.Service.fixed_pool).
         size_fallback = "`DB_POOL_SIZE + DB_MAX_OVERFLOW`" if s.fixed_pool else "`DB_POOL_SIZE`"
         overflow_fallback = "0: a fixed-size pool" if s.fixed_pool else "`DB_MAX_OVERFLOW`"
-        first = f"| {title} | `deploy/railway/{s.name}.json` | `{s.name}` "
+        first = f"| {title} | `{s.name}` "
         rows = [
             (f"`{s.processes_var}`", p.processes, d.processes),
             (f"`{s.replicas_var}`", p.replicas, d.replicas),
@@ -83,14 +52,21 @@ def railway_variables() -> str:
             rows.append(("`LANGGRAPH_POOL_MAX_SIZE`", p.langgraph_max_size, d.langgraph_max_size))
         if s.time_limit is not None:
             rows.append((f"`{s.time_limit_var}`", p.time_limit, d.time_limit))
+        timing = [rendered[env]["services"][s.name] for env in ("production", "development")]
+        rows += [
+            ("`overlapSeconds` (Railway)", timing[0]["overlap_seconds"], timing[1]["overlap_seconds"]),
+            ("`drainingSeconds` (Railway)", timing[0]["draining_seconds"], timing[1]["draining_seconds"]),
+        ]
         for i, (name, prod_value, dev_value) in enumerate(rows):
-            head = first if i == 0 else "| | | "
+            head = first if i == 0 else "| | "
             lines.append(f"{head}| {name} | {prod_value} | {dev_value} |")
     lines += [
-        "| every service | | | `ENVIRONMENT` | production | development |",
-        f"| | | | `DB_CONNECTION_BUDGET` / `DB_ADMIN_RESERVE` | {prod.DB_CONNECTION_BUDGET} / "
+        "| every service | | `ENVIRONMENT` | production | development |",
+        f"| | | `DB_CONNECTION_BUDGET` / `DB_ADMIN_RESERVE` | {prod.DB_CONNECTION_BUDGET} / "
         f"{prod.DB_ADMIN_RESERVE} | {dev.DB_CONNECTION_BUDGET} / {dev.DB_ADMIN_RESERVE} |",
-        f"| | | | `POSTGRES_DB` (or `DATABASE_URL`) | {prod.POSTGRES_DB} | {dev.POSTGRES_DB} |",
+        f"| | | `DB_BUDGET_DEPLOY_CASE` / `DB_BUDGET_ENFORCEMENT` | {prod.DB_BUDGET_DEPLOY_CASE} / "
+        f"{prod.DB_BUDGET_ENFORCEMENT} | {dev.DB_BUDGET_DEPLOY_CASE} / {dev.DB_BUDGET_ENFORCEMENT} |",
+        f"| | | `POSTGRES_DB` (the database `DATABASE_URL` names) | {prod.POSTGRES_DB} | {dev.POSTGRES_DB} |",
     ]
     return "\n".join(lines)
 
@@ -108,18 +84,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    wanted = {DOC: generated_doc(DOC.read_text()), **railway_files()}
+    wanted = {DOC: generated_doc(DOC.read_text()), railway_config.RAILWAY_FILE: railway_config.render()}
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
-    extra = sorted(set(RAILWAY.glob("*.json")) - set(wanted))
     if args.check:
-        for path in [*stale, *extra]:
+        for path in stale:
             print(f"{path.relative_to(ROOT)} is stale: python scripts/update_generated.py", file=sys.stderr)
-        return 1 if stale or extra else 0
-    RAILWAY.mkdir(parents=True, exist_ok=True)
+        return 1 if stale else 0
     for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(wanted[path])
-    for path in extra:
-        path.unlink()
     return 0
 
 

@@ -61,6 +61,8 @@ async def test_a_rejected_api_key_is_not_echoed(client: httpx.AsyncClient) -> No
         ({"sub": "x" * 201}, "invalid token subject"),  # roadmaps.owner is a varchar(200)
         ({"sub": "a\x00b"}, "invalid token subject"),  # PostgreSQL text cannot hold a NUL
         ({"sub": ""}, "invalid token subject"),
+        ({"sub": "   "}, "invalid token subject"),  # a blank owner nobody meant
+        ({"sub": " alice"}, "invalid token subject"),  # a second alice
         ({"sub": 42}, "invalid token"),
         ({"exp": 1e30}, "token lifetime exceeds 1440 minutes"),
         ({"exp": int(time.time()) + 10**6, "iat": int(time.time()) - 10**6}, "token lifetime exceeds"),

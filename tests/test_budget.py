@@ -42,7 +42,11 @@ def test_tables_reproduce_the_guide(
     assert budget.estimated_peak == peak
     assert budget.guide_total == total
     assert budget.allocation == allocation
-    assert budget.worst_case == worst and budget.overrun == worst - allocation
+    assert budget.worst_case == worst
+    # the deploy window planned for by default: one service (the largest) redeploying beside its old self
+    largest = max(s.real_total for s in budget.services)
+    assert budget.deploy.worst_case == worst + largest
+    assert budget.overrun == worst + largest - allocation
     text = render(budget)
     assert f"| SQLAlchemy theoretical max | {35 if environment == 'production' else 21} |" in text
     assert f"**{total} < {allocation}**" in text
@@ -151,7 +155,10 @@ def test_strict_refuses_the_production_defaults() -> None:
         assert result.returncode == 1, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.startswith("connection budget")]
         assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("connection budget exceeded: worst case 460 > DB_CONNECTION_BUDGET 280")
+        assert lines[0].startswith(
+            "connection budget exceeded: worst case 640 while celery_workflow redeploying "
+            "(DB_BUDGET_DEPLOY_CASE=one_service; steady 460) > DB_CONNECTION_BUDGET 280"
+        )
         for variable in ("UVICORN_WORKERS", "API_REPLICAS", "DB_POOL_SIZE", "LANGGRAPH_POOL_MAX_SIZE"):
             assert variable in lines[0]
         assert "Traceback" not in result.stderr
@@ -179,7 +186,8 @@ def test_warn_logs_and_strict_refuses() -> None:
         enforce_budget(settings, "api", read_server=False)
     warned = [e for e in logs if e["event"] == "db_budget_exceeded"]
     assert len(warned) == 1
-    assert warned[0]["worst_case"] == 460 and warned[0]["over_by"] == 180
+    assert warned[0]["worst_case"] == 460 and warned[0]["deploy_worst_case"] == 640
+    assert warned[0]["over_by"] == 640 - 280
     with pytest.raises(InvalidSettingsError):
         enforce_budget(
             settings.model_copy(update={"DB_BUDGET_ENFORCEMENT": "strict"}), "api", read_server=False
@@ -310,7 +318,8 @@ async def test_gauges_keep_environments_apart(
 def test_guard_refuses_what_the_server_cannot_hold(
     subprocess_env: dict[str, str], pg_max_connections: int
 ) -> None:
-    """The development topology (176) fits an allocation of 300, but not this server."""
+    """The development topology (176, 244 while its workflow worker redeploys) fits an allocation of 300,
+    but not this server."""
     env = {**subprocess_env, "ENVIRONMENT": "development", "DB_CONNECTION_BUDGET": "300",
            "DB_BUDGET_ENFORCEMENT": "strict", "DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "3",
            "LANGGRAPH_POOL_MAX_SIZE": "10", "LANGGRAPH_POOL_MIN_SIZE": "2"}  # fmt: skip
@@ -318,7 +327,7 @@ def test_guard_refuses_what_the_server_cannot_hold(
         [sys.executable, "-m", "app.budget", "--guard", "--command", "api"],
         cwd=BACKEND, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    if pg_max_connections - 3 >= 176:
+    if pg_max_connections - 3 >= 244:
         pytest.skip(f"this server accepts {pg_max_connections} connections: nothing to refuse")
     assert result.returncode == 1 and result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.startswith("connection budget")]
@@ -360,3 +369,111 @@ def test_a_misspelt_setting_is_refused_not_ignored(standalone_env: dict[str, str
         cwd=BACKEND, env=standalone_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode != 0 and "API_REPLICA: no such setting" in result.stderr
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_deploy_windows(environment: str) -> None:
+    budget = budget_from_settings(settings_for(environment))
+    totals = {s.service: s.real_total for s in budget.services}
+    assert budget.window("none").worst_case == budget.worst_case
+    one = budget.window("one_service")
+    assert one.worst_case == budget.worst_case + max(totals.values()) and totals[one.service] == max(
+        totals.values()
+    )
+    assert budget.window("all_services").worst_case == 2 * budget.worst_case - budget.admin_reserve
+    # replicas: a service with two replicas redeploys both beside the old two
+    two = budget_from_settings(settings_for(environment, {"API_REPLICAS": "2"}))
+    api = two.service("api").real_total
+    assert two.window("all_services").worst_case == budget.window("all_services").worst_case + api
+
+
+def test_strict_refuses_a_fleet_that_fits_only_while_standing_still() -> None:
+    """Steady, the suggested one-at-a-time pools fit with room; a push that redeploys everything does not."""
+    found = suggest(settings_for("production"))
+    sized = {k: str(v) for k, v in found.env().items()}
+    steady = budget_from_settings(settings_for("production", {**sized, "DB_BUDGET_DEPLOY_CASE": "none"}))
+    everything = budget_from_settings(
+        settings_for("production", {**sized, "DB_BUDGET_DEPLOY_CASE": "all_services"})
+    )
+    assert steady.fits and not everything.fits
+    env = production_env(DB_BUDGET_ENFORCEMENT="strict", DB_BUDGET_DEPLOY_CASE="all_services", **sized)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.budget", "--guard"], cwd=BACKEND, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "while every service redeploying (DB_BUDGET_DEPLOY_CASE=all_services" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["one_service", "all_services"])
+def test_json_carries_both_moments_and_suggest_fits_the_planned_one(
+    standalone_env: dict[str, str], case: str
+) -> None:
+    status, body = budget_json(
+        standalone_env, "--environment", "production", "--set", f"DB_BUDGET_DEPLOY_CASE={case}"
+    )
+    assert status == 1 and body["steady"] == {"worst_case": 460, "fits": False}
+    assert body["deploy"]["case"] == case and body["deploy"]["fits"] is False
+    assert body["deploy"]["one_service"] == {
+        "case": "one_service",
+        "worst_case": 640,
+        "service": "celery_workflow",
+    }
+    assert body["deploy"]["all_services"]["worst_case"] == 900
+    status, found = budget_json(
+        standalone_env, "--environment", "production", "--suggest", "--no-server",
+        "--set", f"DB_BUDGET_DEPLOY_CASE={case}",
+    )  # fmt: skip
+    assert status == 0 and found["fits"] and found["deploy"]["case"] == case
+    assert found["deploy"]["worst_case"] <= 280 and found["server_error"] is None
+    sets = [a for name, value in found["env"].items() for a in ("--set", f"{name}={value}")]
+    status, body = budget_json(
+        standalone_env, "--environment", "production", "--set", f"DB_BUDGET_DEPLOY_CASE={case}", *sets
+    )
+    assert status == 0 and body["steady"]["fits"] and body["deploy"]["fits"]
+    assert body["deploy"]["worst_case"] == found["deploy"]["worst_case"]
+
+
+def test_suggest_fits_what_the_server_leaves(
+    standalone_env: dict[str, str], database_url: str, pg_max_connections: int
+) -> None:
+    """Against the test server (100 connections here: 97 usable), the development topology is sized
+    for the lower of the allocation and what the server leaves, deploy window included."""
+    status, found = budget_json(
+        standalone_env, "--environment", "development", "--suggest", "--set", f"DATABASE_URL={database_url}"
+    )
+    server = found["server"]
+    assert server is not None and found["server_error"] is None
+    assert server["usable"] <= pg_max_connections - 3
+    assert found["ceiling"] == min(120, server["available"])
+    if found["ceiling"] < 40:
+        pytest.skip(f"this server leaves {found['ceiling']}: too little for any development topology")
+    assert status == 0 and found["fits"]
+    assert found["steady"]["worst_case"] <= found["deploy"]["worst_case"] <= found["ceiling"]
+
+
+def test_suggest_says_when_it_cannot_reach_the_server(standalone_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.budget", "--environment", "development", "--suggest",
+         "--set", "DATABASE_URL=postgresql://nobody@127.0.0.1:1/none"],
+        cwd=BACKEND, env=standalone_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "server not reachable (" in result.stdout and "sized for the allocation alone" in result.stdout
+
+
+async def test_other_databases_caps_are_left_to_them(pg: asyncpg.Connection, database_url: str) -> None:
+    """A CONNECTION LIMIT on another database (another environment's cap) is taken off what this one
+    can count on."""
+    from app.budget.guard import probe_server_limits
+
+    settings = settings_for("development", {"DATABASE_URL": database_url})
+    before, error = probe_server_limits(settings)
+    assert before is not None, error
+    other = f"budget_other_{uuid.uuid4().hex[:8]}"
+    await pg.execute(f'CREATE DATABASE "{other}" CONNECTION LIMIT 30')
+    try:
+        after, _ = probe_server_limits(settings)
+    finally:
+        await pg.execute(f'DROP DATABASE "{other}"')
+    assert after is not None and after.others == before.others + 30
+    assert after.available == after.usable - after.others

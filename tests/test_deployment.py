@@ -17,6 +17,7 @@ from app import topology
 from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
+from scripts import railway_config
 from tests.support.env import ROOT
 
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
@@ -187,29 +188,84 @@ def test_rediss_url_with_required_certificates(monkeypatch: pytest.MonkeyPatch) 
     assert app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
 
 
-def test_railway_files_and_docs_match_the_topology(standalone_env: dict[str, str]) -> None:
+def test_generated_files_are_in_sync(standalone_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "update_generated.py"), "--check"],
         env=standalone_env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    files = sorted((ROOT / "deploy" / "railway").glob("*.json"))
-    assert [f.stem for f in files] == sorted(topology.NAMES)
+    assert not (ROOT / "deploy" / "railway").exists()  # Config as Code, replaced by .railway/railway.py
+
+
+def railway_env(service: dict, **shared: str) -> dict[str, str]:
+    """A service's variables as Railway would resolve them: literals, and the shared references filled."""
+    env = {}
+    for name, value in service["variables"].items():
+        if value["type"] == "literal":
+            env[name] = value["value"]
+        else:
+            assert value == {"type": "sharedReference", "name": name}, name
+            env[name] = shared.get(name, "")
+    return env
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_railway_graph_matches_the_topology_and_fits(environment: str) -> None:
+    graph = railway_config.compile_graph(environment)
+    services = {r["name"]: r for r in graph["resources"] if r["type"] == "service"}
+    assert list(services) == list(topology.NAMES)
+    first = None
     for spec in topology.SERVICES:
-        config = json.loads((ROOT / "deploy" / "railway" / f"{spec.name}.json").read_text())
-        assert config["build"]["builder"] == "DOCKERFILE"
-        deploy = config["deploy"]
-        assert deploy["startCommand"].endswith(f"scripts/railway_entrypoint.sh {spec.name}")
-        assert deploy["preDeployCommand"] == ["scripts/prestart.sh"]  # once per deploy, not per replica
-        # ... so the API's start skips its own migration step
-        assert ("RUN_MIGRATIONS=0" in deploy["startCommand"]) == (not spec.is_worker)
-        assert deploy["numReplicas"] == spec.replicas == getattr(load_settings(), spec.replicas_var)
+        node = services[spec.name]
+        deploy = node["deploy"]
+        assert node["build"] == {"builder": "DOCKERFILE", "dockerfilePath": "Dockerfile"}
+        assert deploy["startCommand"] == f"scripts/railway_entrypoint.sh {spec.name}"
+        assert deploy["preDeployCommand"] == ["scripts/prestart.sh"]
         assert deploy["restartPolicyType"] == "ON_FAILURE"
         assert ("healthcheckPath" in deploy) == (not spec.is_worker)
-        # the start command, run as Railway runs it (exec form: split, no shell, in the image's
-        # WORKDIR), resolves to the guide's command
+        assert deploy["drainingSeconds"] > 0 and deploy["overlapSeconds"] >= 0
+        # URLs and secrets are references the user fills in, never values in the file
+        for name in (
+            "DATABASE_URL",
+            "CHECKPOINTER_DATABASE_URL",
+            "REDIS_URL",
+            "JWT_SECRET_KEY",
+            "LLM_API_KEY",
+        ):
+            assert node["variables"][name] == {"type": "sharedReference", "name": name}
+        env = railway_env(
+            node, DATABASE_URL="postgresql://app@db.invalid:5432/x", REDIS_URL="redis://r:6379/0"
+        )
+        assert env["SERVICE_TYPE"] == spec.name and env["ENVIRONMENT"] == environment
+        settings = settings_from_mapping(env)
+        assert deploy["numReplicas"] == topology.plan(settings, spec.name).replicas
+        # every service carries the same fleet sizing: each one's start-up guard checks the whole fleet
+        sizing = {k: v for k, v in env.items() if k != "SERVICE_TYPE"}
+        first = first or sizing
+        assert sizing == first
+        # the start command, run as Railway runs it (exec form: split, no shell, in the image's WORKDIR)
         command = subprocess.run(
             deploy["startCommand"].split(), cwd=ROOT / "backend",
-            env={"PATH": os.environ["PATH"], "DRY_RUN": "1"}, capture_output=True, text=True, timeout=30,
+            env={"PATH": os.environ["PATH"], "DRY_RUN": "1", **env},
+            capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        assert command.stdout.strip() == EXPECTED["production"][spec.name], command.stderr
+        assert command.stdout.strip() == EXPECTED[environment][spec.name], command.stderr
+    # The budget with exactly these values fits the steady state and both deploy windows, and its
+    # allocation is the environment's share of the 400-connection instance.
+    assert first is not None
+    budget = subprocess.run(
+        [sys.executable, "-m", "app.budget", "--json"], cwd=ROOT / "backend",
+        env={"PATH": os.environ["PATH"], **first}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    body = json.loads(budget.stdout)
+    assert budget.returncode == 0 and body["fits"], budget.stdout
+    assert body["allocation"] == {"production": 280, "development": 120}[environment]
+    assert body["deploy"]["case"] == "all_services"
+    assert body["steady"]["worst_case"] <= body["deploy"]["one_service"]["worst_case"]
+    assert body["deploy"]["one_service"]["worst_case"] <= body["deploy"]["all_services"]["worst_case"]
+    assert body["deploy"]["all_services"]["worst_case"] <= body["allocation"]
+
+
+def test_railway_file_refuses_an_environment_without_an_allocation() -> None:
+    with pytest.raises(ValueError, match="has no connection allocation"):
+        railway_config.compile_graph("pr-42")

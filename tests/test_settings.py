@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -66,6 +67,41 @@ def test_development_values_come_from_the_example_env_file(clean_env: pytest.Mon
         assert getattr(settings, name) == expected, name
     assert settings.pool().max_connections == 7
     assert settings.CORS_ORIGINS == ["http://localhost:3000", "http://localhost:5173"]
+
+
+def test_an_env_file_that_does_not_exist_is_refused(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("ENV_FILE", str(tmp_path / ".env.developement"))
+    with pytest.raises(InvalidSettingsError, match=r"^ENV_FILE='.*\.env\.developement': no such file"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({}, ["--sub", "me", "--role", "admin"], "JWT_SECRET_KEY is not set: export it"),
+        ({"ENV_FILE": "missing.env"}, ["--sub", "me"], "ENV_FILE='missing.env': no such file"),
+        (
+            {"JWT_SECRET_KEY": "x" * 40},
+            ["--sub", "  "],
+            "--sub '  ': 1 to 200 printable characters, not blank",
+        ),
+    ],
+)
+def test_token_minting_explains_itself_in_one_line(
+    standalone_env: dict[str, str], env: dict[str, str], args: list[str], message: str
+) -> None:
+    base = {k: v for k, v in standalone_env.items() if k not in ("JWT_SECRET_KEY", "ENV_FILE")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.core.security", *args], cwd=ROOT / "backend", env={**base, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0 and result.stdout == ""
+    assert message in result.stderr and "Traceback" not in result.stderr
+    minted = subprocess.run(
+        [sys.executable, "-m", "app.core.security", "--sub", "me", "--role", "admin"], cwd=ROOT,
+        env={**base, "ENV_FILE": ".env.development.example"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert minted.returncode == 0 and minted.stdout.count(".") == 2  # header.claims.signature
 
 
 def test_environment_alone_selects_the_development_profile(clean_env: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ Each entry says what the rest of the code needs to know about it, and everything
 * Celery builds its queues, routes and per-queue task options from it, and a worker takes its
   ``worker_concurrency`` from its service's setting, whatever command started it;
 * ``python -m app.budget`` (model, guard, audit, ``--suggest``, ``--command``), the metric labels,
-  ``deploy/railway/*.json``, the docs tables, the load harness and the tests iterate over it.
+  ``.railway/railway.py``, the docs tables, the load harness and the tests iterate over it.
 
 Adding a queue is one entry here plus its task module.
 
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from app.config.settings import Settings
 
 Profile = Literal["production", "development"]
+# How the fleet is redeployed, for the budget's deploy window (DB_BUDGET_DEPLOY_CASE):
+#   none: no overlap (a platform that stops the old deployment before starting the new one);
+#   one_service: services redeploy one at a time, so one service's pools exist twice;
+#   all_services: one push redeploys every service at once, so the whole fleet exists twice.
+DeployCase = Literal["none", "one_service", "all_services"]
+DEPLOY_CASES: tuple[DeployCase, ...] = ("none", "one_service", "all_services")
 # The longest countdown of a task's own retry (DatabaseTask's backoff cap). A worker holds a message
 # unacknowledged until its countdown is due, so the broker's visibility timeout must cover it too.
 RETRY_COUNTDOWN_MAX = 30
@@ -58,7 +64,7 @@ class Service:
     fixed_pool: bool = False
     processes_variable: str | None = None  # default <PREFIX>_CONCURRENCY
     # Replicas of the service (Railway scales a service horizontally; each replica brings all its
-    # processes' pools). deploy/railway/<service>.json takes numReplicas from here, so raise it here
+    # processes' pools). .railway/railway.py takes numReplicas from here, so raise it here
     # and regenerate; <PREFIX>_REPLICAS overrides it for the budget alone (what-if, other platforms).
     replicas: int = 1
 
@@ -168,7 +174,7 @@ class PoolSizing:
 
 @dataclass(frozen=True)
 class ServicePlan:
-    """One service under given settings: the figures the budget, guard, audit and Railway files use."""
+    """One service under given settings: the figures the budget, guard, audit and Railway file use."""
 
     service: Service
     replicas: int

@@ -4,13 +4,16 @@ python -m app.budget                              # the settings of this environ
 python -m app.budget --environment development    # a profile, without this shell's variables
 python -m app.budget --set API_REPLICAS=3         # what if (repeatable; over either of the above)
 python -m app.budget --json                       # machine-readable; exit 1 when it does not fit
-python -m app.budget --suggest [--json]           # per-service pool sizes that fit the allocation
+python -m app.budget --suggest [--json]           # pool sizes that fit the allocation, the server and
+                                                  # the deploy window (DB_BUDGET_DEPLOY_CASE)
 python -m app.budget --audit [--json]             # pg_stat_activity: this environment and the instance
 python -m app.budget --command api                # the start command of a service (railway_entrypoint.sh)
 python -m app.budget --guard [--command api]      # the start-up guard (exit 1 when strict refuses)
 python -m app.budget --pgbouncer                  # pgbouncer.ini caps for the allocation
 
-Exit status 1 when the budget (or the suggestion) does not fit, or when an audit finds a service over
+The budget holds the steady state and the worst moment of a rolling deploy (a service's old and new
+deployments side by side) to the allocation; --json carries both. Exit status 1 when the budget (or
+the suggestion) does not fit, or when an audit finds a service over
 its budget or the environment over its allocation: usable as a deploy gate.
 """
 
@@ -26,8 +29,8 @@ from typing import Any
 
 from app import topology
 from app.budget.audit import Audit, run_audit
-from app.budget.guard import enforce_budget
-from app.budget.model import Budget, Suggestion, budget_from_settings, suggest
+from app.budget.guard import enforce_budget, probe_server_limits
+from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, suggest
 from app.config.settings import (
     InvalidSettingsError,
     Settings,
@@ -67,7 +70,7 @@ def render(budget: Budget) -> str:
     per = {s.per_process for s in budget.services}
     per_cell = str(per.pop()) if len(per) == 1 else "varies"
     lines = [
-        f"## Connection budget: {budget.environment} (allocation {budget.allocation})",
+        f"### Connection budget: {budget.environment} (allocation {budget.allocation})",
         "",
         "As the guide counts (each Celery parent included, the LangGraph pool once, "
         f"{round(100 * budget.peak_factor)}% estimated peak):",
@@ -100,19 +103,28 @@ def render(budget: Budget) -> str:
         f"| reserved for admin | | | | | | {budget.admin_reserve} |",
         f"| **worst case** | | | | | | **{budget.worst_case}** |",
         "",
+        *render_windows(budget),
     ]
-    if budget.overrun:
+    if budget.worst_case > budget.allocation:
         lines.append(
             f"At full load the guide's own count is {budget.sqlalchemy_theoretical} + "
             f"{budget.langgraph_max_size} + {budget.admin_reserve} = {budget.guide_theoretical_total}, "
             f"and what the processes can really open is {budget.worst_case}, against an allocation of "
-            f"{budget.allocation}: **over by {budget.overrun}**. The {budget.guide_total} above is an "
+            f"{budget.allocation}: **over by {budget.worst_case - budget.allocation}**. The "
+            f"{budget.guide_total} above is an "
             "estimate, not a limit; `python -m app.budget --suggest` computes sizes that fit."
+        )
+    elif budget.overrun:
+        lines.append(
+            f"The steady state ({budget.worst_case}) fits the allocation ({budget.allocation}), but the "
+            f"deploy window planned for does not ({budget.deploy.worst_case}): **over by "
+            f"{budget.overrun}**; `python -m app.budget --suggest` computes sizes that fit both."
         )
     else:
         lines.append(
-            f"The worst case ({budget.worst_case}) fits the allocation ({budget.allocation}) with "
-            f"{budget.allocation - budget.worst_case} to spare."
+            f"The worst case ({budget.worst_case}) and the deploy window planned for "
+            f"({budget.deploy.worst_case}) fit the allocation ({budget.allocation}), with "
+            f"{budget.allocation - budget.peak} to spare at the peak."
         )
     if budget.server is not None and budget.server_overrun:
         lines.append(
@@ -122,19 +134,58 @@ def render(budget: Budget) -> str:
     return "\n".join(lines)
 
 
-def render_suggestion(found: Suggestion) -> str:
+def _window_label(window: DeployWindow) -> str:
+    if window.case == "all_services":
+        return "every service redeploying at once (one push)"
+    if window.case == "one_service":
+        return f"one service redeploying at a time (worst: {window.service})"
+    return "no overlap"
+
+
+def render_windows(budget: Budget) -> list[str]:
+    """The steady state against each moment of a rolling deploy, the planned one marked."""
     lines = [
-        f"## Suggested pools: {found.environment} (allocation {found.allocation}, "
-        f"admin reserve {found.admin_reserve})",
+        "In a rolling deploy a service's old and new deployments run side by side until the old one is "
+        "stopped: its pools count twice.",
+        "",
+        "| moment | max connections | |",
+        "|---|---:|---|",
+        f"| steady | {budget.worst_case} | |",
+    ]
+    totals = {s.service: s.real_total for s in budget.services}
+    for name, total in totals.items():
+        lines.append(f"| {name} redeploying | {budget.worst_case + total} | |")
+    for case in ("one_service", "all_services"):
+        window = budget.window(case)
+        mark = f"planned (`DB_BUDGET_DEPLOY_CASE={case}`)" if case == budget.deploy_case else ""
+        lines.append(f"| {_window_label(window)} | {window.worst_case} | {mark} |")
+    return [*lines, ""]
+
+
+def render_suggestion(found: Suggestion) -> str:
+    where = f"allocation {found.allocation}"
+    if found.server is not None:
+        where += f", the server leaves {found.server.available}"
+    lines = [
+        f"## Suggested pools: {found.environment} ({where}; admin reserve {found.admin_reserve}; "
+        f"planned for {_window_label(found.deploy)})",
         "",
     ]
+    if found.server_error:
+        lines += [f"server not reachable ({found.server_error}): sized for the allocation alone", ""]
     lines += [f"- {s.service}: {s.reason} -> {s.max_connections}" for s in found.services]
     lines.append("")
     if found.advice:
-        lines.append(f"nothing fits: {found.advice} (worst case at the smallest pools {found.worst_case})")
+        lines.append(
+            f"nothing fits {found.ceiling}: {found.advice} (at the smallest pools: steady "
+            f"{found.worst_case}, deploy window {found.deploy.worst_case})"
+        )
         return "\n".join(lines)
     lines += [f"{name}={value}" for name, value in found.env().items()]
-    lines += ["", f"worst case {found.worst_case} <= {found.allocation}"]
+    lines += [
+        "",
+        f"steady {found.worst_case}, deploy window {found.deploy.worst_case} <= {found.ceiling}",
+    ]
     return "\n".join(lines)
 
 
@@ -222,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--suggest", action="store_true")
+    parser.add_argument(
+        "--no-server",
+        action="store_true",
+        help="with --suggest: size for the allocation alone, asking no server",
+    )
     group.add_argument("--audit", action="store_true")
     group.add_argument("--guard", action="store_true")
     group.add_argument("--pgbouncer", action="store_true", help="pgbouncer.ini settings for the allocation")
@@ -250,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render_pgbouncer(budget_from_settings(settings)))
         return 0
     if args.suggest:
-        found = suggest(settings)
+        server, error = (None, None) if args.no_server else probe_server_limits(settings)
+        found = suggest(settings, server, error)
         print(json.dumps(found.as_dict(), indent=2) if args.json else render_suggestion(found))
         return 0 if found.fits else 1
     if args.audit:

@@ -10,17 +10,24 @@ Two ways of counting, side by side, because the difference is the point:
   checkpointer pool is per process, and every workflow child that runs a graph opens one; every
   replica brings all of its processes' pools. This is the worst case the server can see, and what the
   start-up guard compares with ``DB_CONNECTION_BUDGET`` and with what the server accepts.
+
+A fleet that stands still is not the worst moment. A rolling deploy (Railway's, and most platforms')
+starts a service's new deployment beside the old one and stops the old one only after the new one is
+healthy, the overlap and the drain: for that window the service's pools exist twice, and a push that
+redeploys every service doubles the fleet. ``DB_BUDGET_DEPLOY_CASE`` says which window the budget
+plans for (``DeployCase``), and every check (the guard, ``--json``, ``--suggest``) holds the steady
+state and that window to the same ceilings.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app import topology
 from app.config.settings import Settings
-from app.topology import PoolSizing, ServicePlan
+from app.topology import DEPLOY_CASES, DeployCase, PoolSizing, ServicePlan
 
 
 @dataclass(frozen=True)
@@ -30,17 +37,55 @@ class ServerLimits:
     max_connections: int
     superuser_reserved_connections: int
     reserved_connections: int = 0  # PostgreSQL 16+: slots for pg_use_reserved_connections
+    # The CONNECTION LIMITs of the instance's other databases (another environment's cap, applied by
+    # its own ``python -m app.budget --apply-cap``): slots this environment must leave to them.
+    others: int = 0
 
     @property
     def usable(self) -> int:
         """Connections an ordinary role can open: the application's ceiling, whatever its allocation."""
         return self.max_connections - self.superuser_reserved_connections - self.reserved_connections
 
+    @property
+    def available(self) -> int:
+        """What this environment may count on: the usable slots less the other environments' caps."""
+        return self.usable - self.others
+
     def describe(self) -> str:
         reserved = f"superuser_reserved_connections {self.superuser_reserved_connections}"
         if self.reserved_connections:
             reserved += f" - reserved_connections {self.reserved_connections}"
-        return f"{self.usable} (max_connections {self.max_connections} - {reserved})"
+        if self.others:
+            reserved += f" - other databases' caps {self.others}"
+        return f"{self.available} (max_connections {self.max_connections} - {reserved})"
+
+
+@dataclass(frozen=True)
+class DeployWindow:
+    """The most connections at the worst moment of one kind of deploy, admin reserve included."""
+
+    case: DeployCase
+    worst_case: int
+    service: str | None  # the service whose redeploy is that moment (one_service), else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"case": self.case, "worst_case": self.worst_case, "service": self.service}
+
+
+def deploy_window(totals: dict[str, int], admin_reserve: int, case: DeployCase) -> DeployWindow:
+    """``totals``: each service's most connections (replicas included) in the steady state.
+
+    While a service redeploys, its old deployment holds its pools until SIGKILL at the latest and the
+    new one opens its own: the service counts twice. Prestart's migration connections come out of the
+    admin reserve, like any tool's.
+    """
+    steady = sum(totals.values()) + admin_reserve
+    if case == "none" or not totals:
+        return DeployWindow(case, steady, None)
+    if case == "all_services":
+        return DeployWindow(case, steady + sum(totals.values()), None)
+    service = max(totals, key=lambda name: totals[name])
+    return DeployWindow(case, steady + totals[service], service)
 
 
 def _service_row(
@@ -108,6 +153,7 @@ class Budget:
     langgraph_max_size: int
     services: list[ServiceBudget] = field(default_factory=list)
     server: ServerLimits | None = None
+    deploy_case: DeployCase = "one_service"
 
     # -- as the guide counts -------------------------------------------------------------------------
     @property
@@ -135,17 +181,41 @@ class Budget:
     # -- what really opens connections -------------------------------------------------------------
     @property
     def worst_case(self) -> int:
+        """The steady state: every process of every replica at its pools' maximum."""
         return sum(s.real_total for s in self.services) + self.admin_reserve
+
+    def window(self, case: DeployCase) -> DeployWindow:
+        return deploy_window({s.service: s.real_total for s in self.services}, self.admin_reserve, case)
+
+    @property
+    def deploy(self) -> DeployWindow:
+        """The deploy window the budget plans for (``DB_BUDGET_DEPLOY_CASE``)."""
+        return self.window(self.deploy_case)
+
+    @property
+    def peak(self) -> int:
+        """The most the fleet can hold at any moment it plans for: the planned deploy window."""
+        return max(self.worst_case, self.deploy.worst_case)
 
     @property
     def overrun(self) -> int:
-        """How far the worst case exceeds the allocation (0 when it fits)."""
-        return max(0, self.worst_case - self.allocation)
+        """How far the peak exceeds the allocation (0 when it fits)."""
+        return max(0, self.peak - self.allocation)
 
     @property
     def server_overrun(self) -> int:
-        """How far the worst case exceeds what the server accepts (0 when it fits or is unknown)."""
-        return 0 if self.server is None else max(0, self.worst_case - self.server.usable)
+        """How far the peak exceeds what the server leaves this environment (0 when it fits or is
+        unknown)."""
+        return 0 if self.server is None else max(0, self.peak - self.server.available)
+
+    @property
+    def steady_fits(self) -> bool:
+        return self.worst_case <= self.ceiling
+
+    @property
+    def ceiling(self) -> int:
+        """The lower of the allocation and what the server leaves this environment (when known)."""
+        return self.allocation if self.server is None else min(self.allocation, self.server.available)
 
     @property
     def fits(self) -> bool:
@@ -168,12 +238,20 @@ class Budget:
             "admin_reserve": self.admin_reserve,
             "worst_case": self.worst_case,
             "fits": self.fits,
+            "steady": {"worst_case": self.worst_case, "fits": self.steady_fits},
+            "deploy": {
+                **self.deploy.as_dict(),
+                "fits": self.deploy.worst_case <= self.ceiling,
+                **{case: self.window(case).as_dict() for case in DEPLOY_CASES if case != "none"},
+            },
             "server": None
             if self.server is None
             else {
                 "max_connections": self.server.max_connections,
                 "superuser_reserved_connections": self.server.superuser_reserved_connections,
                 "usable": self.server.usable,
+                "other_caps": self.server.others,
+                "available": self.server.available,
             },
             "services": [
                 _service_row(
@@ -193,6 +271,7 @@ def budget_from_settings(settings: Settings, server: ServerLimits | None = None)
         langgraph_max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
         services=[ServiceBudget(p) for p in topology.fleet(settings)],
         server=server,
+        deploy_case=settings.DB_BUDGET_DEPLOY_CASE,
     )
 
 
@@ -232,15 +311,29 @@ class Suggestion:
     allocation: int
     admin_reserve: int
     services: list[SuggestedService]
+    deploy_case: DeployCase = "one_service"
+    # What the server leaves this environment, when it could be read; None: the allocation alone.
+    server: ServerLimits | None = None
+    server_error: str | None = None  # why the server's limits are unknown, when they were asked for
     advice: str | None = None  # when nothing fits: which replica or process count to lower
 
     @property
     def worst_case(self) -> int:
+        """The steady state of the suggested pools."""
         return sum(s.max_connections for s in self.services) + self.admin_reserve
 
     @property
+    def deploy(self) -> DeployWindow:
+        return deploy_window({s.service: s.max_connections for s in self.services}, self.admin_reserve,
+                             self.deploy_case)  # fmt: skip
+
+    @property
+    def ceiling(self) -> int:
+        return self.allocation if self.server is None else min(self.allocation, self.server.available)
+
+    @property
     def fits(self) -> bool:
-        return self.advice is None and self.worst_case <= self.allocation
+        return self.advice is None and max(self.worst_case, self.deploy.worst_case) <= self.ceiling
 
     def env(self) -> dict[str, int]:
         values: dict[str, int] = {}
@@ -258,7 +351,18 @@ class Suggestion:
             "environment": self.environment,
             "allocation": self.allocation,
             "admin_reserve": self.admin_reserve,
+            "ceiling": self.ceiling,
+            "server": None
+            if self.server is None
+            else {
+                "usable": self.server.usable,
+                "other_caps": self.server.others,
+                "available": self.server.available,
+            },
+            "server_error": self.server_error,
             "worst_case": self.worst_case,
+            "steady": {"worst_case": self.worst_case, "fits": self.worst_case <= self.ceiling},
+            "deploy": {**self.deploy.as_dict(), "fits": self.deploy.worst_case <= self.ceiling},
             "fits": self.fits,
             "advice": self.advice,
             "env": self.env(),
@@ -313,60 +417,75 @@ def _minimum(plan: ServicePlan, langgraph: int) -> int:
     return plan.total_processes * (per + langgraph)
 
 
-def _advice(plans: list[ServicePlan], langgraph: int, room: int) -> str:
+def _advice(
+    plans: list[ServicePlan], langgraph: int, ceiling: int, admin_reserve: int, case: DeployCase
+) -> str:
     """Which replica count to lower (the smallest change that fits), else the process counts."""
     need = {p.name: _minimum(p, langgraph if p.service.checkpointer else 0) for p in plans}
-    total = sum(need.values())
+
+    def fits(totals: dict[str, int]) -> bool:
+        return deploy_window(totals, admin_reserve, case).worst_case <= ceiling
+
     for p in sorted(plans, key=lambda p: need[p.name], reverse=True):
         per_replica = need[p.name] // p.replicas
         for replicas in range(p.replicas - 1, 0, -1):
-            if total - need[p.name] + per_replica * replicas <= room:
+            if fits({**need, p.name: per_replica * replicas}):
                 return f"lower {p.service.replicas_var} from {p.replicas} to {replicas}"
     names = ", ".join(p.service.processes_var for p in plans)
+    smallest = deploy_window(need, admin_reserve, case).worst_case
     return (
-        f"even at the smallest pools ({total} > {room}) nothing fits: "
+        f"even at the smallest pools ({smallest} > {ceiling}) nothing fits: "
         f"lower the replica or process counts ({names})"
     )
 
 
-def suggest(settings: Settings) -> Suggestion:
-    """Pool sizes, per service, that make this topology (its replicas and process counts) fit.
+def _sized(plans: list[ServicePlan], settings: Settings, langgraph: int, cap: int) -> list[SuggestedService]:
+    """Every service's pools when each process of an elastic service may hold ``cap`` connections."""
+    shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
+    services = []
+    for p in plans:
+        if p.service.role == "one_task":
+            pool = PoolSizing(1, 1)
+        elif p.service.fixed_pool:
+            # All persistent: no overflow connection opened and closed per burst.
+            pool = PoolSizing(min(_want(p, settings), cap), 0)
+        else:
+            pool = _split(min(_want(p, settings), cap), shared)
+        graph = langgraph if p.service.checkpointer else 0
+        services.append(
+            SuggestedService(p.name, p.replicas, p.processes, pool, graph, _reason(p, pool, graph, settings))
+        )
+    return services
+
+
+def suggest(
+    settings: Settings, server: ServerLimits | None = None, server_error: str | None = None
+) -> Suggestion:
+    """Pool sizes, per service, that make this topology (its replicas and process counts) fit both the
+    steady state and the deploy window ``DB_BUDGET_DEPLOY_CASE`` plans for, within the allocation and,
+    when ``server`` is known, what the server leaves this environment.
 
     A process that runs one task at a time gets 1 + 1; the checkpointer pool of a workflow child gets
-    what one graph needs. What is left of the allocation after those and the admin reserve is shared
-    per process between the services whose processes do concurrent work (the API's requests, a content
-    task's gather), up to what each can use.
+    what one graph needs. The services whose processes do concurrent work (the API's requests, a
+    content task's gather) get the largest equal per-process share, up to what each can use, that
+    still fits.
     """
     plans = topology.fleet(settings)
     langgraph = max(
         min(LANGGRAPH_PER_GRAPH, settings.LANGGRAPH_POOL_MAX_SIZE), settings.LANGGRAPH_POOL_MIN_SIZE, 1
     )
-    room = settings.DB_CONNECTION_BUDGET - settings.DB_ADMIN_RESERVE
-    fixed = [p for p in plans if p.service.role == "one_task"]
-    elastic = [p for p in plans if p.service.role != "one_task"]
-    graphs = sum(p.total_processes * langgraph for p in plans if p.service.checkpointer)
-    left = room - graphs - sum(p.total_processes * _want(p, settings) for p in fixed)
-    elastic_processes = sum(p.total_processes for p in elastic)
-    cap = left // elastic_processes if elastic_processes else 0
-    advice = None
-    if (elastic and cap < ELASTIC_MINIMUM) or left < 0:
-        advice = _advice(plans, langgraph, room)
-        cap = ELASTIC_MINIMUM
-    services = []
-    for p in plans:
-        want = _want(p, settings)
-        per = want if p.service.role == "one_task" else min(want, cap)
-        shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
-        if p.service.role == "one_task":
-            pool = PoolSizing(1, 1)
-        elif p.service.fixed_pool:
-            pool = PoolSizing(per, 0)  # all persistent: no overflow connection opened and closed per burst
-        else:
-            pool = _split(per, shared)
-        graph = langgraph if p.service.checkpointer else 0
-        services.append(
-            SuggestedService(p.name, p.replicas, p.processes, pool, graph, _reason(p, pool, graph, settings))
-        )
-    return Suggestion(
-        settings.ENVIRONMENT, settings.DB_CONNECTION_BUDGET, settings.DB_ADMIN_RESERVE, services, advice
+    found = Suggestion(
+        settings.ENVIRONMENT, settings.DB_CONNECTION_BUDGET, settings.DB_ADMIN_RESERVE, [],
+        settings.DB_BUDGET_DEPLOY_CASE, server, server_error,
+    )  # fmt: skip
+    largest = max(_want(p, settings) for p in plans)
+    # The window grows with the share, but not linearly (the service that counts twice can change):
+    # try each share from the largest down, and keep the first that fits.
+    for cap in range(largest, ELASTIC_MINIMUM - 1, -1):
+        candidate = replace(found, services=_sized(plans, settings, langgraph, cap))
+        if candidate.fits:
+            return candidate
+    advice = _advice(
+        plans, langgraph, found.ceiling, settings.DB_ADMIN_RESERVE, settings.DB_BUDGET_DEPLOY_CASE
     )
+    return replace(found, services=_sized(plans, settings, langgraph, ELASTIC_MINIMUM), advice=advice)

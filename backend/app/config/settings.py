@@ -162,6 +162,9 @@ class _CommonSettings(BaseSettings):
     # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
     # strict (refuse to start, naming the variables to change).
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
+    # The deploy window the budget plans for (app.topology.DeployCase): a rolling deploy runs a
+    # service's old and new deployments side by side, so its pools count twice while it redeploys.
+    DB_BUDGET_DEPLOY_CASE: topology.DeployCase = "one_service"
     # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
     # it starts (every uvicorn worker, a worker's parent) do not check again.
     DB_BUDGET_CHECKED: bool = False
@@ -609,6 +612,11 @@ def _one_line(error: ValidationError) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and ``ENV_FILE`` when set), or stop with one line naming the variable."""
     env_file = os.environ.get("ENV_FILE") or None
+    if env_file is not None and not os.path.isfile(env_file):
+        # pydantic-settings skips a missing env file silently: every value in it would be lost unseen.
+        raise InvalidSettingsError(
+            f"ENV_FILE={env_file!r}: no such file (relative to {os.getcwd()}); fix the path or unset ENV_FILE"
+        )
     try:
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:

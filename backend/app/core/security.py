@@ -6,6 +6,7 @@ python -m app.core.security --sub alice --role admin     # prints a token for lo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -84,19 +85,46 @@ def _verified(token: str, secret: str, algorithm: str, max_lifetime_minutes: int
     if role not in ("user", "admin"):
         raise AuthError("invalid token role")
     subject = claims["sub"]  # PyJWT has checked that it is a string
-    if not 1 <= len(subject) <= SUBJECT_MAX_LENGTH or not subject.isprintable():
-        raise AuthError(f"invalid token subject (1 to {SUBJECT_MAX_LENGTH} printable characters)")
+    if not subject_is_valid(subject):
+        raise AuthError(f"invalid token subject ({SUBJECT_RULE})")
     return Principal(subject=subject, role=role), float(exp)
 
 
-def main() -> None:
+SUBJECT_RULE = f"1 to {SUBJECT_MAX_LENGTH} printable characters, not blank, no surrounding spaces"
+
+
+def subject_is_valid(subject: str) -> bool:
+    """A subject is an owner: "   " or " alice" would be an owner nobody meant (or a second alice)."""
+    return (
+        1 <= len(subject) <= SUBJECT_MAX_LENGTH
+        and subject.isprintable()
+        and subject.strip() == subject
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print a bearer token signed with JWT_SECRET_KEY.")
     parser.add_argument("--sub", required=True)
     parser.add_argument("--role", choices=["user", "admin"], default="user")
     parser.add_argument("--minutes", type=int, default=None)
-    args = parser.parse_args()
-    print(create_token(args.sub, args.role, expires_minutes=args.minutes))
+    args = parser.parse_args(argv)
+    if not subject_is_valid(args.sub):
+        parser.error(f"--sub {args.sub!r}: {SUBJECT_RULE}")
+    settings = get_settings()  # an invalid setting stops here with its own one line
+    if not settings.JWT_SECRET_KEY.get_secret_value():
+        print(
+            "JWT_SECRET_KEY is not set: export it (32+ characters), or name an env file that sets it, "
+            "e.g. ENV_FILE=.env.development (created by ./scripts/dev.sh)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(create_token(args.sub, args.role, settings=settings, expires_minutes=args.minutes))
+    except AuthError as error:
+        print(f"cannot mint a token: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
