@@ -8,11 +8,12 @@
 What Railway does on a deploy, played from the generated Railway graph (``.railway/railway.py``:
 ``main(create_railway_context(environment=...)).to_graph()``) for each service: run its
 ``preDeployCommand``; start the new deployment with its ``startCommand`` and the service's variables;
-wait until it is healthy (``healthcheckPath`` within ``healthcheckTimeout`` for the API; a worker when
-Celery says ``ready.``); let old and new run side by side for ``overlapSeconds``; send SIGTERM to the
-old deployment's main process (PID 1 in its container); give it ``drainingSeconds``; then SIGKILL
-whatever is left of it (the whole container). One service at a time (api, celery_logs,
-celery_content, celery_workflow), then all four at once.
+wait until it is live (the API: ``healthcheckPath`` answers 200 within ``healthcheckTimeout``; a service
+without a healthcheck, as Railway does, as soon as it runs); let old and new run side by side for
+``overlapSeconds``; send SIGTERM to the old deployment's main process (PID 1 in its container); give
+it ``drainingSeconds``; then SIGKILL whatever is left of it (the whole container). One service at a
+time (api, celery_logs, celery_content, celery_workflow), then all four at once; a phase ends when
+the new set consumes (a worker's ``ready.``), so the next starts from a steady state.
 
 Everything on loopback, every process it starts stopped at the end:
 
@@ -369,6 +370,7 @@ class Deployment:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     live: float | None = None
+    ready_at: float | None = None
     sigterm: float | None = None
     gone: float | None = None
     killed: bool = False
@@ -392,9 +394,12 @@ class Deployment:
                 return r.status_code == 200
             except httpx.HTTPError:
                 return False
-        # No healthcheck: Railway takes the container as live once it runs; a worker is of use once
-        # Celery says it is ready, which is what its overlap is for.
-        return " ready." in self.log.read_text(errors="replace")
+        # No healthcheck: Railway takes the deployment as live once its container runs.
+        return True
+
+    def ready(self) -> bool:
+        """A worker consumes once Celery says so; the API once it answers its health check."""
+        return self.config.healthcheck_path is not None or " ready." in self.log.read_text(errors="replace")
 
     def terminate(self, t0: float) -> None:
         """SIGTERM to the main process only, as the platform does to a container's PID 1."""
@@ -422,9 +427,22 @@ class Phase:
     name: str
     services: tuple[str, ...]
     start: float = 0.0
+    pre_deploy_end: float = 0.0
     end: float = 0.0
-    deployments: list[Deployment] = field(default_factory=list)  # the new ones
-    replaced: list[Deployment] = field(default_factory=list)  # the old ones
+    pairs: list[tuple[Deployment, Deployment | None]] = field(default_factory=list)  # (new, old)
+
+    def as_dict(self, points: list[dict[str, Any]]) -> dict[str, Any]:
+        steps = []
+        for new, old in self.pairs:
+            step: dict[str, Any] = {"service": new.config.name, "new": new.label, "started": new.started,
+                                    "live": new.live, "ready": new.ready_at, "old": None}  # fmt: skip
+            if old is not None:
+                step |= {"old": old.label, "sigterm": old.sigterm, "gone": old.gone, "killed": old.killed,
+                         "exit_code": old.exit_code}  # fmt: skip
+            steps.append(step)
+        return {"name": self.name, "services": list(self.services), "start": self.start,
+                "pre_deploy_end": self.pre_deploy_end, "end": self.end,
+                "peak": peak(points, self.start, self.end), "steps": steps}  # fmt: skip
 
 
 class Rehearsal:
@@ -487,11 +505,11 @@ class Rehearsal:
         """Start the new deployments, wait until each is live, overlap, SIGTERM, drain, SIGKILL."""
         phase.start = self.now()
         seconds = await self.pre_deploy(phase.services)
+        phase.pre_deploy_end = self.now()
         print(f"  [{phase.name}] t={self.now():.1f} s: preDeployCommand done in {seconds:.1f} s", flush=True)
         new = {name: self._deployment(name) for name in phase.services}
         old = {name: self.current.get(name) for name in phase.services}
-        phase.deployments = list(new.values())
-        phase.replaced = [d for d in old.values() if d is not None]
+        phase.pairs = [(new[name], old[name]) for name in phase.services]
         for d in new.values():
             d.start(self.t0)
             self.started.append(d)
@@ -500,6 +518,8 @@ class Rehearsal:
             for name in sorted(pending):
                 d, previous, config = new[name], old[name], self.configs[name]
                 now = self.now()
+                if d.live is not None and d.ready_at is None and d.ready():
+                    d.ready_at = now
                 if d.live is None:
                     assert d.proc is not None
                     if d.proc.poll() is not None:
@@ -544,6 +564,19 @@ class Rehearsal:
                     pending.discard(name)
             await asyncio.sleep(0.1)
         self.current.update(new)
+        # Not part of Railway's sequence (the old workers may be gone already): the phase ends when the
+        # new set consumes, so the next one starts from a steady state.
+        deadline = time.monotonic() + 120
+        while not all(d.ready_at is not None for d in new.values()):
+            for d in new.values():
+                assert d.proc is not None
+                if d.proc.poll() is not None:
+                    raise RuntimeError(f"{d.label} exited {d.proc.returncode}: {d.log}")
+                if d.ready_at is None and d.ready():
+                    d.ready_at = self.now()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the new set of {phase.name} did not become ready within 120 s")
+            await asyncio.sleep(0.1)
         phase.end = self.now()
 
     def check_running(self) -> None:
@@ -791,27 +824,7 @@ async def play(
         edge.stop()
     points = timeline(sampler, base_env["ENVIRONMENT"])
     return {
-        "phases": [
-            {
-                "name": p.name,
-                "services": list(p.services),
-                "start": p.start,
-                "end": p.end,
-                "peak": peak(points, p.start, p.end),
-                "new": [{"label": d.label, "started": d.started, "live": d.live} for d in p.deployments],
-                "old": [
-                    {
-                        "label": d.label,
-                        "sigterm": d.sigterm,
-                        "gone": d.gone,
-                        "killed": d.killed,
-                        "exit_code": d.exit_code,
-                    }
-                    for d in p.replaced
-                ],
-            }
-            for p in [initial, *phases]
-        ],
+        "phases": [p.as_dict(points) for p in [initial, *phases]],
         "load": {"start": load_start, "end": load_end, "settled": settled},
         "chunks": load.chunks,
         "posts": load.posts,
@@ -849,46 +862,78 @@ def edge_log(text: str, wall_t0: float) -> dict[str, Any]:
     return {"redispatched": redispatched, "failed": failed}
 
 
+def phase_figure(window: dict[str, Any], phase: dict[str, Any]) -> int:
+    """What the budget allows during a phase: steady + the service redeploying, or all of them twice."""
+    if phase["name"] == "all":
+        return window["all_services"]
+    if len(phase["services"]) == 1:
+        return window["per_service"][phase["services"][0]]
+    return window["steady"]
+
+
+def steady_peak(result: dict[str, Any]) -> int:
+    """The environment's peak under load outside every deploy: one set of services running."""
+    deploys = [(p["start"], p["end"]) for p in result["phases"] if p["name"] != "initial"]
+    load = result["load"]
+    return max(
+        (
+            point["total"]
+            for point in result["timeline"]
+            if load["start"] <= point["t"] <= load["end"]
+            and not any(a <= point["t"] <= b for a, b in deploys)
+        ),
+        default=0,
+    )
+
+
+def failed(status: int) -> bool:
+    return status == 0 or status >= 300
+
+
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     window = result["window"]
     wrk: dict[int, int] = {}
     for chunk in result["chunks"]:
         for status, n in chunk["statuses"].items():
             wrk[int(status)] = wrk.get(int(status), 0) + n
-    failed_chunks = [c for c in result["chunks"] if any(int(s) == 0 or int(s) >= 300 for s in c["statuses"])]
     posts: dict[int, int] = {}
     for p in result["posts"]:
         posts[p["status"]] = posts.get(p["status"], 0) + 1
-    one = [p for p in result["phases"] if p["name"] not in ("initial", "all")]
-    every = [p for p in result["phases"] if p["name"] == "all"]
-    checks = {
-        "wrk_failed": sum(n for s, n in wrk.items() if s == 0 or s >= 300),
+    deploys = [p for p in result["phases"] if p["name"] != "initial"]
+    roadmaps = result["roadmaps"]
+    summary: dict[str, Any] = {
+        "wrk": wrk,
+        "posts": posts,
+        "failed_chunks": [c for c in result["chunks"] if any(failed(int(s)) for s in c["statuses"])],
+        "wrk_failed": sum(n for s, n in wrk.items() if failed(s)),
         "wrk_5xx": sum(n for s, n in wrk.items() if s >= 500),
-        "post_failed_attempts": sum(n for s, n in posts.items() if s == 0 or s >= 300),
+        "post_failed_attempts": sum(n for s, n in posts.items() if failed(s)),
         "post_5xx": sum(n for s, n in posts.items() if s >= 500),
-        "roadmaps_not_completed_once": result["roadmaps"]["accepted"]
-        - result["roadmaps"]["completed_exactly_once"],
-        "concepts_not_written_once": result["roadmaps"]["concepts"]
-        - result["roadmaps"]["concepts_written_once"],
-        "one_service_peak": max((p["peak"] for p in one), default=0),
-        "all_services_peak": max((p["peak"] for p in every), default=0),
+        "roadmaps_not_completed_once": roadmaps["accepted"] - roadmaps["completed_exactly_once"],
+        "concepts_not_written_once": roadmaps["concepts"] - roadmaps["concepts_written_once"],
+        "steady_peak": steady_peak(result),
+        "one_service_peak": max((p["peak"] for p in deploys if p["name"] != "all"), default=0),
+        "all_services_peak": max((p["peak"] for p in deploys if p["name"] == "all"), default=0),
+        "killed": [s["old"] for p in deploys for s in p["steps"] if s["old"] and s["killed"]],
     }
-    over = []
-    for p in one:
-        figure = window["per_service"][p["services"][0]]
-        if p["peak"] > figure:
-            over.append(f"{p['name']} {p['peak']} > {figure}")
-    if every and checks["all_services_peak"] > window["all_services"]:
-        over.append(f"all {checks['all_services_peak']} > {window['all_services']}")
-    for name in ("one_service", "all_services"):
-        if window[name] > window["allocation"]:
-            over.append(f"deploy figure {name} {window[name]} > allocation {window['allocation']}")
-    checks["over"] = over
-    checks["ok"] = not (
-        checks["wrk_failed"] or checks["post_failed_attempts"] or checks["roadmaps_not_completed_once"]
-        or checks["concepts_not_written_once"] or over or result["unexpected_exits"]
+    over = [
+        f"{p['name']} {p['peak']} > {phase_figure(window, p)}"
+        for p in deploys
+        if p["peak"] > phase_figure(window, p)
+    ]
+    if summary["steady_peak"] > window["steady"]:
+        over.append(f"steady {summary['steady_peak']} > {window['steady']}")
+    over += [
+        f"deploy figure {name} {window[name]} > allocation {window['allocation']}"
+        for name in ("one_service", "all_services")
+        if window[name] > window["allocation"]
+    ]
+    summary["over"] = over
+    summary["ok"] = not (
+        summary["wrk_failed"] or summary["post_failed_attempts"] or summary["roadmaps_not_completed_once"]
+        or summary["concepts_not_written_once"] or over or result["unexpected_exits"]
     )  # fmt: skip
-    return {"wrk": wrk, "posts": posts, "failed_chunks": failed_chunks, **checks}
+    return summary
 
 
 def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -896,25 +941,23 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     print("\n== deploy rehearsal ==")
     print(
         f"budget ({window['source']}): steady {window['steady']}, one service at a time "
-        f"{window['one_service']} ({window['one_service_name']}), all at once {window['all_services']}, "
-        f"allocation {window['allocation']}"
+        f"{window['one_service']} (worst: {window['one_service_name']}), "
+        f"all at once {window['all_services']}, allocation {window['allocation']}"
     )
     print(f"pg_stat_activity sampled at {result['samples_per_second']:.1f} Hz")
-    print(f"{'phase':<16}{'peak conns':>11}{'figure':>8}{'allocation':>11}   old set")
+    print(f"{'phase':<18}{'peak':>6}{'budget':>8}{'alloc.':>8}   old set after SIGTERM")
+    print(f"{'steady (loaded)':<18}{summary['steady_peak']:>6}{window['steady']:>8}{window['allocation']:>8}")
     for p in result["phases"]:
         if p["name"] == "initial":
-            figure = window["steady"]
-        elif p["name"] == "all":
-            figure = window["all_services"]
-        else:
-            figure = window["per_service"][p["services"][0]]
+            continue
         olds = ", ".join(
-            f"{o['label']} gone {o['gone'] - o['sigterm']:.1f} s after SIGTERM"
-            + (" (SIGKILL)" if o["killed"] else f" (exit {o['exit_code']})")
-            for o in p["old"]
-            if o["gone"] is not None and o["sigterm"] is not None
+            f"{s['old']} gone in {s['gone'] - s['sigterm']:.1f} s"
+            + (" (SIGKILL)" if s["killed"] else f" (exit {s['exit_code']})")
+            for s in p["steps"]
+            if s["old"] and s["gone"] is not None
         )
-        print(f"{p['name']:<16}{p['peak']:>11}{figure:>8}{window['allocation']:>11}   {olds}")
+        figure = phase_figure(window, p)
+        print(f"{p['name']:<18}{p['peak']:>6}{figure:>8}{window['allocation']:>8}   {olds}")
     total_reads = sum(n for s, n in summary["wrk"].items() if s)
     print(
         f"reads (wrk through HAProxy): {total_reads} answered, "
@@ -931,7 +974,7 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
         f"failed attempts {summary['post_failed_attempts']}, 5xx {summary['post_5xx']}"
     )
     for p in result["posts"]:
-        if p["status"] == 0 or p["status"] >= 300:
+        if failed(p["status"]):
             print(f"  POST at {p['t']:.1f} s, attempt {p['attempt']}: {p['status']} {p['detail']}")
     r = result["roadmaps"]
     print(
@@ -942,6 +985,8 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     )
     if result["unexpected_exits"]:
         print(f"exited on their own: {result['unexpected_exits']}")
+    if summary["killed"]:
+        print(f"SIGKILLed after drainingSeconds: {summary['killed']}")
     edge = result["edge"]
     print(
         f"edge (HAProxy): {edge['redispatched']} requests retried on the other server; "
@@ -949,7 +994,10 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     )
     for line in edge["failed"][:30]:
         print(f"  {line}")
-    print("verdict: " + ("OK" if summary["ok"] else f"NOT OK {summary['over'] or ''}"))
+    print(
+        "verdict: "
+        + ("OK" if summary["ok"] else "NOT OK" + (f" (over: {summary['over']})" if summary["over"] else ""))
+    )
 
 
 def plot(result: dict[str, Any], path: Path, title: str) -> None:
@@ -960,68 +1008,102 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
 
     window = result["window"]
     points = result["timeline"]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(13, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    fig, (top, lanes, bottom) = plt.subplots(
+        3, 1, figsize=(13, 10), sharex=True, gridspec_kw={"height_ratios": [3.2, 1.3, 1.2]}
     )
     t = [p["t"] for p in points]
     top.plot(t, [p["total"] for p in points], color="black", linewidth=1.8, label="environment total")
     for service in SERVICES:
         top.plot(t, [p[service] for p in points], linewidth=1, label=service)
-    for name, style, color in (
-        ("steady", ":", "grey"), ("one_service", "--", "tab:orange"), ("all_services", "--", "tab:purple"),
-        ("allocation", "-", "red"),
-    ):  # fmt: skip
-        label = {"one_service": f"one service at a time ({window['one_service_name']})"}.get(name, name)
-        top.axhline(window[name], linestyle=style, color=color, linewidth=1, label=f"{label}: {window[name]}")
+    top.axhline(window["allocation"], color="red", linewidth=1, label=f"allocation {window['allocation']}")
+    top.axhline(
+        window["steady"], color="grey", linestyle=":", linewidth=1, label=f"steady {window['steady']}"
+    )
+    labelled = set()
     for p in result["phases"]:
-        starts = [d["started"] for d in p["new"]]
-        lives = [d["live"] for d in p["new"] if d["live"] is not None]
-        terms = [o["sigterm"] for o in p["old"] if o["sigterm"] is not None]
-        gones = [o["gone"] for o in p["old"] if o["gone"] is not None]
-        if not starts:
+        if p["name"] == "initial":
             continue
-        spans = [
-            (p["start"], min(starts), "tab:gray"),
-            (min(starts), max(lives, default=min(starts)), "tab:blue"),
-        ]
-        if terms:
-            spans += [
-                (max(lives), min(terms), "tab:green"),
-                (min(terms), max(gones, default=max(terms)), "tab:red"),
-            ]
-        for a, b, color in spans:
-            for ax in (top, bottom):
-                ax.axvspan(a, b, color=color, alpha=0.12, linewidth=0)
-        top.text(p["start"], 1.01, p["name"], transform=top.get_xaxis_transform(), fontsize=8, rotation=30)
+        kind = "all at once" if p["name"] == "all" else "one service redeploying"
+        color = "tab:purple" if p["name"] == "all" else "tab:orange"
+        figure = phase_figure(window, p)
+        top.hlines(figure, p["start"], p["end"], colors=color, linestyles="--", linewidth=1.5,
+                   label=None if kind in labelled else f"budget, {kind}")  # fmt: skip
+        labelled.add(kind)
+        top.annotate(f"{p['peak']} / {figure}", (p["start"], figure), xytext=(0, 4),
+                     textcoords="offset points", fontsize=7, color=color)  # fmt: skip
     top.set_ylabel("server connections (pg_stat_activity)")
-    top.set_ylim(0, window["allocation"] * 1.08)
-    top.legend(loc="upper left", fontsize=7, ncol=3)
-    top.set_title(textwrap.fill(title, 150), fontsize=9, pad=26)
+    highest = max([window["all_services"], window["one_service"], *(p["total"] for p in points)])
+    ceiling = max(highest * 1.35, 10)
+    if window["allocation"] > ceiling:  # the allocation would flatten everything else
+        top.text(0.995, 0.97, f"allocation {window['allocation']}: above the scale", transform=top.transAxes,
+                 ha="right", va="top", fontsize=8, color="red")  # fmt: skip
+    else:
+        ceiling = window["allocation"] * 1.1
+    top.set_ylim(0, ceiling)
+    top.legend(loc="upper left", fontsize=7, ncol=4)
+    top.set_title(textwrap.fill(title, 140), fontsize=9)
+
+    # One lane per service: the new deployment starting (upper half); the old one beside it, then
+    # draining after its SIGTERM (lower half).
+    rows = {service: i for i, service in enumerate(SERVICES)}
+    colors = {"preDeploy": "lightgrey", "new set starting": "tab:blue", "overlap": "tab:green",
+              "old set draining": "tab:red"}  # fmt: skip
+    for p in result["phases"]:
+        lanes.axvline(p["start"], color="black", linewidth=0.5)
+        lanes.text(p["start"], -1.15, f" {p['name']}", fontsize=8, va="top")
+        for step in p["steps"]:
+            y = rows[step["service"]]
+            bars = [("preDeploy", p["start"], step["started"])]
+            live = step["live"] if step["live"] is not None else step["started"]
+            bars.append(("new set starting", step["started"], step["ready"] or live))
+            if step["old"]:
+                bars.append(("overlap", live, step["sigterm"]))
+                bars.append(("old set draining", step["sigterm"], step["gone"]))
+            for name, a, b in bars:
+                # the new deployment in the upper half of its lane, the old one in the lower half
+                top_half = name in ("preDeploy", "new set starting")
+                if a is not None and b is not None and b > a:
+                    lanes.broken_barh([(a, b - a)], (y - 0.4 if top_half else y + 0.02, 0.38),
+                                      color=colors[name], alpha=0.8)  # fmt: skip
+    lanes.set_yticks(range(len(SERVICES)), SERVICES, fontsize=8)
+    lanes.set_ylim(len(SERVICES) + 0.6, -1.2)  # top to bottom: phase names, lanes, the legend's row
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.8) for c in colors.values()]
+    lanes.legend(handles, list(colors), loc="lower right", fontsize=7, ncol=4)
+
     chunks = result["chunks"]
     mid = [(c["start"] + c["end"]) / 2 for c in chunks]
-    rate = [
-        sum(n for s, n in c["statuses"].items() if int(s)) / max(1e-9, c["end"] - c["start"]) for c in chunks
-    ]
-    bottom.plot(mid, rate, color="tab:blue", marker=".", label="reads answered / s (wrk)")
+    span = [max(1e-9, c["end"] - c["start"]) for c in chunks]
+    answered = [sum(n for s, n in c["statuses"].items() if int(s)) for c in chunks]
+    bottom.plot(mid, [n / d for n, d in zip(answered, span, strict=True)], color="tab:blue", marker=".",
+                label="reads answered / s (wrk)")  # fmt: skip
     bottom.set_ylabel("reads / s")
+    bottom.set_ylim(bottom=0)
     right = bottom.twinx()
-    failed = [sum(n for s, n in c["statuses"].items() if int(s) == 0 or int(s) >= 300) for c in chunks]
-    right.bar(mid, failed, width=[c["end"] - c["start"] for c in chunks], color="red", alpha=0.5,
-              label="failed reads per chunk")  # fmt: skip
-    post_fail = [p["t"] for p in result["posts"] if p["status"] == 0 or p["status"] >= 300]
+    failures = [sum(n for s, n in c["statuses"].items() if failed(int(s))) for c in chunks]
+    right.bar(mid, failures, width=span, color="red", alpha=0.5, label="failed reads per wrk run")
+    post_fail = [p["t"] for p in result["posts"] if failed(p["status"])]
     right.plot(post_fail, [0.5] * len(post_fail), "kx", label="failed POST attempt")
     right.set_ylabel("failures")
-    right.set_ylim(0, max([*failed, 1]) * 1.3)
-    handles = bottom.get_legend_handles_labels()
-    more = right.get_legend_handles_labels()
-    bottom.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=7)
-    bottom.set_xlabel(
-        "seconds   (shaded: grey preDeploy, blue new set starting, green overlap, red old set draining)"
-    )
+    right.set_ylim(0, max([*failures, 1]) * 1.3)
+    h1, l1 = bottom.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    bottom.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=7, ncol=3)
+    bottom.set_xlabel("seconds since the first deploy")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def finish(result: dict[str, Any], args: argparse.Namespace) -> int:
+    summary = summarise(result)
+    report(result, summary)
+    plot(result, args.png, result["title"])
+    print(f"wrote {args.png}")
+    if args.json:
+        args.json.write_text(json.dumps({**result, "summary": summary}, indent=1, default=str))
+        print(f"wrote {args.json}")
+    return 0 if summary["ok"] else 1
 
 
 def main() -> int:
@@ -1044,7 +1126,10 @@ def main() -> int:
     parser.add_argument("--png", type=Path, default=PNG)
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     parser.add_argument("--keep-logs", type=Path, help="copy the services' and HAProxy's logs here")
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="report and plot a saved --json result")
     args = parser.parse_args()
+    if args.replot:
+        return finish(json.loads(args.replot.read_text()), args)
     wrk_binary()  # fails early with how to install it
 
     SCALE_DOWN_ACTIVE.update(SCALE_DOWN)
@@ -1060,7 +1145,15 @@ def main() -> int:
         # the database name is the environment's own (POSTGRES_DB of its profile): the audit's
         database = "roadmap_dev" if args.environment == "development" else "roadmap_prod"
         url = pg.create_database(database)
-        shared = {"DATABASE_URL": url, "REDIS_URL": redis.url, "JWT_SECRET_KEY": jwt}
+        # The environment's shared variables the graph references: empty ones take their defaults
+        # (CHECKPOINTER_DATABASE_URL: the main database; LLM_API_KEY: the offline provider).
+        shared = {
+            "DATABASE_URL": url,
+            "CHECKPOINTER_DATABASE_URL": "",
+            "REDIS_URL": redis.url,
+            "JWT_SECRET_KEY": jwt,
+            "LLM_API_KEY": "",
+        }
         graph = load_graph(args.railway_file, args.environment)
         configs = services_from_graph(graph, shared, args.overlap, args.drain)
         # Nothing of this shell's settings leaks in: the graph's variables, then the rehearsal's.
@@ -1102,19 +1195,13 @@ def main() -> int:
             f"all at once {window['all_services']}  [{window['source']}]"
         )
         result = asyncio.run(play(args, configs, base_env, url, pg.admin_url, folder, window))
-        summary = summarise(result)
-        report(result, summary)
-        title = (
-            f"deploy rehearsal ({args.environment}, scaled: "
+        windows = ", ".join(f"{c.name} {c.overlap:g} / {c.draining:g}" for c in configs.values())
+        result["title"] = (
+            f"deploy rehearsal ({args.environment}), scaled: "
             + ", ".join(f"{k}={v}" for k, v in SCALE_DOWN_ACTIVE.items() if not k.endswith("_REPLICAS"))
-            + f"; overlap {configs['api'].overlap:g} s / drain {configs['api'].draining:g} s for the API)"
+            + f", 1 replica each; overlap / draining seconds: {windows}"
         )
-        plot(result, args.png, title)
-        print(f"wrote {args.png}")
-        if args.json:
-            args.json.write_text(json.dumps({**result, "summary": summary}, indent=1, default=str))
-            print(f"wrote {args.json}")
-        return 0 if summary["ok"] else 1
+        return finish(result, args)
     finally:
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
