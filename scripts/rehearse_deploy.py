@@ -958,6 +958,12 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
         )
         figure = phase_figure(window, p)
         print(f"{p['name']:<18}{p['peak']:>6}{figure:>8}{window['allocation']:>8}   {olds}")
+    for label, key in (("one service at a time", "one_service"), ("all at once", "all_services")):
+        print(
+            f"{label}: peak {summary[key + '_peak']} <= deploy.{key}.worst_case {window[key]}: "
+            f"{summary[key + '_peak'] <= window[key]}; <= allocation {window['allocation']}: "
+            f"{window[key] <= window['allocation']}"
+        )
     total_reads = sum(n for s, n in summary["wrk"].items() if s)
     print(
         f"reads (wrk through HAProxy): {total_reads} answered, "
