@@ -35,6 +35,7 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "DB_ADMIN_RESERVE": "20",
             "DB_BUDGET_DEPLOY_CASE": "all_services",
             "DB_BUDGET_ENFORCEMENT": "strict",
+            "DB_CONNECTION_CAP": "database",
             "RUN_MIGRATIONS": "0",
             "UVICORN_WORKERS": "8",
             "API_REPLICAS": "1",
@@ -62,10 +63,10 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # one keeps accepting for one request deadline (REQUEST_TIMEOUT_SECONDS), so a request
                 # routed just before the switch is served, not refused
                 "overlap_seconds": 8,
-                # draining: after SIGTERM the API refuses new connections at once and finishes in-flight
-                # requests, each bounded by REQUEST_TIMEOUT_SECONDS, then closes its pools:
-                # shutdown_seconds('api')
-                "draining_seconds": 13,
+                # draining: after SIGTERM the API refuses new connections at once, serves its open ones for
+                # API_DRAIN_SECONDS, finishes in-flight requests (each bounded by REQUEST_TIMEOUT_SECONDS)
+                # and closes its pools: shutdown_seconds('api')
+                "draining_seconds": 21,
             },
             "celery_logs": {
                 "replicas": 1,
@@ -74,9 +75,9 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; its tasks are short flushes acknowledged
-                # early; one cut short leaves its events buffered in Redis for the next flush:
-                # shutdown_seconds('celery_logs')
-                "draining_seconds": 30,
+                # early, given CELERY_SOFT_SHUTDOWN_TIMEOUT to finish; one cut short leaves its events
+                # buffered in Redis for the next flush: shutdown_seconds('celery_logs')
+                "draining_seconds": 25,
             },
             "celery_content": {
                 "replicas": 1,
@@ -85,10 +86,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
-                # CELERY_CONTENT_TIME_LIMIT=900 s) get WORKER_SOFT_SHUTDOWN_SECONDS to finish, then are
-                # handed back unacknowledged and rerun by the new deployment from what they wrote (late
-                # acknowledgement): shutdown_seconds('celery_content')
-                "draining_seconds": 75,
+                # CELERY_CONTENT_TIME_LIMIT=900 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
+                # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
+                # from what they wrote (late acknowledgement), plus Celery's cold shutdown:
+                # shutdown_seconds('celery_content')
+                "draining_seconds": 25,
             },
             "celery_workflow": {
                 "replicas": 1,
@@ -97,10 +99,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
-                # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get WORKER_SOFT_SHUTDOWN_SECONDS to finish, then are
-                # handed back unacknowledged and rerun by the new deployment from what they wrote (late
-                # acknowledgement): shutdown_seconds('celery_workflow')
-                "draining_seconds": 75,
+                # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
+                # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
+                # from what they wrote (late acknowledgement), plus Celery's cold shutdown:
+                # shutdown_seconds('celery_workflow')
+                "draining_seconds": 25,
             },
         },
     },
@@ -112,6 +115,7 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "DB_ADMIN_RESERVE": "10",
             "DB_BUDGET_DEPLOY_CASE": "all_services",
             "DB_BUDGET_ENFORCEMENT": "strict",
+            "DB_CONNECTION_CAP": "database",
             "RUN_MIGRATIONS": "0",
             "UVICORN_WORKERS": "4",
             "API_REPLICAS": "1",
@@ -139,10 +143,10 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # one keeps accepting for one request deadline (REQUEST_TIMEOUT_SECONDS), so a request
                 # routed just before the switch is served, not refused
                 "overlap_seconds": 8,
-                # draining: after SIGTERM the API refuses new connections at once and finishes in-flight
-                # requests, each bounded by REQUEST_TIMEOUT_SECONDS, then closes its pools:
-                # shutdown_seconds('api')
-                "draining_seconds": 13,
+                # draining: after SIGTERM the API refuses new connections at once, serves its open ones for
+                # API_DRAIN_SECONDS, finishes in-flight requests (each bounded by REQUEST_TIMEOUT_SECONDS)
+                # and closes its pools: shutdown_seconds('api')
+                "draining_seconds": 21,
             },
             "celery_logs": {
                 "replicas": 1,
@@ -151,9 +155,9 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; its tasks are short flushes acknowledged
-                # early; one cut short leaves its events buffered in Redis for the next flush:
-                # shutdown_seconds('celery_logs')
-                "draining_seconds": 30,
+                # early, given CELERY_SOFT_SHUTDOWN_TIMEOUT to finish; one cut short leaves its events
+                # buffered in Redis for the next flush: shutdown_seconds('celery_logs')
+                "draining_seconds": 25,
             },
             "celery_content": {
                 "replicas": 1,
@@ -162,10 +166,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
-                # CELERY_CONTENT_TIME_LIMIT=900 s) get WORKER_SOFT_SHUTDOWN_SECONDS to finish, then are
-                # handed back unacknowledged and rerun by the new deployment from what they wrote (late
-                # acknowledgement): shutdown_seconds('celery_content')
-                "draining_seconds": 75,
+                # CELERY_CONTENT_TIME_LIMIT=900 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
+                # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
+                # from what they wrote (late acknowledgement), plus Celery's cold shutdown:
+                # shutdown_seconds('celery_content')
+                "draining_seconds": 25,
             },
             "celery_workflow": {
                 "replicas": 1,
@@ -174,10 +179,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
                 # overlapping would only keep two sets of pools longer
                 "overlap_seconds": 0,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
-                # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get WORKER_SOFT_SHUTDOWN_SECONDS to finish, then are
-                # handed back unacknowledged and rerun by the new deployment from what they wrote (late
-                # acknowledgement): shutdown_seconds('celery_workflow')
-                "draining_seconds": 75,
+                # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
+                # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
+                # from what they wrote (late acknowledgement), plus Celery's cold shutdown:
+                # shutdown_seconds('celery_workflow')
+                "draining_seconds": 25,
             },
         },
     },

@@ -18,11 +18,20 @@ trap 'release_single_run "$RUN_PIDFILE"' EXIT
 # shellcheck source=lib/bootstrap.sh
 . scripts/lib/bootstrap.sh
 
-[ -f .env.development ] || { cp .env.development.example .env.development; echo "[dev] created .env.development"; }
+fresh=""
+[ -f .env.development ] || { cp .env.development.example .env.development; echo "[dev] created .env.development"; fresh=--fresh; }
 set -a
 # shellcheck disable=SC1091
 . ./.env.development
 set +a
+# This checkout's own database, Redis database and API port: another checkout's stack on this machine
+# keeps its own (scripts/dev_stacks.py chooses free ones for a new env file, or refuses naming them).
+ports=$(python scripts/dev_stacks.py claim $fresh)
+set -a
+# shellcheck disable=SC1091
+. ./.env.development
+set +a
+export "${ports?}"
 
 python scripts/local_services.py ensure
 # shellcheck disable=SC1091
@@ -33,7 +42,7 @@ set -m
 children=()
 cleanup() {
   trap - EXIT INT TERM
-  for pid in "${children[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}" ${waiter:+"$waiter"}; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   python scripts/local_services.py stop
   release_single_run "$RUN_PIDFILE"
@@ -82,9 +91,26 @@ start() {
   ) &
   children+=("$!")
 }
-export PORT="${PORT:-8000}"
 # Every service of the topology (backend/app/topology.py), the API first.
 for service in $(cd backend && python -c 'from app.topology import NAMES; print(*NAMES)'); do start "$service"; done
-echo "[dev] API on http://127.0.0.1:$PORT  (curl http://127.0.0.1:$PORT/health); Ctrl-C stops all"
+# The URL once /health answers, not when the API was merely started.
+(
+  url="http://127.0.0.1:$PORT"
+  if python - "$url/health" <<'PY'
+import sys, time, urllib.request
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
+            sys.exit(0 if response.status == 200 else 1)
+    except OSError:
+        time.sleep(0.25)
+sys.exit(1)
+PY
+  then echo "[dev] API on $url  (curl $url/health); Ctrl-C stops all"
+  else echo "[dev] the API did not answer $url/health within 120 s: see its lines above"
+  fi
+) &
+waiter=$!
 # Returns when a service has exited for good (cleanly, or failing after its last restart).
 wait -n "${children[@]}"

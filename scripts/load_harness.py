@@ -419,6 +419,7 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
             "LLM_PROVIDER": "offline",
             "LLM_OFFLINE_LATENCY": str(profile.llm_latency),
             "SEARCH_PROVIDER": "offline",
+            "SEARCH_OFFLINE_USES_KEYS": "true",
             "SEARCH_OFFLINE_LATENCY": "0.05",
             "DB_BUDGET_ENFORCEMENT": "warn",
             "DB_LEAK_DETECTION_THRESHOLD": "30",

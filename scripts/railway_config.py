@@ -39,13 +39,6 @@ DEPLOY_CASE: topology.DeployCase = "all_services"
 REFERENCED = ("DATABASE_URL", "CHECKPOINTER_DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY", "LLM_API_KEY")
 
 
-def _shutdown_seconds(settings: Settings, service: topology.Service) -> float:
-    # PROVISIONAL until the shutdown work lands: its settings replace these figures.
-    if not service.is_worker:
-        return settings.REQUEST_TIMEOUT_SECONDS + 5
-    return 75 if service.acks_late else 30
-
-
 @dataclass(frozen=True)
 class Timing:
     overlap: int
@@ -60,7 +53,7 @@ def deploy_timing(settings: Settings, service: topology.Service) -> Timing:
     Both keep the old deployment's pools alive beside the new one's; the budget counts that window
     (``all_services``) whatever its length, so these are chosen for the work, not for the connections.
     """
-    drain = math.ceil(_shutdown_seconds(settings, service))
+    drain = math.ceil(settings.shutdown_seconds(service.name))
     if not service.is_worker:
         return Timing(
             overlap=math.ceil(settings.REQUEST_TIMEOUT_SECONDS),
@@ -71,21 +64,23 @@ def deploy_timing(settings: Settings, service: topology.Service) -> Timing:
             ),
             draining=drain,
             draining_why=(
-                "after SIGTERM the API refuses new connections at once and finishes in-flight requests, "
-                "each bounded by REQUEST_TIMEOUT_SECONDS, then closes its pools: shutdown_seconds('api')"
+                "after SIGTERM the API refuses new connections at once, serves its open ones for "
+                "API_DRAIN_SECONDS, finishes in-flight requests (each bounded by REQUEST_TIMEOUT_SECONDS) "
+                "and closes its pools: shutdown_seconds('api')"
             ),
         )
     if service.acks_late:
         hand_back = (
             f"running tasks (up to {service.time_limit_var}={getattr(settings, service.time_limit_var)} s) "
-            "get WORKER_SOFT_SHUTDOWN_SECONDS to finish, then are handed back unacknowledged and rerun by "
-            "the new deployment from what they wrote (late acknowledgement): "
-            f"shutdown_seconds('{service.name}')"
+            "get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are handed back unacknowledged, restored to "
+            "the queue at once, and rerun by the new deployment from what they wrote (late "
+            f"acknowledgement), plus Celery's cold shutdown: shutdown_seconds('{service.name}')"
         )
     else:
         hand_back = (
-            "its tasks are short flushes acknowledged early; one cut short leaves its events buffered in "
-            f"Redis for the next flush: shutdown_seconds('{service.name}')"
+            "its tasks are short flushes acknowledged early, given CELERY_SOFT_SHUTDOWN_TIMEOUT to "
+            "finish; one cut short leaves its events buffered in Redis for the next flush: "
+            f"shutdown_seconds('{service.name}')"
         )
     return Timing(
         overlap=0,
@@ -109,6 +104,9 @@ def _fleet_variables(settings: Settings, environment: str) -> dict[str, str]:
         "DB_ADMIN_RESERVE": str(settings.DB_ADMIN_RESERVE),
         "DB_BUDGET_DEPLOY_CASE": DEPLOY_CASE,
         "DB_BUDGET_ENFORCEMENT": "strict",
+        # The pre-deploy step sets allocation - admin reserve as the database's CONNECTION LIMIT: one
+        # environment misconfigured cannot take the other's connections (needs a non-superuser role).
+        "DB_CONNECTION_CAP": "database",
         # Migrations run in the pre-deploy command, so the API does not run them again at start.
         "RUN_MIGRATIONS": "0",
     }

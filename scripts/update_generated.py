@@ -66,6 +66,8 @@ def railway_variables() -> str:
         f"{prod.DB_ADMIN_RESERVE} | {dev.DB_CONNECTION_BUDGET} / {dev.DB_ADMIN_RESERVE} |",
         f"| | | `DB_BUDGET_DEPLOY_CASE` / `DB_BUDGET_ENFORCEMENT` | {prod.DB_BUDGET_DEPLOY_CASE} / "
         f"{prod.DB_BUDGET_ENFORCEMENT} | {dev.DB_BUDGET_DEPLOY_CASE} / {dev.DB_BUDGET_ENFORCEMENT} |",
+        f"| | | `DB_CONNECTION_CAP` (applied by the pre-deploy step) | {prod.DB_CONNECTION_CAP} | "
+        f"{dev.DB_CONNECTION_CAP} |",
         f"| | | `POSTGRES_DB` (the database `DATABASE_URL` names) | {prod.POSTGRES_DB} | {dev.POSTGRES_DB} |",
     ]
     return "\n".join(lines)

@@ -339,7 +339,7 @@ def test_guard_refuses_what_the_server_cannot_hold(
         [sys.executable, "-m", "app.budget", "--guard", "--command", "api"],
         cwd=BACKEND, env={**env, "DB_BUDGET_ENFORCEMENT": "warn"}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 0 and result.stdout.startswith("uvicorn app.main:app")
+    assert result.returncode == 0 and result.stdout.startswith("python -m app.api.server app.main:app")
     assert "db_budget_exceeded" in result.stderr and "over_server_by=" in result.stderr
 
 

@@ -8,8 +8,11 @@ temporary checkout, so nothing here starts the stack or touches this checkout's 
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,3 +119,57 @@ def test_a_run_releases_only_its_own_claim(checkout: Path) -> None:
     theirs = run(["bash", "-c", f'. {LIB}; release_single_run "$PWD/.data/dev.pid"'], checkout)
     assert theirs.returncode == 0
     assert pidfile.read_text() == "1\n"
+
+
+# --- a second checkout on the same machine ---------------------------------------------------------
+
+
+def new_checkout(root: Path) -> Path:
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "dev_stacks.py", root / "scripts" / "dev_stacks.py")
+    shutil.copy(ROOT / ".env.development.example", root / ".env.development")
+    return root
+
+
+def claim_stack(checkout: Path, state: Path, *, fresh: bool, port: int) -> subprocess.CompletedProcess[str]:
+    """What dev.sh does after loading the env file: the env file's values in the environment."""
+    env = {"PATH": os.environ["PATH"], "XDG_STATE_HOME": str(state)}
+    for line in (checkout / ".env.development").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            env[name] = value
+    env.setdefault("PORT", str(port))
+    command = [sys.executable, "scripts/dev_stacks.py", "claim", *(["--fresh"] if fresh else [])]
+    return subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_second_checkout_gets_its_own_database_redis_and_port(tmp_path: Path) -> None:
+    state, port = tmp_path / "state", free_port()
+    first, second, third = (new_checkout(tmp_path / name) for name in ("first", "second", "third"))
+    one = claim_stack(first, state, fresh=True, port=port)
+    assert one.returncode == 0 and one.stdout.strip() == f"PORT={port}", one.stderr
+    assert (first / ".env.development").read_text() == (ROOT / ".env.development.example").read_text()
+    # A new checkout on the same machine: its own database, Redis database and port, written down.
+    two = claim_stack(second, state, fresh=True, port=port)
+    assert two.returncode == 0, two.stderr
+    chosen = (second / ".env.development").read_text().split("# Chosen by scripts/dev.sh")[1]
+    assert "POSTGRES_DB=roadmap_dev_2" in chosen and "REDIS_URL=redis://localhost:6379/1" in chosen
+    assert f"PORT={port}" not in chosen and two.stdout.startswith("PORT=")
+    assert "POSTGRES_DB=roadmap_dev_2" in two.stderr
+    # Its next run keeps them; the first keeps its own.
+    assert claim_stack(second, state, fresh=False, port=port).returncode == 0
+    assert claim_stack(first, state, fresh=False, port=port).stdout.strip() == f"PORT={port}"
+    # An env file copied from the first checkout is refused, naming the variables to set.
+    shutil.copy(first / ".env.development", third / ".env.development")
+    three = claim_stack(third, state, fresh=False, port=port)
+    assert three.returncode == 1 and str(first) in three.stderr
+    assert "set POSTGRES_DB=roadmap_dev_3 REDIS_URL=redis://localhost:6379/2" in three.stderr
+    # A checkout that is gone no longer holds anything.
+    shutil.rmtree(first)
+    assert claim_stack(third, state, fresh=False, port=port).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -115,3 +116,27 @@ async def scalar(url: str, sql: str) -> object:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"path": "/no_such_database"}, 'database "no_such_database" does not exist'),
+     ({"netloc": "no_such_role@{host}"}, 'role "no_such_role" does not exist')],
+)  # fmt: skip
+def test_prestart_refuses_a_misconfigured_database_at_once(
+    database_url: str, subprocess_env: dict[str, str], change: dict[str, str], message: str
+) -> None:
+    """No such database (3D000) or role (28000) is configuration, not a server still starting: one
+    line naming it, at once, instead of a minute of retries."""
+    parts = urlsplit(database_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    url = urlunsplit(parts._replace(**{k: v.format(host=host) for k, v in change.items()}))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "app.db.prestart", "--wait", "60"], cwd=BACKEND,
+        env={**subprocess_env, "DATABASE_URL": url}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and time.monotonic() - started < 20
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"database misconfigured: {message}; check DATABASE_URL (or POSTGRES_*)", result.stderr
+    assert "database_not_ready" not in result.stderr and "Traceback" not in result.stderr

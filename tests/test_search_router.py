@@ -154,3 +154,22 @@ async def test_concurrent_misses_share_one_database_lookup(keys: asyncpg.Connect
     outcomes = await asyncio.gather(*(router.search(f"q{i}") for i in range(25)))
     assert {o.reason for o in outcomes} == {"no_search_keys"}
     assert lookups_since(before)["database"] == 1  # single flight, not 25 queries at expiry
+
+
+async def test_offline_search_needs_no_key_row(
+    keys: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A development stack (SEARCH_PROVIDER=offline) has sources before any Tavily key exists, and the
+    search neither asks the database nor spends a credit."""
+    monkeypatch.setenv("SEARCH_PROVIDER", "offline")
+    get_settings.cache_clear()
+    router = WebSearchRouter()
+    before = availability_lookups()
+    outcome = await router.search("PostgreSQL pooling")
+    assert outcome.reason == "ok" and len(outcome.results) == 3 and outcome.key_id is None
+    assert all(r.url.startswith("https://offline.invalid/") for r in outcome.results)
+    assert lookups_since(before) == {"database": 0, "cache": 0}
+    # SEARCH_OFFLINE_USES_KEYS: the router's real work again (key choice, cache, credits)
+    monkeypatch.setenv("SEARCH_OFFLINE_USES_KEYS", "true")
+    get_settings.cache_clear()
+    assert (await WebSearchRouter().search("q")).reason == "no_search_keys"

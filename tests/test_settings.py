@@ -337,6 +337,20 @@ def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -
     assert load_settings().session_settings("api") == {}
 
 
+def test_each_service_shutdown_fits_its_own_bounds(clean_env: pytest.MonkeyPatch) -> None:
+    """What Railway's drainingSeconds must allow, from the settings that bound each step."""
+    settings = load_settings()
+    assert settings.api_graceful_shutdown_timeout == 9  # REQUEST_TIMEOUT_SECONDS 8 + 1
+    assert settings.shutdown_seconds("api") == 2 + 9 + 10
+    for worker in ("celery_logs", "celery_content", "celery_workflow"):
+        assert settings.shutdown_seconds(worker) == 15 + 10
+    clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "20.5")
+    clean_env.setenv("CELERY_SOFT_SHUTDOWN_TIMEOUT", "60")
+    settings = load_settings()
+    assert settings.api_graceful_shutdown_timeout == 22
+    assert (settings.shutdown_seconds("api"), settings.shutdown_seconds("celery_workflow")) == (34, 70)
+
+
 def test_the_request_deadline_must_outlast_the_pool_timeout(clean_env: pytest.MonkeyPatch) -> None:
     """Otherwise an exhausted pool would answer request_timeout, hiding the real reason."""
     clean_env.setenv("DB_POOL_TIMEOUT", "10")

@@ -18,13 +18,15 @@ from functools import cache
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import runtime
 from app.api import background
 from app.api.deadline import RequestDeadlineMiddleware
+from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
-from app.api.routes import admin, health, metrics, roadmaps, task_logs
+from app.api.routes import admin, fleet, health, metrics, roadmaps, task_logs
 from app.budget.guard import enforce_budget
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
@@ -62,7 +64,9 @@ def create_app() -> FastAPI:
         enforce_budget(settings, "api")
     # No debug=settings.DEBUG: FastAPI's debug mode makes Starlette answer a 500 with its traceback
     # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
-    app = FastAPI(
+    # /docs and /redoc from assets the app serves itself (fastapi-offline ships Swagger UI and ReDoc):
+    # FastAPI's defaults load them from a CDN, a blank page without the internet.
+    app = FastAPIOffline(
         title=settings.PROJECT_NAME, lifespan=lifespan, max_body_size=settings.MAX_REQUEST_BODY_BYTES
     )
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
@@ -76,11 +80,14 @@ def create_app() -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(HttpMetricsMiddleware)
+    # Outermost: every response written while the process drains tells its client to go elsewhere.
+    app.add_middleware(ConnectionCloseWhileDraining)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(roadmaps.router)
     app.include_router(admin.router)
+    app.include_router(fleet.router)
     app.include_router(task_logs.router)
     return app
 

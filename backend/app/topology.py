@@ -255,8 +255,17 @@ def start_command(settings: Settings, name: str, *, port: str = "8000", loglevel
     """
     p = plan(settings, name)
     if not p.service.is_worker:
-        return ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", port, "--workers", str(p.processes)]
+        # uvicorn with a supervisor that refuses new connections at SIGTERM (app.api.server).
+        return [
+            "python", "-m", "app.api.server", "app.main:app", "--host", "0.0.0.0", "--port", port,
+            "--workers", str(p.processes),
+            "--timeout-graceful-shutdown", str(settings.api_graceful_shutdown_timeout),
+        ]  # fmt: skip
+    # Celery's SIGTERM is a warm shutdown that waits for every running task (up to its time limit, an
+    # hour for a workflow); remapped to the cold one, it waits CELERY_SOFT_SHUTDOWN_TIMEOUT, then
+    # hands the rest back. Read from the environment when Celery is imported, hence `env` here.
     return [
+        "env", "REMAP_SIGTERM=SIGQUIT",
         "celery", "-A", "app.core.celery_app", "worker", f"--loglevel={loglevel}",
         f"--queues={p.service.queue}", f"--concurrency={p.processes}", f"--hostname={p.service.node}@%h",
     ]  # fmt: skip

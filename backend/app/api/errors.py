@@ -2,6 +2,8 @@
 
 * ``sqlalchemy.exc.TimeoutError``: the pool stayed exhausted for DB_POOL_TIMEOUT seconds;
 * connection-level failures (server down, restarting, network): the database is unavailable;
+* a new connection the server refused for want of slots (SQLSTATE 53300: the cap on this environment's
+  database or role, or the server's max_connections): ``allocation_exhausted``;
 * a database deadline that expired (connect timeout, asyncpg's command_timeout, statement_timeout):
   ``database_timeout``, the server or the network stalled;
 * the request's own deadline (``app.api.deadline``): ``request_timeout``.
@@ -30,7 +32,13 @@ from sqlalchemy import exc
 from app.api.quota import QuotaExceeded, quota_exceeded
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
-from app.db.errors import is_database_misconfigured, is_database_timeout, is_database_unavailable
+from app.db.errors import (
+    is_allocation_exhausted,
+    is_database_misconfigured,
+    is_database_timeout,
+    is_database_unavailable,
+    misconfiguration_fix,
+)
 
 log = structlog.get_logger("app.api")
 
@@ -79,15 +87,26 @@ async def database_misconfigured(request: Request, error: Exception) -> JSONResp
     # An error, not a warning: nothing will work until someone fixes DATABASE_URL (or the server).
     if _first_this_second(request, "misconfigured"):
         log.error("request_rejected_database_misconfigured", path=request.url.path, error=str(error))
+    return unavailable("database_misconfigured", f"{misconfiguration_fix(error)}; retry later")
+
+
+async def allocation_exhausted(request: Request, error: Exception) -> JSONResponse:
+    # Not this process's pool (db_pool_exhausted) and not an outage: the server holds as many of this
+    # environment's connections as it allows. Counted where refused (db_allocation_exhausted_total).
+    if _first_this_second(request, "allocation"):
+        log.warning("request_rejected_allocation_exhausted", path=request.url.path, error=str(error))
     return unavailable(
-        "database_misconfigured",
-        "the database refused this service's role or database name (check DATABASE_URL); retry later",
+        "allocation_exhausted",
+        "the database refused a new connection: this environment's connection allocation is in use; "
+        "retry shortly",
     )
 
 
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
     if is_database_misconfigured(error):
         return await database_misconfigured(request, error)
+    if is_allocation_exhausted(error):
+        return await allocation_exhausted(request, error)
     if is_database_unavailable(error):
         return await database_unavailable(request, error)
     raise error

@@ -10,6 +10,7 @@ python -m app.budget --audit [--json]             # pg_stat_activity: this envir
 python -m app.budget --command api                # the start command of a service (railway_entrypoint.sh)
 python -m app.budget --guard [--command api]      # the start-up guard (exit 1 when strict refuses)
 python -m app.budget --pgbouncer                  # pgbouncer.ini caps for the allocation
+python -m app.budget --apply-cap [--dry-run]      # the server's CONNECTION LIMIT (DB_CONNECTION_CAP)
 
 The budget holds the steady state and the worst moment of a rolling deploy (a service's old and new
 deployments side by side) to the allocation; --json carries both. Exit status 1 when the budget (or
@@ -39,6 +40,7 @@ from app.config.settings import (
     settings_from_mapping,
 )
 from app.core.logging import configure_logging
+from app.db import connection_cap
 from app.db.engine import build_unpooled_engine
 
 EXIT_USAGE = 64  # railway_entrypoint.sh's status for an unknown SERVICE_TYPE (sysexits EX_USAGE)
@@ -234,6 +236,11 @@ def render_audit(audit: Audit) -> str:
         *[f"| {e.environment} | {e.allocation} | {e.used} |" for e in audit.environments],
         f"| **all known** | **{audit.allocations_total}** {verdict} {server.describe()} | "
         f"{audit.server_total} client connections |",
+        "",
+        f"Cap on the server: database {audit.database} {audit.cap.database_limit}, role {audit.cap.role} "
+        f"{audit.cap.role_limit} (-1: none); expected {audit.cap_expected} "
+        f"(DB_CONNECTION_CAP={audit.cap_scope}): {'matches' if audit.cap_matches else 'DOES NOT MATCH'}"
+        + (" (the role is a superuser: exempt)" if audit.cap.superuser else ""),
     ]
     return "\n".join(lines)
 
@@ -281,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--audit", action="store_true")
     group.add_argument("--guard", action="store_true")
     group.add_argument("--pgbouncer", action="store_true", help="pgbouncer.ini settings for the allocation")
+    group.add_argument("--apply-cap", action="store_true", help="the allocation as CONNECTION LIMIT")
+    parser.add_argument("--dry-run", action="store_true", help="with --apply-cap: only print the SQL")
     parser.add_argument("--command", metavar="SERVICE", help="print the start command of SERVICE")
     parser.add_argument("--service", default=None, help="with --guard: the service being started")
     args = parser.parse_args(argv)
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pgbouncer:
         print(render_pgbouncer(budget_from_settings(settings)))
         return 0
+    if args.apply_cap:
+        return connection_cap.command(settings, dry_run=args.dry_run)
     if args.suggest:
         server, error = (None, None) if args.no_server else probe_server_limits(settings)
         found = suggest(settings, server, error)

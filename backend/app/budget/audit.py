@@ -9,6 +9,11 @@ Connections to other databases, such as another environment sharing the instance
 
 The instance view sets every known environment's allocation against what its connections use, and
 their sum against the server's own ``max_connections`` (the guide's 120 + 280 = 400).
+
+The cap in force on the server (``pg_database.datconnlimit`` of this database, ``pg_roles.rolconnlimit``
+of the audit's role, -1 for none) is set against the one this environment expects (allocation less
+admin reserve, ``app.db.connection_cap``); a mismatch fails the audit when ``DB_CONNECTION_CAP`` asks
+for a cap.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.budget.model import ServerLimits, budget_from_settings
 from app.config.settings import PROFILES, Settings, settings_from_mapping
 from app.core import metrics
+from app.db.connection_cap import CAP_IN_FORCE, CapInForce, cap_matches, expected_cap
 
 # The guide's grouping, over the whole server (every database), so other databases can be shown too.
 BY_CLIENT = """
@@ -99,6 +105,10 @@ class Audit:
     server_total: int
     server: ServerLimits
     rows: list[dict[str, Any]]
+    cap: CapInForce
+    cap_scope: str  # DB_CONNECTION_CAP
+    cap_expected: int
+    cap_matches: bool
 
     @property
     def charged(self) -> int:
@@ -111,7 +121,8 @@ class Audit:
 
     @property
     def ok(self) -> bool:
-        return not self.over_budget and self.charged <= self.allocation
+        capped = self.cap_matches or self.cap_scope == "off"
+        return not self.over_budget and self.charged <= self.allocation and capped
 
     @property
     def allocations_total(self) -> int:
@@ -148,6 +159,15 @@ class Audit:
             "superuser_reserved_connections": self.server.superuser_reserved_connections,
             "usable_connections": self.server.usable,
             "connections": self.rows,
+            "connection_cap": {
+                "scope": self.cap_scope,
+                "expected": self.cap_expected,
+                "database_limit": self.cap.database_limit,
+                "role": self.cap.role,
+                "role_limit": self.cap.role_limit,
+                "role_superuser": self.cap.superuser,
+                "matches": self.cap_matches,
+            },
         }
 
 
@@ -157,6 +177,7 @@ async def run_audit(conn: AsyncSession | AsyncConnection, settings: Settings) ->
     database = str(await conn.scalar(text(DATABASE)))
     server_total = int(await conn.scalar(text(SERVER_TOTAL)) or 0)
     server = server_limits_from_row((await conn.execute(text(SERVER_LIMITS))).one())
+    cap = CapInForce.from_row((await conn.execute(text(CAP_IN_FORCE))).one())
 
     here: dict[str, int] = {}
     elsewhere: dict[tuple[str, str], int] = {}
@@ -195,6 +216,10 @@ async def run_audit(conn: AsyncSession | AsyncConnection, settings: Settings) ->
         server_total=server_total,
         server=server,
         rows=rows,
+        cap=cap,
+        cap_scope=settings.DB_CONNECTION_CAP,
+        cap_expected=expected_cap(settings),
+        cap_matches=cap_matches(cap, settings),
     )
 
 

@@ -4,7 +4,8 @@ engine) and libpq (psycopg: the checkpointer pool, the guard, the migration lock
 Pure functions of ``Settings``, no I/O, so the engine and the checkpointer pool, which live in
 different layers, name and bound their connections the same way: ``application_name`` =
 ``<environment>.<service>``, the same connect deadline, and the same server-side session settings
-(``statement_timeout``, ``idle_in_transaction_session_timeout``, TCP keepalives).
+(``statement_timeout``, ``idle_in_transaction_session_timeout``, TCP keepalives), and both recognise
+a connection the server refused for want of slots (``refused_for_slots``) the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 
+import psycopg
 from sqlalchemy.engine import make_url
 
 from app.config.settings import TCP_KEEPALIVES_COUNT, TCP_KEEPALIVES_INTERVAL, Settings
@@ -58,3 +60,27 @@ def libpq_params(settings: Settings, service: str) -> dict[str, object]:
     if server:
         params["options"] = " ".join(f"-c {name}={value}" for name, value in server.items())
     return params
+
+
+# SQLSTATE 53300 (too_many_connections): a database's or a role's CONNECTION LIMIT is reached, or the
+# server's own max_connections ("sorry, too many clients already").
+TOO_MANY_CONNECTIONS = "53300"
+# libpq reports a refused connection as text only (psycopg's OperationalError at connect carries no
+# SQLSTATE), so for psycopg the server's messages are matched: English, the default of managed servers.
+_REFUSED_MESSAGES = (
+    "too many connections for database",
+    "too many connections for role",
+    "too many clients already",
+)
+
+
+def refused_for_slots(error: BaseException) -> bool:
+    """Whether this one exception (not its causes) is the server refusing a connection with 53300.
+
+    Here rather than in ``app.db.errors`` because the checkpointer pool (``app.core``) counts these
+    refusals too, and ``app.core`` may not import ``app.db``.
+    """
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if isinstance(state, str):
+        return state == TOO_MANY_CONNECTIONS
+    return isinstance(error, psycopg.OperationalError) and any(m in str(error) for m in _REFUSED_MESSAGES)

@@ -165,6 +165,11 @@ class _CommonSettings(BaseSettings):
     # The deploy window the budget plans for (app.topology.DeployCase): a rolling deploy runs a
     # service's old and new deployments side by side, so its pools count twice while it redeploys.
     DB_BUDGET_DEPLOY_CASE: topology.DeployCase = "one_service"
+    # Nothing above stops another environment on the same server from taking this one's connections:
+    # the prestart step (and python -m app.budget --apply-cap) sets DB_CONNECTION_BUDGET -
+    # DB_ADMIN_RESERVE as the server's CONNECTION LIMIT of this database (database), and of the app's
+    # role too (database_and_role: only where each environment has a role of its own). off: nothing.
+    DB_CONNECTION_CAP: Literal["off", "database", "database_and_role"] = "off"
     # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
     # it starts (every uvicorn worker, a worker's parent) do not check again.
     DB_BUDGET_CHECKED: bool = False
@@ -233,6 +238,9 @@ class _CommonSettings(BaseSettings):
     TAVILY_BASE_URL: str = "https://api.tavily.com"
     SEARCH_TIMEOUT: float = Field(20.0, gt=0, le=120)
     SEARCH_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
+    # The offline provider needs no key; true sends it through key choice and credit accounting anyway
+    # (the load harness measures the router's real work that way).
+    SEARCH_OFFLINE_USES_KEYS: bool = False
     # Seconds the Redis cache of key availability keeps an answer (the guide's tavily:keys:available, 0/1).
     TAVILY_AVAILABILITY_CACHE_TTL: int = Field(30, ge=1, le=3600)
 
@@ -259,6 +267,18 @@ class _CommonSettings(BaseSettings):
     # was waiting for. The backstop behind the database's own deadlines, longer than DB_POOL_TIMEOUT so
     # that an exhausted pool still answers as such (db_pool_exhausted).
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
+    # --- shutdown: from SIGTERM to exit, inside Railway's drainingSeconds (shutdown_seconds) --------
+    # The API stops listening at SIGTERM (new connections are refused, so a load balancer tries another
+    # server) and serves the connections already open this much longer, every response with
+    # Connection: close; then uvicorn closes the idle ones and waits for the requests in flight.
+    API_DRAIN_SECONDS: float = Field(2.0, ge=0, le=60)
+    # A worker lets its running tasks finish this long after SIGTERM (Celery's soft shutdown), then
+    # cancels the rest; their late-acknowledged messages go back to the queue at once for another worker.
+    CELERY_SOFT_SHUTDOWN_TIMEOUT: float = Field(15.0, ge=0, le=3600)
+    # Added to each service's bound: closing pools (lifespan, worker_process_shutdown) and process exit.
+    # Measured on 2 shared cores: the API under 1 s after its drain; a Celery worker 3.5-6.5 s after its
+    # soft shutdown (the cold shutdown stops the pool's handlers, then terminates and joins children).
+    SHUTDOWN_MARGIN_SECONDS: float = Field(10.0, gt=0, le=60)
     # Sent with every 503 so clients back off instead of hammering an exhausted pool.
     RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
     # The largest request body accepted (FastAPI's max_body_size): a larger one is answered 413 before
@@ -416,6 +436,31 @@ class _CommonSettings(BaseSettings):
                 round(self.DB_IDLE_IN_TRANSACTION_TIMEOUT * 1000)
             )
         return values
+
+    @property
+    def api_graceful_shutdown_timeout(self) -> int:
+        """uvicorn's ``--timeout-graceful-shutdown``: how long a worker waits for the requests in flight
+        once the drain is over. A request ends by REQUEST_TIMEOUT_SECONDS (503 request_timeout); the
+        second more lets that answer be written. Past it uvicorn cancels what is left."""
+        return math.ceil(self.REQUEST_TIMEOUT_SECONDS) + 1
+
+    def shutdown_seconds(self, service: str) -> int:
+        """The longest a replica of ``service`` takes from SIGTERM to the exit of its whole process tree:
+        what Railway's ``drainingSeconds`` (SIGTERM to SIGKILL) must allow.
+
+        * API: the drain (API_DRAIN_SECONDS), then the requests in flight
+          (``api_graceful_shutdown_timeout``), then the lifespan closes the pools;
+        * worker: Celery's soft shutdown (CELERY_SOFT_SHUTDOWN_TIMEOUT, only when a task is running),
+          then the cold shutdown cancels what still runs, hands its messages back and closes the pools.
+
+        SHUTDOWN_MARGIN_SECONDS covers the closing and the exit (figures measured in
+        docs/connection-pool-guide.md, "What each service does in a deploy window").
+        """
+        if topology.service(service).is_worker:
+            work = self.CELERY_SOFT_SHUTDOWN_TIMEOUT
+        else:
+            work = self.API_DRAIN_SECONDS + self.api_graceful_shutdown_timeout
+        return math.ceil(work + self.SHUTDOWN_MARGIN_SECONDS)
 
     @property
     def celery_visibility_timeout(self) -> int:

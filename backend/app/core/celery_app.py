@@ -105,6 +105,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_track_started": True,
         "worker_prefetch_multiplier": 1,
+        # At SIGTERM (remapped to Celery's cold shutdown by the start command, app.topology) running
+        # tasks get this long to finish; the rest are cancelled and their late-acknowledged messages
+        # go back to the queue (Settings.shutdown_seconds).
+        "worker_soft_shutdown_timeout": settings.CELERY_SOFT_SHUTDOWN_TIMEOUT,
         # Recycle a child after many tasks: bounds slow leaks without touching the pool budget.
         "worker_max_tasks_per_child": 1000,
         "worker_hijack_root_logger": False,

@@ -56,6 +56,14 @@ DB_POOL_TIMEOUTS = Counter(
     "Checkouts that waited DB_POOL_TIMEOUT and gave up (pool exhausted).",
     ["service"],
 )
+# The server refused a new connection (SQLSTATE 53300): the cap on this environment's database or
+# role is full, or the whole server. Counted where the connection is attempted (every engine, the
+# checkpointer pool), so each refusal counts once whoever then sees the error.
+DB_ALLOCATION_EXHAUSTED = Counter(
+    "db_allocation_exhausted",
+    "New connections the server refused with 53300 (CONNECTION LIMIT or max_connections reached).",
+    ["environment", "service"],
+)
 DB_HOLD_SECONDS = Histogram(
     "db_connection_hold_seconds",
     "Time a connection stayed checked out, from checkout to checkin.",

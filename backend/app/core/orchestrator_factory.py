@@ -16,7 +16,10 @@ the factory builds its own ``AsyncConnectionPool``:
   ``options``. psycopg has no client-side statement deadline, and psycopg_pool's ``check`` and
   LangGraph's own calls have none either: against a server that stopped answering they would wait
   forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``) fails with
-  ``CheckpointerTimeout`` once ``Settings.checkpointer_operation_timeout`` has passed.
+  ``CheckpointerTimeout`` once ``Settings.checkpointer_operation_timeout`` has passed;
+* a connection the server refuses for want of slots (53300) is counted in
+  ``db_allocation_exhausted_total{service="<service>.langgraph"}``: the pool retries in the background
+  and its callers only ever see a ``PoolTimeout``, so the connect itself is where the refusal shows.
 
 Like the SQLAlchemy engine it belongs to the process that uses it (``app.runtime``): a workflow worker
 child opens it explicitly (``open=False`` then ``await pool.open()``) on its first graph run and closes
@@ -39,7 +42,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from app import runtime
-from app.config.connections import libpq_params
+from app.config.connections import libpq_params, refused_for_slots
 from app.config.settings import Settings, get_settings
 from app.core import metrics
 
@@ -145,6 +148,23 @@ class BoundedPostgresSaver(AsyncPostgresSaver):
         )
 
 
+def refusal_counting_connection(settings: Settings, service: str) -> type[psycopg.AsyncConnection[Any]]:
+    """The pool's connection class: psycopg's, counting the connects the server refuses with 53300."""
+    refused = metrics.DB_ALLOCATION_EXHAUSTED.labels(settings.ENVIRONMENT, checkpointer_service(service))
+
+    class RefusalCountingConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().connect(*args, **kwargs)
+            except psycopg.OperationalError as error:
+                if refused_for_slots(error):
+                    refused.inc()
+                raise
+
+    return RefusalCountingConnection
+
+
 @dataclass(frozen=True)
 class CheckpointerStats:
     """What /health shows and what the gauges publish; ``opened`` is false where no graph ever ran."""
@@ -190,6 +210,7 @@ class OrchestratorFactory:
             max_idle=600,
             kwargs=kwargs,
             check=bounded_check(settings.DB_CONNECT_TIMEOUT),
+            connection_class=refusal_counting_connection(settings, service),
             open=False,
             name=f"langgraph-{service}",
         )

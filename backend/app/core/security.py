@@ -95,11 +95,7 @@ SUBJECT_RULE = f"1 to {SUBJECT_MAX_LENGTH} printable characters, not blank, no s
 
 def subject_is_valid(subject: str) -> bool:
     """A subject is an owner: "   " or " alice" would be an owner nobody meant (or a second alice)."""
-    return (
-        1 <= len(subject) <= SUBJECT_MAX_LENGTH
-        and subject.isprintable()
-        and subject.strip() == subject
-    )
+    return 1 <= len(subject) <= SUBJECT_MAX_LENGTH and subject.isprintable() and subject.strip() == subject
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ server's ``statement_timeout`` and ``idle_in_transaction_session_timeout``, serv
 and asyncpg's ``command_timeout``, the one that still fires when the server never answers. A statement
 that hits the client deadline leaves its connection mid-protocol, so ``install_timeout_invalidation``
 makes SQLAlchemy discard that connection instead of handing it out again.
+
+A connection the server refuses for want of slots (SQLSTATE 53300: the allocation's cap, or the
+server's max_connections) is counted in ``db_allocation_exhausted_total`` by ``count_refusals``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from sqlalchemy.pool import NullPool
 from app import runtime
 from app.config.connections import asyncpg_connect_args, engine_url, libpq_params
 from app.config.settings import Settings, get_settings
+from app.core import metrics
+from app.db.errors import is_allocation_exhausted
 from app.db.liveness import install_idle_ping
 from app.db.pool_metrics import instrument_pool
 
@@ -68,6 +73,18 @@ def install_timeout_invalidation(engine: AsyncEngine) -> None:
                 driver.terminate()
 
 
+def count_refusals(engine: AsyncEngine, settings: Settings, service: str) -> None:
+    """Count every connection attempt the server refuses with 53300, through SQLAlchemy's
+    ``handle_error``, which sees a failed pool connect before any caller does."""
+    # Created now, at 0: increase() over a series that appears with its first refusal misses that one.
+    refused = metrics.DB_ALLOCATION_EXHAUSTED.labels(settings.ENVIRONMENT, service)
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _refused(context: ExceptionContext) -> None:
+        if is_allocation_exhausted(context.original_exception):
+            refused.inc()
+
+
 def build_engine(settings: Settings, service: str) -> AsyncEngine:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
     sizing = settings.pool(service)
@@ -90,6 +107,7 @@ def build_engine(settings: Settings, service: str) -> AsyncEngine:
         )
         if settings.DB_POOL_PRE_PING:
             install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS, settings.DB_CONNECT_TIMEOUT)
+        count_refusals(engine, settings, service)
     install_timeout_invalidation(engine)
     if settings.DB_POOL_METRICS_ENABLED:
         instrument_pool(engine, service, settings)
@@ -112,6 +130,7 @@ def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
         engine_url(settings), poolclass=NullPool, connect_args=asyncpg_connect_args(settings, service)
     )
     install_timeout_invalidation(engine)
+    count_refusals(engine, settings, service)
     return engine
 
 

@@ -16,6 +16,11 @@ closed) count, and so does ``psycopg_pool.PoolTimeout``: unlike the SQLAlchemy p
 fires when this process is busy, the checkpointer pool's also fires when it cannot reconnect to a server
 that is down, and it cannot tell the two apart; either way a workflow step should be retried later.
 ``PoolClosed`` does not count: the process is shutting down, and retrying would only delay that.
+
+Within class 53, a connection refused with 53300 ("too many connections for database / role", "sorry, too
+many clients already") is also ``allocation_exhausted``: the server's cap on this environment (or the
+server itself) is full. Still "unavailable" (a task retries it), but the API names it apart from an
+outage and from this process's own pool being exhausted (``db_pool_exhausted``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import socket
 import psycopg
 import psycopg_pool
 from sqlalchemy import exc
+
+from app.config.connections import refused_for_slots
 
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "57", "53")
 # statement_timeout (and a cancel request): the server answered, but gave up on the statement in time.
@@ -57,9 +64,44 @@ def _sqlstate(chain: list[BaseException]) -> str | None:
     return None
 
 
+# PgBouncer refuses startup parameters it does not know (08P01, "unsupported startup parameter:
+# statement_timeout"): the services were not told they are behind it. A protocol violation by SQLSTATE,
+# so recognised by its message, before class 08 would call it an outage.
+_PGBOUNCER_REFUSAL = "unsupported startup parameter"
+
+
+def is_pgbouncer_refusal(error: BaseException) -> bool:
+    return any(_PGBOUNCER_REFUSAL in str(e) for e in _chain(error))
+
+
+# libpq reports a refused connection as text only (psycopg's OperationalError at connect carries no
+# SQLSTATE): the server's English messages for 3D000 and class 28.
+_MISCONFIGURED_MESSAGES = (
+    "does not exist",  # database "x" / role "x"
+    "password authentication failed",
+    "no pg_hba.conf entry",
+)
+
+
 def is_database_misconfigured(error: BaseException) -> bool:
-    state = _sqlstate(_chain(error))
-    return state is not None and state.startswith(_MISCONFIGURED_SQLSTATES)
+    chain = _chain(error)
+    state = _sqlstate(chain)
+    if state is not None and state.startswith(_MISCONFIGURED_SQLSTATES):
+        return True
+    connect_text = any(
+        isinstance(e, psycopg.OperationalError)
+        and not getattr(e, "sqlstate", None)
+        and any(m in str(e) for m in _MISCONFIGURED_MESSAGES)
+        for e in chain
+    )
+    return connect_text or is_pgbouncer_refusal(error)
+
+
+def misconfiguration_fix(error: BaseException) -> str:
+    """What to change, in one line, for an error ``is_database_misconfigured`` recognised."""
+    if is_pgbouncer_refusal(error):
+        return "PgBouncer refused a session setting: set DB_BEHIND_PGBOUNCER=true in every service behind it"
+    return "the database refused this service's role or database name: check DATABASE_URL"
 
 
 def is_database_unavailable(error: BaseException) -> bool:
@@ -82,6 +124,11 @@ def is_database_unavailable(error: BaseException) -> bool:
         return True
     state = _sqlstate(chain)
     return state is not None and state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+
+
+def is_allocation_exhausted(error: BaseException) -> bool:
+    """The server refused a new connection for want of slots (SQLSTATE 53300), whichever driver saw it."""
+    return any(refused_for_slots(e) for e in _chain(error))
 
 
 def is_database_timeout(error: BaseException) -> bool:

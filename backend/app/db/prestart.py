@@ -8,6 +8,10 @@ Two prestarts may still start together (two services deploying at once, replicas
 ``RUN_MIGRATIONS=1``). Each takes a session-level PostgreSQL advisory lock first, on its own
 connection, and holds it until the migration and the checkpointer tables are done: the second waits,
 then finds the schema at head and does nothing. Both exit 0.
+
+Under the same lock it sets the server's cap on this environment when ``DB_CONNECTION_CAP`` asks
+(``app.db.connection_cap``): altered only where it differs, one ``db_connection_cap`` log event either
+way; a role that may not alter it stops the deploy with the SQL an administrator should run.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
-from tenacity import RetryCallState, Retrying, stop_after_delay, wait_incrementing
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
-from app.config.settings import get_settings
+from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.orchestrator_factory import setup_checkpointer_tables
+from app.db import connection_cap
 from app.db.engine import build_unpooled_engine, direct_connection
+from app.db.errors import is_database_misconfigured
 
 log = structlog.get_logger("app.prestart")
 
@@ -67,12 +73,31 @@ def wait_for_database(timeout: float) -> None:
         log.error("database_unreachable", attempts=state.attempt_number, error=str(error))
         raise SystemExit(f"database not reachable after {timeout:.0f} s: {error}")
 
-    Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_incrementing(start=0.25, increment=0.25, max=2.0),
-        before_sleep=_not_ready,
-        retry_error_callback=unreachable,
-    )(lambda: asyncio.run(_ping()))
+    try:
+        Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_incrementing(start=0.25, increment=0.25, max=2.0),
+            # No such database (3D000) or a role refused (28xxx): waiting will not fix configuration.
+            retry=retry_if_exception(lambda error: not is_database_misconfigured(error)),
+            before_sleep=_not_ready,
+            retry_error_callback=unreachable,
+        )(lambda: asyncio.run(_ping()))
+    except Exception as error:
+        if not is_database_misconfigured(error):
+            raise
+        log.error("database_misconfigured", error=_first_line(error))
+        raise SystemExit(
+            f"database misconfigured: {_first_line(error)}; check DATABASE_URL (or POSTGRES_*)"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The server's message without the driver's wrapping (SQLAlchemy appends SQL and a link)."""
+    for candidate in (getattr(error, "orig", None), error):
+        text = str(candidate or "").strip()
+        if text:
+            return text.splitlines()[0].split("'>: ")[-1]
+    return type(error).__name__
 
 
 @contextmanager
@@ -114,6 +139,28 @@ def schema_revision(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+def apply_connection_cap(conn: psycopg.Connection, settings: Settings) -> None:
+    """The server-side cap on this environment, when DB_CONNECTION_CAP asks for one: one log event."""
+    if settings.DB_CONNECTION_CAP == "off":
+        return
+    try:
+        in_force, changes = connection_cap.apply(conn, settings)
+    except connection_cap.CapNotPermitted as refused:
+        log.error("db_connection_cap_not_permitted", error=str(refused))
+        raise
+    # A superuser app role is exempt from the cap it just set: say so in the same event.
+    emit = log.warning if in_force.superuser else log.info
+    emit(
+        "db_connection_cap",
+        database=in_force.database,
+        role=in_force.role,
+        cap=connection_cap.expected_cap(settings),
+        scope=settings.DB_CONNECTION_CAP,
+        changed=[f"{c.target} {c.before} -> {c.after}" for c in changes],
+        superuser_exempt=in_force.superuser,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the database")
@@ -130,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         # LangGraph's checkpoint tables are created here too, never by a worker at run time.
         asyncio.run(setup_checkpointer_tables())
         after = schema_revision(conn)
+        apply_connection_cap(conn, settings)
     log.info("prestart_done", revision=args.revision, migrated_from=before, migrated_to=after)
 
 

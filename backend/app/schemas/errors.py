@@ -26,7 +26,8 @@ _RETRY_AFTER = {
 
 UNAVAILABLE = {
     503: _doc(
-        "database pool exhausted, database or task queue unreachable, or the database refused this "
+        "database pool exhausted, database or task queue unreachable, this environment's connection "
+        "allocation full on the server (reason allocation_exhausted), or the database refused this "
         "service's role or database name (reason database_misconfigured)",
         _RETRY_AFTER,
     )

@@ -4,6 +4,10 @@ A restart, a failover or a network cut should delay a task, not fail it. Only "u
 qualify (``app.db.errors``); a bug or a constraint violation fails as usual. The countdown is Celery's
 own exponential backoff (``retry_backoff`` x 2^retries, capped at ``retry_backoff_max``), long enough
 in total (about two minutes over ``max_retries``) to ride out a managed failover.
+
+A connection the server refused because this environment's allocation is full (53300) is retried the
+same way, with ``reason=allocation_exhausted`` in the log line; the refusal itself was already counted
+where the connection was attempted (``db_allocation_exhausted_total``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from app import topology
-from app.db.errors import is_database_unavailable
+from app.db.errors import is_allocation_exhausted, is_database_unavailable
 
 log = structlog.get_logger("app.celery")
 
@@ -42,6 +46,10 @@ class DatabaseTask(Task):
                 full_jitter=self.retry_jitter,
             )
             log.warning(
-                "task_database_unavailable_retrying", task=self.name, retry_in=delay, error=str(error)
+                "task_database_unavailable_retrying",
+                task=self.name,
+                retry_in=delay,
+                reason="allocation_exhausted" if is_allocation_exhausted(error) else "database_unavailable",
+                error=str(error),
             )
             raise self.retry(exc=error, countdown=delay) from None

@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.api import drain
 from app.config.settings import get_settings
 from app.core.orchestrator_factory import checkpointer_stats
 from app.core.redis_client import get_redis
@@ -52,8 +53,14 @@ async def _redis_ok() -> tuple[bool, str | None]:
         return False, type(exc).__name__
 
 
-@router.get("/health", responses={503: {"description": "the database is unreachable (same body)"}})
+_UNHEALTHY = "the database is unreachable (same body), or the process is draining (status draining)"
+
+
+@router.get("/health", responses={503: {"description": _UNHEALTHY}})
 async def health() -> JSONResponse:
+    if drain.draining():
+        # After SIGTERM (app.api.server): take this instance out of rotation, whatever its pools say.
+        return JSONResponse(status_code=503, content={"status": "draining"})
     (db_ok, db_error), (redis_ok, redis_error) = await asyncio.gather(_database_ok(), _redis_ok())
     database: dict[str, Any] = {
         "status": "healthy" if db_ok else "unhealthy",

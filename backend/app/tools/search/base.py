@@ -19,5 +19,7 @@ class SearchError(RuntimeError):
 
 class SearchProvider(Protocol):
     name: str
+    # False: the router calls it without choosing or spending a key (the offline provider).
+    needs_key: bool
 
     async def search(self, query: str, api_key: str, *, max_results: int = 5) -> list[SearchResult]: ...

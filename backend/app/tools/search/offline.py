@@ -1,7 +1,9 @@
 """The offline search provider: deterministic results on an ``offline.invalid`` host, made here.
 
-Selected by ``SEARCH_PROVIDER=offline``. It still receives the key the router chose (so key choice,
-the availability cache and credit accounting are exercised exactly as in production), and ignores it.
+Selected by ``SEARCH_PROVIDER=offline``. It needs no key: a development stack has sources before any
+Tavily key row exists. With ``SEARCH_OFFLINE_USES_KEYS`` (the load harness, the router's tests) it
+still goes through the router's key choice, availability cache and credit accounting, exactly as in
+production, and ignores the key it is given.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from app.tools.search.base import SearchResult
 class OfflineSearch:
     name = "offline"
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, *, needs_key: bool = True) -> None:
         self.latency = latency
+        self.needs_key = needs_key
 
     async def search(self, query: str, api_key: str, *, max_results: int = 5) -> list[SearchResult]:
         if self.latency:

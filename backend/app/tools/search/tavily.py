@@ -9,6 +9,7 @@ from app.tools.search.base import SearchError, SearchResult
 
 class TavilySearch:
     name = "tavily"
+    needs_key = True
 
     def __init__(self, *, base_url: str, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")

@@ -45,7 +45,9 @@ AVAILABILITY_KEY = "tavily:keys:available"
 def get_search_provider(settings: Settings | None = None) -> SearchProvider:
     settings = settings or get_settings()
     if settings.SEARCH_PROVIDER == "offline":
-        return OfflineSearch(latency=settings.SEARCH_OFFLINE_LATENCY)
+        return OfflineSearch(
+            latency=settings.SEARCH_OFFLINE_LATENCY, needs_key=settings.SEARCH_OFFLINE_USES_KEYS
+        )
     return TavilySearch(base_url=settings.TAVILY_BASE_URL, timeout=settings.SEARCH_TIMEOUT)
 
 
@@ -159,6 +161,12 @@ class WebSearchRouter:
             return {caller: await repo.reserve_credit() for caller in callers}
 
     async def search(self, query: str, *, max_results: int = 5) -> SearchOutcome:
+        if not self.provider.needs_key:
+            try:
+                return SearchOutcome(await self.provider.search(query, "", max_results=max_results), "ok")
+            except SearchError as exc:
+                log.warning("web_search_failed", provider=self.provider.name, error=str(exc))
+                return SearchOutcome([], "search_failed")
         if not await self.is_available():
             return SearchOutcome([], "no_search_keys")
         try:
