@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/bootstrap.sh
 
 # System programs a few tests use (pgbouncer, promtool, wrk, haproxy, chromium): installed from Debian
-# packages when we may; otherwise those tests skip and say why (CI sets REQUIRE_SYSTEM_TOOLS=1, turning that into a failure).
+# packages when we may; otherwise those tests skip and say why (CI sets REQUIRE_SYSTEM_TOOLS=1, turning
+# that into a failure).
 missing=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
