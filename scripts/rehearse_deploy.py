@@ -958,7 +958,11 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
         )
         figure = phase_figure(window, p)
         print(f"{p['name']:<18}{p['peak']:>6}{figure:>8}{window['allocation']:>8}   {olds}")
+    ran = {"one_service": any(p["name"] not in ("initial", "all") for p in result["phases"]),
+           "all_services": any(p["name"] == "all" for p in result["phases"])}  # fmt: skip
     for label, key in (("one service at a time", "one_service"), ("all at once", "all_services")):
+        if not ran[key]:
+            continue
         print(
             f"{label}: peak {summary[key + '_peak']} <= deploy.{key}.worst_case {window[key]}: "
             f"{summary[key + '_peak'] <= window[key]}; <= allocation {window['allocation']}: "
