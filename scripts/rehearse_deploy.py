@@ -936,6 +936,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def unconsumed(step: dict[str, Any]) -> str:
+    """How long a worker's queue had no consumer: the old set gone before the new one was ready."""
+    if step["service"] == "api" or step["ready"] is None or step["ready"] <= step["gone"]:
+        return ""
+    return f", queue unconsumed {step['ready'] - step['gone']:.1f} s"
+
+
 def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     window = result["window"]
     print("\n== deploy rehearsal ==")
@@ -953,6 +960,7 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
         olds = ", ".join(
             f"{s['old']} gone in {s['gone'] - s['sigterm']:.1f} s"
             + (" (SIGKILL)" if s["killed"] else f" (exit {s['exit_code']})")
+            + unconsumed(s)
             for s in p["steps"]
             if s["old"] and s["gone"] is not None
         )
