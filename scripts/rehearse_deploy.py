@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -75,6 +74,7 @@ import httpx
 import psutil
 from load_harness import Sampler, wrk_binary, wrk_stage
 from own_services import OwnPostgres, OwnRedis, free_port
+from railway_config import RAILWAY_FILE, REFERENCED, compile_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
@@ -84,7 +84,6 @@ from app import topology as app_topology  # noqa: E402 - every service, declared
 from app.config.settings import Settings  # noqa: E402
 
 SERVICES = app_topology.NAMES
-RAILWAY_FILE = ROOT / ".railway" / "railway.py"
 PNG = ROOT / "docs" / "benchmarks" / "rehearse-deploy.png"
 
 # The 2-core machine's topology: the same variables the graph and the budget use, smaller values.
@@ -125,19 +124,6 @@ DURATIONS = {
 
 
 # --- the graph -------------------------------------------------------------------------------------
-
-
-def load_graph(path: Path, environment: str) -> dict[str, Any]:
-    """The Railway graph: ``main(create_railway_context(environment=...)).to_graph()`` of ``path``."""
-    from railway_sdk import create_railway_context
-
-    spec = importlib.util.spec_from_file_location("railway_iac", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(create_railway_context(environment=environment))
-    return result.to_graph() if hasattr(result, "to_graph") else dict(result)
 
 
 @dataclass(frozen=True)
@@ -1163,16 +1149,11 @@ def main() -> int:
         # the database name is the environment's own (POSTGRES_DB of its profile): the audit's
         database = "roadmap_dev" if args.environment == "development" else "roadmap_prod"
         url = pg.create_database(database)
-        # The environment's shared variables the graph references: empty ones take their defaults
-        # (CHECKPOINTER_DATABASE_URL: the main database; LLM_API_KEY: the offline provider).
-        shared = {
-            "DATABASE_URL": url,
-            "CHECKPOINTER_DATABASE_URL": "",
-            "REDIS_URL": redis.url,
-            "JWT_SECRET_KEY": jwt,
-            "LLM_API_KEY": "",
-        }
-        graph = load_graph(args.railway_file, args.environment)
+        # The environment's shared variables the graph references; the others left empty take their
+        # defaults (CHECKPOINTER_DATABASE_URL: the main database; LLM_API_KEY: the offline provider).
+        own = {"DATABASE_URL": url, "REDIS_URL": redis.url, "JWT_SECRET_KEY": jwt}
+        shared = {name: own.get(name, "") for name in REFERENCED}
+        graph = compile_graph(args.environment, args.railway_file)
         configs = services_from_graph(graph, shared, args.overlap, args.drain)
         # Nothing of this shell's settings leaks in: the graph's variables, then the rehearsal's.
         base_env = {
