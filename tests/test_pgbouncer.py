@@ -152,3 +152,20 @@ async def test_max_db_connections_caps_the_server_side(
     await watcher
     assert all(r.status_code == 200 for r in responses)
     assert 1 <= peak <= MAX_DB_CONNECTIONS
+
+
+async def test_a_forgotten_db_behind_pgbouncer_is_named(
+    pgbouncer: tuple[int, int], monkeypatch: pytest.MonkeyPatch, client: httpx.AsyncClient
+) -> None:
+    """PgBouncer refuses the session settings sent at connect: a 503 that names the setting to change,
+    not database_unavailable (which would send an operator looking for an outage)."""
+    port, _ = pgbouncer
+    target = urlsplit(BASE_ENV["DATABASE_URL"])
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://{target.username}@127.0.0.1:{port}{target.path}")
+    monkeypatch.setenv("DB_BEHIND_PGBOUNCER", "false")
+    get_settings.cache_clear()
+    response = await client.get("/api/v1/roadmaps", headers=auth("user"))
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["reason"] == "database_misconfigured" and "DB_BEHIND_PGBOUNCER=true" in body["detail"]
+    assert response.headers["retry-after"]

@@ -11,6 +11,12 @@
 # development profile, any variable set explicitly wins. No defaults live in this file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Run from a checkout, the project's virtualenv (./scripts/dev.sh creates .venv) provides python,
+# uvicorn and celery even in a shell that has not activated it; the image has none and uses its PATH.
+if [ -x ../.venv/bin/python ]; then
+  PATH="$(cd .. && pwd)/.venv/bin:$PATH"
+  export PATH
+fi
 
 export SERVICE_TYPE="${1:-${SERVICE_TYPE:-}}"
 

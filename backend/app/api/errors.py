@@ -37,6 +37,7 @@ from app.db.errors import (
     is_database_misconfigured,
     is_database_timeout,
     is_database_unavailable,
+    misconfiguration_fix,
 )
 
 log = structlog.get_logger("app.api")
@@ -86,10 +87,7 @@ async def database_misconfigured(request: Request, error: Exception) -> JSONResp
     # An error, not a warning: nothing will work until someone fixes DATABASE_URL (or the server).
     if _first_this_second(request, "misconfigured"):
         log.error("request_rejected_database_misconfigured", path=request.url.path, error=str(error))
-    return unavailable(
-        "database_misconfigured",
-        "the database refused this service's role or database name (check DATABASE_URL); retry later",
-    )
+    return unavailable("database_misconfigured", f"{misconfiguration_fix(error)}; retry later")
 
 
 async def allocation_exhausted(request: Request, error: Exception) -> JSONResponse:

@@ -26,6 +26,7 @@ from app.budget.audit import SERVER_LIMITS, server_limits_from_row
 from app.budget.model import Budget, ServerLimits, budget_from_settings, budget_variables
 from app.config.settings import InvalidSettingsError, Settings
 from app.db.engine import direct_connection
+from app.db.errors import is_database_misconfigured, misconfiguration_fix
 
 log = structlog.get_logger("app.budget")
 
@@ -46,7 +47,10 @@ def probe_server_limits(settings: Settings) -> tuple[ServerLimits | None, str | 
             row = conn.execute(SERVER_LIMITS).fetchone()
             others = conn.execute(OTHER_CAPS).fetchone()
     except psycopg.Error as exc:
-        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_database_misconfigured(exc):
+            return None, f"{misconfiguration_fix(exc)} ({said.rsplit('FATAL:', 1)[-1].strip()})"
+        return None, f"{type(exc).__name__}: {said}"
     return replace(server_limits_from_row(row), others=int(others[0]) if others else 0), None
 
 

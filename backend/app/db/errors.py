@@ -64,9 +64,44 @@ def _sqlstate(chain: list[BaseException]) -> str | None:
     return None
 
 
+# PgBouncer refuses startup parameters it does not know (08P01, "unsupported startup parameter:
+# statement_timeout"): the services were not told they are behind it. A protocol violation by SQLSTATE,
+# so recognised by its message, before class 08 would call it an outage.
+_PGBOUNCER_REFUSAL = "unsupported startup parameter"
+
+
+def is_pgbouncer_refusal(error: BaseException) -> bool:
+    return any(_PGBOUNCER_REFUSAL in str(e) for e in _chain(error))
+
+
+# libpq reports a refused connection as text only (psycopg's OperationalError at connect carries no
+# SQLSTATE): the server's English messages for 3D000 and class 28.
+_MISCONFIGURED_MESSAGES = (
+    "does not exist",  # database "x" / role "x"
+    "password authentication failed",
+    "no pg_hba.conf entry",
+)
+
+
 def is_database_misconfigured(error: BaseException) -> bool:
-    state = _sqlstate(_chain(error))
-    return state is not None and state.startswith(_MISCONFIGURED_SQLSTATES)
+    chain = _chain(error)
+    state = _sqlstate(chain)
+    if state is not None and state.startswith(_MISCONFIGURED_SQLSTATES):
+        return True
+    connect_text = any(
+        isinstance(e, psycopg.OperationalError)
+        and not getattr(e, "sqlstate", None)
+        and any(m in str(e) for m in _MISCONFIGURED_MESSAGES)
+        for e in chain
+    )
+    return connect_text or is_pgbouncer_refusal(error)
+
+
+def misconfiguration_fix(error: BaseException) -> str:
+    """What to change, in one line, for an error ``is_database_misconfigured`` recognised."""
+    if is_pgbouncer_refusal(error):
+        return "PgBouncer refused a session setting: set DB_BEHIND_PGBOUNCER=true in every service behind it"
+    return "the database refused this service's role or database name: check DATABASE_URL"
 
 
 def is_database_unavailable(error: BaseException) -> bool:
