@@ -153,11 +153,13 @@ class Topology:
 
 
 class Sampler(threading.Thread):
-    """pg_stat_activity every 100 ms, grouped by application_name (its own connection, not counted)."""
+    """pg_stat_activity every ``interval`` (100 ms), grouped by application_name (its own connection, not
+    counted)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.interval = interval
         self.samples: list[tuple[float, dict[str, int]]] = []
         self._halt = threading.Event()
         self.t0 = time.monotonic()
@@ -177,7 +179,7 @@ class Sampler(threading.Thread):
                 self.samples.append(
                     (time.monotonic() - self.t0, {r["application_name"]: r["n"] for r in rows})
                 )
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(self.interval)
         finally:
             await conn.close()
 
@@ -202,6 +204,7 @@ class StageResult:
     p95_ms: float
     p99_ms: float
     generator_cpu: float = 0.0  # the load generator's CPU time / (wall time x cores)
+    socket_errors: dict[str, int] = field(default_factory=dict)  # wrk's connect / read / write / timeout
 
     @property
     def throughput(self) -> float:
@@ -227,6 +230,7 @@ function done(summary, latency, requests)
   for status, n in pairs(total) do io.write(string.format("STATUS %%d %%d\\n", status, n)) end
   local e = summary.errors
   io.write(string.format("ERRORS %%d\\n", e.connect + e.read + e.write + e.timeout))
+  io.write(string.format("SOCKET %%d %%d %%d %%d\\n", e.connect, e.read, e.write, e.timeout))
   io.write(string.format("LATENCY %%d %%d %%d\\n", latency:percentile(50), latency:percentile(95),
                          latency:percentile(99)))
 end
@@ -267,9 +271,13 @@ async def wrk_stage(
         raise RuntimeError(f"wrk gave no summary:\n{out[-2000:]}")
     p50, p95, p99 = (int(v) / 1000 for v in latency.groups())  # microseconds -> ms
     requests = sum(n for s, n in statuses.items() if s)
+    kinds = re.search(r"^SOCKET (\d+) (\d+) (\d+) (\d+)$", out, re.M)
+    counts = map(int, kinds.groups()) if kinds else ()
+    socket_errors = {k: n for k, n in zip(("connect", "read", "write", "timeout"), counts, strict=False) if n}
     return StageResult(
-        concurrency, requests, elapsed, statuses, p50, p95, p99, cpu / (elapsed * (os.cpu_count() or 1))
-    )
+        concurrency, requests, elapsed, statuses, p50, p95, p99, cpu / (elapsed * (os.cpu_count() or 1)),
+        socket_errors,
+    )  # fmt: skip
 
 
 async def drive(

@@ -12,12 +12,14 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib/bootstrap.sh
 . scripts/lib/bootstrap.sh
 
-# System programs a few tests use (pgbouncer, promtool, wrk, chromium): installed from Debian packages when we may;
-# otherwise those tests skip and say why (CI sets REQUIRE_SYSTEM_TOOLS=1, turning that into a failure).
+# System programs a few tests use (pgbouncer, promtool, wrk, haproxy, chromium): installed from Debian
+# packages when we may; otherwise those tests skip and say why (CI sets REQUIRE_SYSTEM_TOOLS=1, turning
+# that into a failure).
 missing=()
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -57,6 +57,7 @@ SKIP = {
     "python scripts/bench_": "a benchmark: starts servers, runs for minutes",
     "python scripts/load_harness.py": "a benchmark: starts the production topology under load",
     "python scripts/measure_worker_connections.py": "a benchmark: starts Celery workers",
+    "python scripts/rehearse_deploy.py": "a benchmark: two sets of services behind HAProxy, for minutes",
 }
 # Run, by prefix. A status other than 0 is expected only where EXPECTED_STATUS says so.
 RUN = {
