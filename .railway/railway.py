@@ -71,9 +71,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_logs": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; its tasks are short flushes acknowledged
                 # early, given CELERY_SOFT_SHUTDOWN_TIMEOUT to finish; one cut short leaves its events
                 # buffered in Redis for the next flush: shutdown_seconds('celery_logs')
@@ -82,9 +84,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_content": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
                 # CELERY_CONTENT_TIME_LIMIT=900 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
                 # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
@@ -95,9 +99,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_workflow": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
                 # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
                 # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
@@ -151,9 +157,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_logs": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; its tasks are short flushes acknowledged
                 # early, given CELERY_SOFT_SHUTDOWN_TIMEOUT to finish; one cut short leaves its events
                 # buffered in Redis for the next flush: shutdown_seconds('celery_logs')
@@ -162,9 +170,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_content": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
                 # CELERY_CONTENT_TIME_LIMIT=900 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
                 # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment
@@ -175,9 +185,11 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
             "celery_workflow": {
                 "replicas": 1,
                 "healthcheck": None,
-                # overlap: a worker takes tasks as soon as it starts (no healthcheck to wait for);
-                # overlapping would only keep two sets of pools longer
-                "overlap_seconds": 0,
+                # overlap: a worker has no healthcheck, so Railway counts it healthy when its container
+                # starts, before Celery consumes; the old one keeps consuming until the new one does
+                # (measured up to 21 s with all four starting at once); the budget counts both sets either
+                # way
+                "overlap_seconds": 20,
                 # draining: after SIGTERM it takes no new task; running tasks (up to
                 # CELERY_WORKFLOW_TIME_LIMIT=3600 s) get CELERY_SOFT_SHUTDOWN_TIMEOUT to finish, then are
                 # handed back unacknowledged, restored to the queue at once, and rerun by the new deployment

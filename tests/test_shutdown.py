@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import os
 import signal
@@ -149,6 +150,57 @@ def test_api_refuses_at_once_drains_and_exits_in_time(
         assert text.count("api_stopped") == 2  # each worker's lifespan closed its pools
         assert "outlived the shutdown" not in text
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_requests_waiting_in_the_accept_queue_are_served_not_reset(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Connections the kernel completed before SIGTERM but no worker had accepted yet carry a request
+    already; closing the listener would reset them (an edge's 502). The workers are frozen so that
+    requests pile up in the accept queue, then SIGTERM arrives: every one is answered."""
+    port = free_port()
+    env = {
+        **subprocess_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SERVICE_TYPE": "api", "PORT": str(port), "UVICORN_WORKERS": "2", "RUN_MIGRATIONS": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }  # fmt: skip
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["bash", str(ENTRYPOINT)], cwd=BACKEND, env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    workers: list[psutil.Process] = []
+    try:
+        wait_until_serving(base, proc, log, workers=2)
+        workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        for worker in workers:
+            worker.suspend()
+        # Handshakes the kernel completes by itself; the requests wait, unread, in the accept queue.
+        queued = []
+        for _ in range(5):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            queued.append(conn)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the supervisor has closed its copy and signalled the (frozen) workers
+        for worker in workers:
+            worker.resume()
+        answers = []
+        for conn in queued:
+            with conn:
+                try:
+                    answers.append(conn.recv(200).split(b"\r\n", 1)[0].decode())
+                except ConnectionResetError:
+                    answers.append("reset")
+        assert answers == ["HTTP/1.1 503 Service Unavailable"] * 5, answers  # /health: draining
+        proc.wait(timeout=30)
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.resume()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import os
 import signal
@@ -49,6 +50,7 @@ class DrainingServer(Server):
         super().__init__(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[socket.socket] = []
+        self._accepted: set[asyncio.Task[object]] = set()  # referenced until the connection is set up
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -63,11 +65,42 @@ class DrainingServer(Server):
             self._loop.call_soon_threadsafe(self._stop_listening)
 
     def _stop_listening(self) -> None:
+        if drain.draining():
+            return
+        drain.begin()  # first: the connections accepted below are answered with Connection: close
+        loop = asyncio.get_running_loop()
         for server in self.servers:
-            server.close()  # idempotent: uvicorn's shutdown closes them again
+            for listener in server.sockets:
+                self._accept_pending(loop, listener.fileno())
+            server.close()  # uvicorn's shutdown closes it again: idempotent
         for sock in self._sockets:
             sock.close()
-        drain.begin()
+
+    def _accept_pending(self, loop: asyncio.AbstractEventLoop, fileno: int) -> None:
+        """Accept every connection the kernel has completed but nobody accepted yet, and serve it.
+
+        Closing a listening socket resets those: the client had already sent its request on them, so
+        an edge sees an empty answer (a 502) rather than a refused connect it would retry elsewhere
+        (seen in scripts/rehearse_deploy.py: 2 of 6 API SIGTERMs). The queue is shared by every
+        worker and lives until the last copy closes, so each worker empties it just before closing
+        its own; only a handshake completing between that and the close is still reset.
+        """
+        protocol = functools.partial(
+            self.config.http_protocol_class,
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        with socket.socket(fileno=os.dup(fileno)) as listener:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:  # BlockingIOError: the queue is empty (the socket is non-blocking)
+                    return
+                conn.setblocking(False)
+                task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+                self._accepted.add(task)
+                task.add_done_callback(self._accepted.discard)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._stop_listening()
