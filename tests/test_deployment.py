@@ -25,15 +25,16 @@ from tests.support.env import ROOT
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
 CELERY = "env REMAP_SIGTERM=SIGQUIT celery -A app.core.celery_app worker --loglevel=INFO"
 API = "python -m app.api.server app.main:app --host 0.0.0.0 --port 8000"
+HTTP = "--http app.api.http_protocol:BoundedHttpToolsProtocol --timeout-keep-alive 5"
 EXPECTED = {
     "production": {
-        "api": f"{API} --workers 8 --timeout-graceful-shutdown 9",
+        "api": f"{API} --workers 8 {HTTP} --timeout-graceful-shutdown 9",
         "celery_logs": f"{CELERY} --queues=logs --concurrency=8 --hostname=logs@%h",
         "celery_content": f"{CELERY} --queues=content_generation --concurrency=10 --hostname=content@%h",
         "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=6 --hostname=workflow@%h",
     },
     "development": {
-        "api": f"{API} --workers 4 --timeout-graceful-shutdown 9",
+        "api": f"{API} --workers 4 {HTTP} --timeout-graceful-shutdown 9",
         "celery_logs": f"{CELERY} --queues=logs --concurrency=4 --hostname=logs@%h",
         "celery_content": f"{CELERY} --queues=content_generation --concurrency=6 --hostname=content@%h",
         "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=4 --hostname=workflow@%h",

@@ -255,10 +255,13 @@ def start_command(settings: Settings, name: str, *, port: str = "8000", loglevel
     """
     p = plan(settings, name)
     if not p.service.is_worker:
-        # uvicorn with a supervisor that refuses new connections at SIGTERM (app.api.server).
+        # uvicorn with a supervisor that refuses new connections at SIGTERM (app.api.server), and an HTTP
+        # protocol that bounds what a connection holds before its request is read (app.api.http_protocol).
         return [
             "python", "-m", "app.api.server", "app.main:app", "--host", "0.0.0.0", "--port", port,
             "--workers", str(p.processes),
+            "--http", "app.api.http_protocol:BoundedHttpToolsProtocol",
+            "--timeout-keep-alive", str(settings.API_KEEP_ALIVE_SECONDS),
             "--timeout-graceful-shutdown", str(settings.api_graceful_shutdown_timeout),
         ]  # fmt: skip
     # Celery's SIGTERM is a warm shutdown that waits for every running task (up to its time limit, an

@@ -1,6 +1,8 @@
 """Serve the API with uvicorn, with a shutdown that fits a deploy window.
 
-    python -m app.api.server app.main:app --host 0.0.0.0 --port 8000 --workers 8 --timeout-graceful-shutdown 9
+    python -m app.api.server app.main:app --host 0.0.0.0 --port 8000 --workers 8 \
+        --http app.api.http_protocol:BoundedHttpToolsProtocol --timeout-keep-alive 5 \
+        --timeout-graceful-shutdown 9
 
 uvicorn's own CLI, config and servers (``app.topology.start_command`` gives this line), with three
 changes to what happens at SIGTERM:

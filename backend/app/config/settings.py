@@ -280,7 +280,9 @@ class _CommonSettings(BaseSettings):
     REDIS_TIMEOUT: float = Field(1.0, gt=0, le=30)
 
     # --- HTTP behaviour ---------------------------------------------------------------------------------
-    # /health must answer within 2 s even when the database is unreachable.
+    # /health's own deadline, for all its checks together (run in parallel): what has not answered by
+    # then is reported "timeout" and left to clean up in the background, never waited for. 0.5 s under
+    # the 2 s a load balancer's probe allows, for the response itself and a busy event loop.
     HEALTH_CHECK_TIMEOUT: float = Field(1.5, gt=0, le=10)
     # Every request's deadline: past it the API answers 503 request_timeout (with Retry-After) whatever it
     # was waiting for. The backstop behind the database's own deadlines, longer than DB_POOL_TIMEOUT so
@@ -304,6 +306,24 @@ class _CommonSettings(BaseSettings):
     # it is read, by its Content-Length or as soon as that many bytes arrived; without a limit the body
     # was read whole, before authentication. The API's bodies are a few hundred bytes.
     MAX_REQUEST_BODY_BYTES: int = Field(65_536, ge=1_024, le=104_857_600)
+    # What a connection may make the API hold before it is authenticated (app.api.server's protocol,
+    # in front of httptools, which bounds neither: 200 connections x 1 MB of unfinished headers took
+    # 210 MB). The request line and headers together, in bytes: larger is 431 and the connection
+    # closed. nginx's default allows 32 KiB (4 x 8k buffers), so what passes an edge passes here.
+    MAX_REQUEST_HEADER_BYTES: int = Field(32_768, ge=4_096, le=1_048_576)
+    # Header lines per request (Apache's LimitRequestFields): more is 431. The API's callers send ~10.
+    MAX_REQUEST_HEADERS: int = Field(100, ge=16, le=10_000)
+    # From a connection's first byte of a request (or its accept) to the end of its headers: a slower
+    # one (slowloris, or a client that connects and says nothing) gets 408 and is closed.
+    REQUEST_HEADER_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
+    # Open connections per uvicorn worker; one more is answered 503 and closed before anything is read
+    # (uvicorn's --limit-concurrency would answer only once its headers were complete). Under the
+    # usual 1024-descriptor limit, and with the header limit it bounds a worker's pre-auth buffers to
+    # 512 x 32 KiB = 16 MiB. The load harness peaks at 320 clients over 8 workers.
+    API_MAX_CONNECTIONS_PER_WORKER: int = Field(512, ge=16, le=100_000)
+    # uvicorn's --timeout-keep-alive: a connection idle between requests is closed after this (uvicorn's
+    # default, explicit). Shorter than an edge proxy's idle timeout only costs it a reconnect.
+    API_KEEP_ALIVE_SECONDS: int = Field(5, ge=1, le=300)
 
     # --- secrets ----------------------------------------------------------------------------------------
     # Signs API bearer tokens; write and admin routes answer 401 until it is set (32+ characters).

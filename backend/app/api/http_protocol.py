@@ -1,0 +1,171 @@
+"""The API's HTTP/1.1 protocol: uvicorn's httptools protocol with bounds on what a connection can make a
+worker hold before its request reaches the app (so before authentication, before any deadline).
+
+httptools (llhttp) parses as bytes arrive and bounds nothing: a header value is accumulated until it
+ends, however long, and a connection that never finishes its headers (or never sends one) is kept for
+ever. 200 connections each sending 1 MB of headers and stopping took the API from 529 to 741 MB; a
+100 KB header and 10,000 headers were answered 200. Here, per connection:
+
+* **Header section size**: more than ``MAX_REQUEST_HEADER_BYTES`` (request line and headers) is 431
+  and the connection closed. Counted twice: the raw bytes received while the section is unfinished (a
+  header that never ends is refused once the limit is passed, not when it ends) and the parsed URL,
+  names and values (a whole section arriving in one read).
+* **Header count**: more than ``MAX_REQUEST_HEADERS`` lines is 431.
+* **Header deadline**: a section not finished ``REQUEST_HEADER_TIMEOUT_SECONDS`` after the connection
+  was accepted, or after the first bytes of the next request on a kept-alive one, is 408 and closed
+  (slowloris; a connection that says nothing). Idle between requests, uvicorn's
+  ``--timeout-keep-alive`` (``API_KEEP_ALIVE_SECONDS``) closes it.
+* **Connections**: one more than ``API_MAX_CONNECTIONS_PER_WORKER`` is answered 503 and closed before
+  anything is read. uvicorn's ``--limit-concurrency`` would answer 503 only once a request's headers
+  are complete, so it bounds nothing above. The count is ``server_state.connections``, the set the
+  drain (app.api.server) waits on, so a refused connection leaves it when it closes, like any other.
+
+Chosen over uvicorn's h11 protocol (``--http h11 --h11-max-incomplete-event-size``), which bounds the
+size but has no header deadline and costs throughput: scripts/bench_http_parser.py, figures in
+docs/benchmarks.md. Selected by the start command (``--http app.api.http_protocol:...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.config.settings import get_settings
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop httptools mid-feed; data_received answers ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = get_settings()
+        self._max_header_bytes = settings.MAX_REQUEST_HEADER_BYTES
+        self._max_headers = settings.MAX_REQUEST_HEADERS
+        self._header_timeout = settings.REQUEST_HEADER_TIMEOUT_SECONDS
+        self._max_connections = settings.API_MAX_CONNECTIONS_PER_WORKER
+        self._reading_headers = True  # between a request's end (or the accept) and its next headers' end
+        self._raw_header_bytes = 0
+        self._parsed_header_bytes = 0
+        self._header_lines = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refusal: int | None = None
+
+    # --- connection -----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            self._refuse(503)
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The timer's callback references this protocol: cancelled, so nothing of a closed connection
+        # (its parser's buffers included) is kept alive until the deadline.
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, with the refusals of the parser callbacks below answered as such rather than 400.
+        self._unset_keepalive_if_required()
+        if self._reading_headers:
+            self._raw_header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._reading_headers:
+            if self._raw_header_bytes > self._max_header_bytes:
+                self._refuse(431)
+            elif self._header_timer is None:
+                # The next request's headers began on a kept-alive connection. Armed only when a read
+                # ends inside a header section: a request that arrives whole costs no timer.
+                self._arm_header_timer()
+
+    # --- parser callbacks -----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_header_bytes = 0
+        self._header_lines = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_lines += 1
+        if self._header_lines > self._max_headers:
+            self._stop_parser(431)
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_headers = True  # whatever comes next on this connection is a new header section
+        self._raw_header_bytes = 0
+
+    # --- bounds ---------------------------------------------------------------------------------------
+    def _count_header_bytes(self, size: int) -> None:
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > self._max_header_bytes:
+            self._stop_parser(431)
+
+    def _stop_parser(self, status: int) -> None:
+        self._refusal = status
+        raise _Refused(status)  # httptools turns it into HttpParserCallbackError for data_received
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self._header_timeout, self._header_deadline_passed)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_timer = None
+        if self._reading_headers:
+            self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        """Answer ``status`` with no body and close: nothing more is read from this connection."""
+        self._disarm_header_timer()
+        self._reading_headers = False
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # never inside a response being written
+            self.transport.write(STATUS_LINE[status] + b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.close()
