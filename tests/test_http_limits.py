@@ -163,14 +163,9 @@ def test_oversized_and_slow_header_sections_are_refused(api: tuple[subprocess.Po
         assert client.get("/health", headers={"x-large": "a" * 20_000}).status_code == 200
 
 
-def test_unfinished_header_sections_do_not_grow_memory(api: tuple[subprocess.Popen[bytes], int]) -> None:
-    """200 connections, each sending up to 1 MB of one header and never finishing it."""
-    proc, port = api
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for _ in range(20):  # warm both workers' code paths before the baseline
-            assert client.get("/health").status_code == 200
-    time.sleep(0.5)
-    before = tree_rss(proc.pid)
+def flood(port: int, pid: int, size: int) -> tuple[int, int, list[socket.socket]]:
+    """200 connections each send ``size`` bytes of one header and never finish it: the peak RSS of
+    the API's tree meanwhile, how many were reset while sending, and the connections (still open)."""
     connections = []
     for _ in range(200):
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -178,36 +173,64 @@ def test_unfinished_header_sections_do_not_grow_memory(api: tuple[subprocess.Pop
         conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Flood: ")
         connections.append(conn)
     sent = dict.fromkeys(connections, 0)
-    refused = 0
-    peak = before
-    chunk = b"a" * 16_384
+    reset, peak = 0, tree_rss(pid)
     live = list(connections)
-    until = time.monotonic() + 30
+    until = time.monotonic() + 20
     while live and time.monotonic() < until:
         for conn in list(live):
             try:
-                sent[conn] += conn.send(chunk)
+                sent[conn] += conn.send(b"a" * min(16_384, size - sent[conn]))
             except BlockingIOError:
                 continue
             except (BrokenPipeError, ConnectionResetError):
-                refused += 1
+                reset += 1
                 live.remove(conn)
                 continue
-            if sent[conn] >= 1_048_576:
-                live.remove(conn)  # its megabyte is out, never finished: held open below
-        peak = max(peak, tree_rss(proc.pid))
+            if sent[conn] >= size:
+                live.remove(conn)  # all sent, never finished: held open
+        peak = max(peak, tree_rss(pid))
         time.sleep(0.01)
+    for _ in range(5):  # what the workers still read from the socket buffers
+        time.sleep(0.1)
+        peak = max(peak, tree_rss(pid))
+    return peak, reset, connections
+
+
+def test_unfinished_header_sections_do_not_grow_memory(api: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = api
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for _ in range(20):  # warm both workers' code paths before the baseline
+            assert client.get("/health").status_code == 200
     time.sleep(0.5)
-    peak = max(peak, tree_rss(proc.pid))
+    before = tree_rss(proc.pid)
+
+    # 1 MB each, the issue's flood: each is refused once past the limit.
+    peak, reset, connections = flood(port, proc.pid, 1_048_576)
     grown = (peak - before) / 1e6
-    print(f"RSS {before / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB (+{grown:.1f} MB); "
-          f"{refused} of 200 reset while sending")  # fmt: skip
+    print(
+        f"1 MB x 200: RSS {before / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB (+{grown:.1f} MB), {reset} reset"
+    )
     assert grown < 20, grown
     # Every one was refused: the server answered 431 or closed it (stock httptools kept them all open).
     outcomes = [answer(conn, timeout=5) for conn in connections]
     for conn in connections:
         conn.close()
     assert set(outcomes) <= REFUSED, sorted(set(outcomes))
+
+    # 30 KB each, just under the limit: held until the header deadline, then closed.
+    started = time.monotonic()
+    peak, reset, connections = flood(port, proc.pid, 30_000)
+    grown = (peak - before) / 1e6
+    print(f"30 KB x 200: RSS peak {peak / 1e6:.0f} MB (+{grown:.1f} MB), {reset} reset")
+    assert grown < 20, grown
+    outcomes = [
+        answer(conn, timeout=max(0.1, started + HEADER_TIMEOUT + 2 - time.monotonic()))
+        for conn in connections
+    ]
+    for conn in connections:
+        conn.close()
+    assert set(outcomes) <= {"HTTP/1.1 408 Request Timeout", "closed", "reset"}, sorted(set(outcomes))
+
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         assert client.get("/health").status_code == 200
 
