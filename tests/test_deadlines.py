@@ -12,9 +12,7 @@ import asyncio
 import concurrent.futures
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -30,25 +28,10 @@ from app.db.session import read
 from scripts.own_services import free_port, running_api
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy, through
 from tests.support.workers import start_worker, wait_ready
 
 pytestmark = pytest.mark.usefixtures("migrated_database")
-
-
-def through(proxy: FaultProxy) -> str:
-    parts = urlsplit(BASE_ENV["DATABASE_URL"])
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    target = urlsplit(BASE_ENV["DATABASE_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture
