@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 
 def checkpointer_service(service: str) -> str:
+    """How a service's checkpointer pool is named (application_name ``<environment>.<this>``, metric
+    labels), apart from its SQLAlchemy pool: the audit and the fleet page tell them apart by it."""
     return f"{service}.langgraph"
 
 
