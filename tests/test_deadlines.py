@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import exc, text
 
 from app.config.settings import get_settings
-from app.core.orchestrator_factory import CheckpointerTimeout, OrchestratorFactory, checkpointer_stats
+from app.core.checkpointer_saver import CheckpointerTimeout
+from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
 from app.db.engine import build_unpooled_engine, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
@@ -304,7 +305,7 @@ async def test_a_checkpointer_statement_that_gets_no_answer_fails_on_time(proxy:
     from psycopg.rows import dict_row
 
     from app.config.connections import libpq_params
-    from app.core.orchestrator_factory import BoundedPostgresSaver
+    from app.core.checkpointer_saver import BoundedPostgresSaver
 
     settings = get_settings()
     conn = await psycopg.AsyncConnection.connect(
