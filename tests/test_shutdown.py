@@ -195,9 +195,9 @@ SOFT_SHUTDOWN = 3.0
 
 def start_production_worker(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The Railway start command of ``service``, with a node name of its own (two run side by side)."""
-    from app import topology
+    from app import sizing
 
-    command = topology.start_command(settings_from_mapping(env), service)
+    command = sizing.start_command(settings_from_mapping(env), service)
     command = [f"--hostname={log.stem}@%h" if a.startswith("--hostname=") else a for a in command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=BACKEND, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -2,7 +2,7 @@
 
     python -m app.api.server app.main:app --host 0.0.0.0 --port 8000 --workers 8 --timeout-graceful-shutdown 9
 
-uvicorn's own CLI, config and servers (``app.topology.start_command`` gives this line), with three
+uvicorn's own CLI, config and servers (``app.sizing.start_command`` gives this line), with three
 changes to what happens at SIGTERM:
 
 * **New connections are refused at once.** uvicorn's supervisor binds the listening socket and every

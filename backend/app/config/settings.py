@@ -40,7 +40,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app import topology
+from app import sizing, topology
 
 Environment = Literal["development", "production", "test"]
 ServiceType = Literal[topology.NAMES]  # type: ignore[valid-type]
@@ -406,9 +406,9 @@ class _CommonSettings(BaseSettings):
         return self
 
     # --- derived values: computed here (or in app.topology), once, and read everywhere else ----------
-    def pool(self, service: str | None = None) -> topology.PoolSizing:
+    def pool(self, service: str | None = None) -> sizing.PoolSizing:
         """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
-        return topology.pool_sizing(self, service)  # type: ignore[arg-type]
+        return sizing.pool_sizing(self, service)
 
     def fan_out_checkouts(self, service: str | None = None) -> int:
         """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
@@ -492,11 +492,7 @@ class _CommonSettings(BaseSettings):
         be started a second time; any longer and the tasks of a worker that died without restoring
         them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
         """
-        limits = [
-            p.time_limit
-            for p in topology.fleet(self)  # type: ignore[arg-type]
-            if p.service.acks_late and p.time_limit
-        ]
+        limits = [p.time_limit for p in sizing.fleet(self) if p.service.acks_late and p.time_limit]
         longest = max(limits, default=0)
         return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
 
