@@ -4,8 +4,9 @@ A service is one Railway service (one ``SERVICE_TYPE``): an API or a Celery work
 Each entry says what the rest of the code needs to know about it, and everything else reads it
 (``app.sizing`` turns an entry and the settings into the service's plan):
 
-* the settings module generates each service's variables from it (process count, replicas, pool
-  sizing, time limit) and the development profile's process counts;
+* the settings name each service's variables after it (``app.config.services``: process count,
+  replicas, pool sizing, time limit; a test keeps them equal) and take the development profile's
+  process counts from it;
 * Celery builds its queues, routes and per-queue task options from it, and a worker takes its
   ``worker_concurrency`` from its service's setting, whatever command started it;
 * ``python -m app.budget`` (model, guard, audit, ``--suggest``, ``--command``), the metric labels,
