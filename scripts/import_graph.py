@@ -1,10 +1,13 @@
 """The import graph of ``backend/app``: its cycles, and the packages each package imports.
 
 Every ``import`` counts, at module level or inside a function (a function-local import hides a cycle,
-it does not remove one); only ``if TYPE_CHECKING:`` blocks are left out, since they never run.
+it does not remove one); ``if TYPE_CHECKING:`` blocks are left out, since they never run, unless
+``--type-checking`` asks for them: a module that names another's type for the checker only still
+depends on it, and a circle through such an import is a design circle even if it never fails to import.
 
-    python scripts/import_graph.py            # cycles (modules), then package dependencies
-    python scripts/import_graph.py --check    # exit 1 if there is a cycle between modules or packages
+    python scripts/import_graph.py                   # cycles (modules), then package dependencies
+    python scripts/import_graph.py --check           # exit 1 if there is a cycle between modules or packages
+    python scripts/import_graph.py --type-checking   # count TYPE_CHECKING imports too
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ def _type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST, package: str, is_package: bool) -> set[str]:
+def _imports(tree: ast.AST, package: str, is_package: bool, type_checking: bool = False) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking(node):
+        if isinstance(node, ast.If) and _type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -57,13 +60,13 @@ def _imports(tree: ast.AST, package: str, is_package: bool) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
+def graph(type_checking: bool = False) -> dict[str, set[str]]:
     modules = {module_name(p): p for p in (ROOT / "app").rglob("*.py")}
     edges: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         package = name if is_package else name.rpartition(".")[0]
-        targets = _imports(ast.parse(path.read_text()), package, is_package)
+        targets = _imports(ast.parse(path.read_text()), package, is_package, type_checking)
         # "from app.x import y" names module app.x.y when it exists, else an attribute of app.x.
         edges[name] = {t for t in targets if t in modules and t != name}
     return edges
@@ -119,7 +122,9 @@ def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     for source, targets in edges.items():
         for target in targets:
             a, b = package_of(source), package_of(target)
-            if a != b and target not in _PACKAGES:  # importing a package's __init__ alone is no layer
+            # ``from app import x`` names the root package as well as app.x: the root is no layer. A
+            # subpackage's __init__ is (``from app.tools.llm import RoadmapLLM`` uses tools).
+            if a != b and target != "app":
                 result[a].add(b)
     return result
 
@@ -127,8 +132,9 @@ def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 on any cycle")
+    parser.add_argument("--type-checking", action="store_true", help="count TYPE_CHECKING imports too")
     args = parser.parse_args()
-    edges = graph()
+    edges = graph(args.type_checking)
     module_cycles = cycles(edges)
     packages = package_edges(edges)
     package_cycles = cycles(packages)

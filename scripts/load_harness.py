@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
 sys.path.insert(0, str(BACKEND))
 
+from app import sizing as app_sizing  # noqa: E402
 from app import topology as app_topology  # noqa: E402 - every service, declared once
 from app.config.settings import Settings, settings_from_mapping  # noqa: E402
 
@@ -441,7 +442,7 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
         api_port = free_port()
         metrics_ports = {s: free_port() for s in WORKER_SERVICES}
         topology = Topology({**env, "PORT": str(api_port)}, api_port, metrics_ports, folder)
-        plans = app_topology.fleet(settings_from_mapping(env))
+        plans = app_sizing.fleet(settings_from_mapping(env))
         print(
             f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port}; "
             + ", ".join(f"{p.name} {p.replicas} x {p.processes}" for p in plans),

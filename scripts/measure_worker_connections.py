@@ -27,7 +27,7 @@ import asyncpg
 from bench_server import BACKEND, REDIS_URL, bench_database
 
 sys.path.insert(0, str(BACKEND))
-from app import topology
+from app import sizing, topology
 from app.config.settings import Settings, settings_from_mapping
 
 
@@ -72,7 +72,7 @@ def main() -> None:
                "ENVIRONMENT": "production", "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "INFO"}  # fmt: skip
         settings = settings_from_mapping(env)
-        plans = {s.name: topology.plan(settings, s.name) for s in topology.WORKERS}
+        plans = {s.name: sizing.plan(settings, s.name) for s in topology.WORKERS}
         os.environ.update(env)
         procs = {}
         for service in plans:

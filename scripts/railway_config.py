@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAILWAY_FILE = ROOT / ".railway" / "railway.py"
 sys.path.insert(0, str(ROOT / "backend"))
 
-from app import topology  # noqa: E402
+from app import sizing, topology  # noqa: E402
 from app.budget.__main__ import settings_for  # noqa: E402
 from app.budget.model import suggest  # noqa: E402
 from app.config.settings import Settings  # noqa: E402
@@ -116,7 +116,7 @@ def _fleet_variables(settings: Settings, environment: str) -> dict[str, str]:
         "RUN_MIGRATIONS": "0",
     }
     for spec in topology.SERVICES:
-        plan = topology.plan(settings, spec.name)
+        plan = sizing.plan(settings, spec.name)
         values[spec.processes_var] = str(plan.processes)
         values[spec.replicas_var] = str(plan.replicas)
     values |= {name: str(value) for name, value in found.env().items()}
@@ -133,7 +133,7 @@ def environment_values(environment: str) -> dict[str, Any]:
     for spec in topology.SERVICES:
         timing = deploy_timing(settings, spec)
         services[spec.name] = {
-            "replicas": topology.plan(settings, spec.name).replicas,
+            "replicas": sizing.plan(settings, spec.name).replicas,
             "healthcheck": None if spec.is_worker else "/health",
             "overlap_seconds": timing.overlap,
             "overlap_why": timing.overlap_why,

@@ -20,7 +20,7 @@ DOC = ROOT / "docs" / "connection-pool-guide.md"
 sys.path.insert(0, str(ROOT / "backend"))
 sys.path.insert(0, str(ROOT))
 
-from app import topology  # noqa: E402
+from app import sizing, topology  # noqa: E402
 from app.budget.__main__ import render, settings_for  # noqa: E402
 from app.budget.model import budget_from_settings  # noqa: E402
 from scripts import railway_config  # noqa: E402
@@ -36,7 +36,7 @@ def railway_variables() -> str:
         "|---|---|---|---:|---:|",
     ]
     for s in topology.SERVICES:
-        p, d = topology.plan(prod, s.name), topology.plan(dev, s.name)
+        p, d = sizing.plan(prod, s.name), sizing.plan(dev, s.name)
         title = s.title.format(n=p.processes).split(" (")[0]
         # A fixed-size pool holds the shared maximum, all persistent (app.topology.Service.fixed_pool).
         size_fallback = "`DB_POOL_SIZE + DB_MAX_OVERFLOW`" if s.fixed_pool else "`DB_POOL_SIZE`"

@@ -22,4 +22,5 @@ pytest_plugins = [
     "tests.support.database",
     "tests.support.process_env",
     "tests.support.api_client",
+    "tests.support.fault_proxy",
 ]

@@ -8,7 +8,7 @@ import psycopg_pool
 import pytest
 from sqlalchemy import exc
 
-from app.core.orchestrator_factory import CheckpointerTimeout
+from app.core.checkpointer_saver import CheckpointerTimeout
 from app.db.errors import (
     is_allocation_exhausted,
     is_database_misconfigured,

@@ -12,9 +12,7 @@ import asyncio
 import concurrent.futures
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -23,32 +21,18 @@ import pytest
 from sqlalchemy import exc, text
 
 from app.config.settings import get_settings
-from app.core.orchestrator_factory import CheckpointerTimeout, OrchestratorFactory, checkpointer_stats
+from app.core.checkpointer_saver import CheckpointerTimeout
+from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
 from app.db.engine import build_unpooled_engine, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
 from scripts.own_services import free_port, running_api
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy, through
 from tests.support.workers import start_worker, wait_ready
 
 pytestmark = pytest.mark.usefixtures("migrated_database")
-
-
-def through(proxy: FaultProxy) -> str:
-    parts = urlsplit(BASE_ENV["DATABASE_URL"])
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    target = urlsplit(BASE_ENV["DATABASE_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture
@@ -362,7 +346,7 @@ async def test_a_checkpointer_statement_that_gets_no_answer_fails_on_time(proxy:
     from psycopg.rows import dict_row
 
     from app.config.connections import libpq_params
-    from app.core.orchestrator_factory import BoundedPostgresSaver
+    from app.core.checkpointer_saver import BoundedPostgresSaver
 
     settings = get_settings()
     conn = await psycopg.AsyncConnection.connect(

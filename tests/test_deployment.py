@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app import topology
+from app import sizing, topology
 from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
@@ -142,7 +142,7 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
     # ... and always outlasts every one of them: a running task is never handed to a second worker.
     assert all(
         raised.celery_visibility_timeout > p.time_limit + topology.RETRY_COUNTDOWN_MAX
-        for p in topology.fleet(raised)
+        for p in sizing.fleet(raised)
         if p.service.acks_late and p.time_limit
     )
 
@@ -205,11 +205,11 @@ def test_railway_graph_matches_the_topology_and_fits(environment: str) -> None:
         )
         assert env["SERVICE_TYPE"] == spec.name and env["ENVIRONMENT"] == environment
         settings = settings_from_mapping(env)
-        assert deploy["numReplicas"] == topology.plan(settings, spec.name).replicas
+        assert deploy["numReplicas"] == sizing.plan(settings, spec.name).replicas
         # every service carries the same fleet sizing: each one's start-up guard checks the whole fleet
-        sizing = {k: v for k, v in env.items() if k != "SERVICE_TYPE"}
-        first = first or sizing
-        assert sizing == first
+        fleet_values = {k: v for k, v in env.items() if k != "SERVICE_TYPE"}
+        first = first or fleet_values
+        assert fleet_values == first
         # the start command, run as Railway runs it (exec form: split, no shell, in the image's WORKDIR)
         command = subprocess.run(
             deploy["startCommand"].split(), cwd=ROOT / "backend",

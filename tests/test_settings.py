@@ -359,3 +359,25 @@ def test_the_request_deadline_must_outlast_the_pool_timeout(clean_env: pytest.Mo
     assert "REQUEST_TIMEOUT_SECONDS (8) must be > DB_POOL_TIMEOUT (10)" in str(caught.value)
     clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "15")
     assert load_settings().REQUEST_TIMEOUT_SECONDS == 15
+
+
+def test_every_service_variable_the_topology_names_is_declared_with_its_default() -> None:
+    """app.config.services declares each service's variables by name (grep-able, type-checked); the
+    topology names them and holds their production defaults: the two never drift apart."""
+    from app.config.services import ServiceSettings
+
+    declared = ServiceSettings.model_fields
+    named = set()
+    for spec in topology.SERVICES:
+        names = [spec.processes_var, spec.replicas_var, spec.pool_size_var, spec.max_overflow_var]
+        names += [spec.time_limit_var] if spec.time_limit is not None else []
+        named |= set(names)
+        assert declared[spec.processes_var].default == spec.processes["production"], spec.name
+        assert declared[spec.replicas_var].default == spec.replicas, spec.name
+        assert (
+            declared[spec.pool_size_var].default is None and declared[spec.max_overflow_var].default is None
+        )
+        if spec.time_limit is not None:
+            assert declared[spec.time_limit_var].default == spec.time_limit, spec.name
+    assert set(declared) == named  # nothing declared that no service names
+    assert named <= set(Settings.model_fields)

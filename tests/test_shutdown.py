@@ -19,9 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
@@ -30,26 +28,11 @@ import pytest
 from app.config.settings import settings_from_mapping
 from scripts.own_services import free_port
 from tests.support.auth import auth
-from tests.support.env import BACKEND, BASE_ENV
-from tests.support.fault_proxy import FaultProxy
+from tests.support.env import BACKEND
+from tests.support.fault_proxy import FaultProxy, through
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]
 ENTRYPOINT = BACKEND / "scripts" / "railway_entrypoint.sh"
-
-
-def through(proxy: FaultProxy) -> str:
-    parts = urlsplit(BASE_ENV["DATABASE_URL"])
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    target = urlsplit(BASE_ENV["DATABASE_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 def connect_outcome(port: int) -> str:
@@ -212,9 +195,9 @@ SOFT_SHUTDOWN = 3.0
 
 def start_production_worker(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The Railway start command of ``service``, with a node name of its own (two run side by side)."""
-    from app import topology
+    from app import sizing
 
-    command = topology.start_command(settings_from_mapping(env), service)
+    command = sizing.start_command(settings_from_mapping(env), service)
     command = [f"--hostname={log.stem}@%h" if a.startswith("--hostname=") else a for a in command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=BACKEND, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -1,10 +1,12 @@
-"""Every service of the fleet, declared once.
+"""Every service of the fleet, declared once, as plain data: nothing here imports from ``app``.
 
 A service is one Railway service (one ``SERVICE_TYPE``): an API or a Celery worker bound to one queue.
-Each entry says what the rest of the code needs to know about it, and everything else reads it:
+Each entry says what the rest of the code needs to know about it, and everything else reads it
+(``app.sizing`` turns an entry and the settings into the service's plan):
 
-* the settings module generates each service's variables from it (process count, replicas, pool
-  sizing, time limit) and the development profile's process counts;
+* the settings name each service's variables after it (``app.config.services``: process count,
+  replicas, pool sizing, time limit; a test keeps them equal) and take the development profile's
+  process counts from it;
 * Celery builds its queues, routes and per-queue task options from it, and a worker takes its
   ``worker_concurrency`` from its service's setting, whatever command started it;
 * ``python -m app.budget`` (model, guard, audit, ``--suggest``, ``--command``), the metric labels,
@@ -21,10 +23,7 @@ the guide's ``UVICORN_WORKERS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from app.config.settings import Settings
+from typing import Literal
 
 Profile = Literal["production", "development"]
 # How the fleet is redeployed, for the budget's deploy window (DB_BUDGET_DEPLOY_CASE):
@@ -157,118 +156,3 @@ def service(name: str) -> Service:
 
 def for_queue(queue: str) -> Service | None:
     return next((s for s in WORKERS if s.queue == queue), None)
-
-
-# --- a service as the settings size it --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoolSizing:
-    pool_size: int
-    max_overflow: int
-
-    @property
-    def max_connections(self) -> int:
-        return self.pool_size + self.max_overflow
-
-
-@dataclass(frozen=True)
-class ServicePlan:
-    """One service under given settings: the figures the budget, guard, audit and Railway file use."""
-
-    service: Service
-    replicas: int
-    processes: int  # per replica: uvicorn workers or Celery children (prefork parents open none)
-    pool: PoolSizing  # the SQLAlchemy pool of each process
-    langgraph_max_size: int  # the checkpointer pool of each process (0 when it opens none)
-    time_limit: int | None
-
-    @property
-    def name(self) -> str:
-        return self.service.name
-
-    @property
-    def per_process(self) -> int:
-        return self.pool.max_connections
-
-    @property
-    def total_processes(self) -> int:
-        return self.replicas * self.processes
-
-    @property
-    def sqlalchemy(self) -> int:
-        return self.total_processes * self.per_process
-
-    @property
-    def langgraph(self) -> int:
-        return self.total_processes * self.langgraph_max_size
-
-    @property
-    def max_connections(self) -> int:
-        """The most connections the service can hold at once, across its replicas."""
-        return self.sqlalchemy + self.langgraph
-
-
-def pool_sizing(settings: Settings, name: str | None = None) -> PoolSizing:
-    """The SQLAlchemy pool of one process of ``name`` (default: this process's SERVICE_TYPE).
-
-    A service's own ``<PREFIX>_DB_POOL_SIZE`` / ``_DB_MAX_OVERFLOW`` win; unset, the shared
-    ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` apply, all persistent for a ``fixed_pool`` service (the
-    same maximum). One-off tools (migrate, audit) use the shared values.
-    """
-    shared = PoolSizing(settings.DB_POOL_SIZE, settings.DB_MAX_OVERFLOW)
-    spec = next((s for s in SERVICES if s.name == (name or settings.SERVICE_TYPE)), None)
-    if spec is None:
-        return shared
-    default = PoolSizing(shared.max_connections, 0) if spec.fixed_pool else shared
-    size = getattr(settings, spec.pool_size_var)
-    overflow = getattr(settings, spec.max_overflow_var)
-    return PoolSizing(
-        default.pool_size if size is None else size,
-        default.max_overflow if overflow is None else overflow,
-    )
-
-
-def plan(settings: Settings, name: str) -> ServicePlan:
-    spec = service(name)
-    return ServicePlan(
-        service=spec,
-        replicas=getattr(settings, spec.replicas_var),
-        processes=getattr(settings, spec.processes_var),
-        pool=pool_sizing(settings, name),
-        langgraph_max_size=settings.LANGGRAPH_POOL_MAX_SIZE if spec.checkpointer else 0,
-        time_limit=getattr(settings, spec.time_limit_var) if spec.time_limit is not None else None,
-    )
-
-
-def fleet(settings: Settings) -> list[ServicePlan]:
-    return [plan(settings, s.name) for s in SERVICES]
-
-
-def start_command(settings: Settings, name: str, *, port: str = "8000", loglevel: str = "INFO") -> list[str]:
-    """The command that starts one replica of ``name`` (uvicorn, or a Celery worker on its queue), its
-    process count from settings.
-
-    railway_entrypoint.sh execs exactly this (``python -m app.budget --command NAME``), so what the
-    shell starts and what the budget counts cannot disagree. A worker started by any other command
-    still gets its ``worker_concurrency`` from the same setting (app.core.celery_app).
-    """
-    p = plan(settings, name)
-    if not p.service.is_worker:
-        # uvicorn with a supervisor that refuses new connections at SIGTERM (app.api.server), and an HTTP
-        # protocol that bounds what a connection holds before its request is read (app.api.http_protocol).
-        return [
-            "python", "-m", "app.api.server", "app.main:app", "--host", "0.0.0.0", "--port", port,
-            "--workers", str(p.processes),
-            "--http", "app.api.http_protocol:BoundedHttpToolsProtocol",
-            "--timeout-keep-alive", str(settings.API_KEEP_ALIVE_SECONDS),
-            "--timeout-graceful-shutdown", str(settings.api_graceful_shutdown_timeout),
-        ]  # fmt: skip
-    # Celery's SIGTERM is a warm shutdown that waits for every running task (up to its time limit, an
-    # hour for a workflow); remapped to the cold one, it waits CELERY_SOFT_SHUTDOWN_TIMEOUT, then
-    # hands the rest back. Read from the environment when Celery is imported, hence `env` here.
-    return [
-        "env", "REMAP_SIGTERM=SIGQUIT",
-        "celery", "-A", "app.core.celery_app", "worker", f"--loglevel={loglevel}",
-        f"--queues={p.service.queue}", f"--concurrency={p.processes}", f"--hostname={p.service.node}@%h",
-    ]  # fmt: skip

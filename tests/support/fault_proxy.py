@@ -16,9 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 from scripts.own_services import free_port
+from tests.support.env import BASE_ENV
 
 
 class FaultProxy:
@@ -122,3 +127,20 @@ class FaultProxy:
         finally:
             # One side ended: end the other, so a client that gives up also frees its server connection.
             writer.close()
+
+
+def through(proxy: FaultProxy) -> str:
+    """The session database's URL, reached through ``proxy``."""
+    parts = urlsplit(BASE_ENV["DATABASE_URL"])
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's PostgreSQL."""
+    target = urlsplit(BASE_ENV["DATABASE_URL"])
+    started = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    try:
+        yield started
+    finally:
+        started.stop()

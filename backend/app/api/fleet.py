@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budget.audit import Audit, publish, run_audit
 from app.config.settings import Settings
+from app.core.orchestrator_factory import checkpointer_service
 from app.core.redis_client import get_redis
 
 log = structlog.get_logger("app.fleet")
@@ -44,7 +45,7 @@ def sample(audit: Audit) -> dict[str, Any]:
     prefix = f"{audit.environment}."
     services = []
     for s in audit.services:
-        in_use = _in_use(audit, prefix + s.service) + _in_use(audit, f"{prefix}{s.service}.langgraph")
+        in_use = _in_use(audit, prefix + s.service) + _in_use(audit, prefix + checkpointer_service(s.service))
         services.append({"service": s.service, "open": s.total, "in_use": in_use, "budget": s.budget})
     body = audit.as_dict()
     return {

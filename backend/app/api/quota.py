@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import runtime
@@ -38,7 +38,7 @@ from app.api.deps import CurrentUser
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
 from app.core.redis_client import get_redis
-from app.db.models import IN_PROGRESS, Roadmap
+from app.repositories.roadmaps import RoadmapRepository
 
 log = structlog.get_logger("app.api.quota")
 _unchecked = LogRateLimiter(interval=1.0)
@@ -51,12 +51,6 @@ RATE_CHECK_TIMEOUT = 0.25
 _QUOTA_LOCK_CLASS = 0x0C4EA7E
 _LOCK = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:owner))").bindparams(
     lock_class=_QUOTA_LOCK_CLASS
-)
-_ROADMAPS = Roadmap.__table__
-_IN_PROGRESS = (
-    select(func.count())
-    .select_from(_ROADMAPS)
-    .where(_ROADMAPS.c.owner == bindparam("owner"), _ROADMAPS.c.status.in_(IN_PROGRESS))
 )
 
 
@@ -129,7 +123,7 @@ async def claim_in_progress_slot(session: AsyncSession, owner: str) -> None:
     held until the transaction ends, so the next creation of the same owner counts this one."""
     cap = get_settings().ROADMAP_MAX_IN_PROGRESS
     await session.execute(_LOCK, {"owner": owner})
-    in_progress = int(await session.scalar(_IN_PROGRESS, {"owner": owner}) or 0)
+    in_progress = await RoadmapRepository(session).count_in_progress(owner)
     if in_progress > cap:  # this request's own roadmap included
         # No Retry-After: when one of them finishes is not known here.
         raise QuotaExceeded(

@@ -28,7 +28,7 @@ import shlex
 import sys
 from typing import Any
 
-from app import topology
+from app import sizing, topology
 from app.budget.audit import Audit, run_audit
 from app.budget.guard import enforce_budget, probe_server_limits
 from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, suggest
@@ -270,7 +270,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 def _command(settings: Settings, service: str) -> str:
     port = os.environ.get("PORT") or "8000"
     loglevel = os.environ.get("CELERY_LOGLEVEL") or "INFO"
-    return shlex.join(topology.start_command(settings, service, port=port, loglevel=loglevel))
+    return shlex.join(sizing.start_command(settings, service, port=port, loglevel=loglevel))
 
 
 def main(argv: list[str] | None = None) -> int:

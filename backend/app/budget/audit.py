@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.budget.model import ServerLimits, budget_from_settings
 from app.config.settings import PROFILES, Settings, settings_from_mapping
 from app.core import metrics
+from app.core.orchestrator_factory import checkpointer_service
 from app.db.connection_cap import CAP_IN_FORCE, CapInForce, cap_matches, expected_cap
 
 # The guide's grouping, over the whole server (every database), so other databases can be shown too.
@@ -194,7 +195,7 @@ async def run_audit(conn: AsyncSession | AsyncConnection, settings: Settings) ->
     prefix = f"{settings.ENVIRONMENT}."
     services, known = [], set()
     for s in budget.services:
-        plain, graph = f"{prefix}{s.service}", f"{prefix}{s.service}.langgraph"
+        plain, graph = f"{prefix}{s.service}", prefix + checkpointer_service(s.service)
         known |= {plain, graph}
         services.append(ServiceAudit(s.service, here.get(plain, 0), here.get(graph, 0), s.real_total))
     environments = [

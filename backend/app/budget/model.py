@@ -25,9 +25,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app import topology
+from app import sizing, topology
 from app.config.settings import Settings
-from app.topology import DEPLOY_CASES, DeployCase, PoolSizing, ServicePlan
+from app.sizing import PoolSizing, ServicePlan
+from app.topology import DEPLOY_CASES, DeployCase
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def budget_from_settings(settings: Settings, server: ServerLimits | None = None)
         admin_reserve=settings.DB_ADMIN_RESERVE,
         peak_factor=settings.DB_BUDGET_PEAK_FACTOR,
         langgraph_max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
-        services=[ServiceBudget(p) for p in topology.fleet(settings)],
+        services=[ServiceBudget(p) for p in sizing.fleet(settings)],
         server=server,
         deploy_case=settings.DB_BUDGET_DEPLOY_CASE,
     )
@@ -470,7 +471,7 @@ def suggest(
     content task's gather) get the largest equal per-process share, up to what each can use, that
     still fits.
     """
-    plans = topology.fleet(settings)
+    plans = sizing.fleet(settings)
     langgraph = max(
         min(LANGGRAPH_PER_GRAPH, settings.LANGGRAPH_POOL_MAX_SIZE), settings.LANGGRAPH_POOL_MIN_SIZE, 1
     )

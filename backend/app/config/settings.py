@@ -14,8 +14,8 @@ the development profile (``PROFILES``: the guide's development column); a variab
 the environment or an env file, always wins over its profile. Nothing else in the code asks which
 environment it is in.
 
-Each service's variables (process count, replicas, per-service pool, time limit) are generated from
-``app.topology``, so a service is declared in one place.
+Each service's variables (process count, replicas, per-service pool, time limit) are declared by name
+in ``app.config.services``, named as ``app.topology`` says (a test keeps the two equal).
 
 Invalid values stop start-up with one line naming the variable (``InvalidSettingsError``), and every
 password, key or DSN is a ``SecretStr`` so that no repr, log line or response can show it.
@@ -27,20 +27,20 @@ import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from app import topology
+from app import sizing, topology
+from app.config.services import ServiceSettings
 
 Environment = Literal["development", "production", "test"]
 ServiceType = Literal[topology.NAMES]  # type: ignore[valid-type]
@@ -78,8 +78,8 @@ class InvalidSettingsError(SystemExit):
     """
 
 
-class _CommonSettings(BaseSettings):
-    """Every setting but the per-service ones, which ``Settings`` adds from the topology."""
+class Settings(ServiceSettings):
+    """Every knob of the service (``app.config.services`` declares each service's own)."""
 
     model_config = SettingsConfigDict(
         case_sensitive=True,
@@ -179,7 +179,7 @@ class _CommonSettings(BaseSettings):
     DB_AUDIT_ON_SCRAPE: bool = True
 
     # --- Celery --------------------------------------------------------------------------------------
-    # Process counts, replicas and time limits are per service: generated from app.topology below.
+    # Process counts, replicas and time limits are per service: app.config.services.
     # Task events wait in Redis and are written to task_logs this many rows per connection.
     TASK_LOG_BATCH_SIZE: int = Field(500, ge=1, le=10_000)
     # At most one flush task is queued per this many seconds, however many events arrive.
@@ -394,7 +394,7 @@ class _CommonSettings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> _CommonSettings:
+    def _consistent(self) -> Settings:
         if self.LANGGRAPH_POOL_MIN_SIZE > self.LANGGRAPH_POOL_MAX_SIZE:
             raise ValueError(
                 f"LANGGRAPH_POOL_MIN_SIZE ({self.LANGGRAPH_POOL_MIN_SIZE}) must be <= "
@@ -426,9 +426,9 @@ class _CommonSettings(BaseSettings):
         return self
 
     # --- derived values: computed here (or in app.topology), once, and read everywhere else ----------
-    def pool(self, service: str | None = None) -> topology.PoolSizing:
+    def pool(self, service: str | None = None) -> sizing.PoolSizing:
         """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
-        return topology.pool_sizing(self, service)  # type: ignore[arg-type]
+        return sizing.pool_sizing(self, service)
 
     def fan_out_checkouts(self, service: str | None = None) -> int:
         """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
@@ -512,11 +512,7 @@ class _CommonSettings(BaseSettings):
         be started a second time; any longer and the tasks of a worker that died without restoring
         them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
         """
-        limits = [
-            p.time_limit
-            for p in topology.fleet(self)  # type: ignore[arg-type]
-            if p.service.acks_late and p.time_limit
-        ]
+        limits = [p.time_limit for p in sizing.fleet(self) if p.service.acks_late and p.time_limit]
         longest = max(limits, default=0)
         return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
 
@@ -642,36 +638,6 @@ def _url_password(url: str) -> str | None:
 
 def _is_secret(annotation: object) -> bool:
     return annotation is SecretStr or SecretStr in get_args(annotation)
-
-
-def _service_fields() -> dict[str, Any]:
-    """Each service's variables, named and defaulted by app.topology."""
-    fields: dict[str, Any] = {}
-    for spec in topology.SERVICES:
-        kind = "uvicorn workers" if not spec.is_worker else "Celery children"
-        fields[spec.processes_var] = (
-            int,
-            Field(spec.processes["production"], ge=1, le=64, description=f"{spec.name}: {kind} per replica"),
-        )
-        fields[spec.replicas_var] = (
-            int,
-            Field(
-                spec.replicas, ge=1, le=100, description=f"{spec.name}: replicas (each brings its own pools)"
-            ),
-        )
-        fields[spec.pool_size_var] = (int | None, Field(None, ge=1, le=200))
-        fields[spec.max_overflow_var] = (int | None, Field(None, ge=0, le=200))
-        if spec.time_limit is not None:
-            # Hard limit; the soft limit (SoftTimeLimitExceeded, a chance to clean up) is 90% of it.
-            fields[spec.time_limit_var] = (int, Field(spec.time_limit, ge=1))
-    return fields
-
-
-if TYPE_CHECKING:
-    Settings = _CommonSettings
-else:
-    Settings = create_model("Settings", __base__=_CommonSettings, __module__=__name__, **_service_fields())
-    Settings.__doc__ = __doc__
 
 
 # Fields whose value is never echoed, not even in a validation message.

@@ -32,7 +32,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from app import topology
+from app import sizing, topology
 from app.config.settings import Settings, get_settings
 
 _SSL_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -51,7 +51,7 @@ def queue_options(queue: str, settings: Settings) -> dict[str, Any]:
     spec = topology.for_queue(queue)
     if spec is None:
         raise KeyError(f"unknown queue {queue!r}; queues: {', '.join(topology.QUEUES)}")
-    hard = topology.plan(settings, spec.name).time_limit or 60
+    hard = sizing.plan(settings, spec.name).time_limit or 60
     return {
         "time_limit": hard,
         "soft_time_limit": max(1, int(hard * 0.9)),

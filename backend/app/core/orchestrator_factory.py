@@ -15,8 +15,9 @@ the factory builds its own ``AsyncConnectionPool``:
   TCP keepalives, and ``statement_timeout`` / ``idle_in_transaction_session_timeout`` through libpq's
   ``options``. psycopg has no client-side statement deadline, and psycopg_pool's ``check`` and
   LangGraph's own calls have none either: against a server that stopped answering they would wait
-  forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``) fails with
-  ``CheckpointerTimeout`` once ``Settings.checkpointer_operation_timeout`` has passed;
+  forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``, in
+  ``app.core.checkpointer_saver``) fails with ``CheckpointerTimeout`` once
+  ``Settings.checkpointer_operation_timeout`` has passed;
 * a connection the server refuses for want of slots (53300) is counted in
   ``db_allocation_exhausted_total{service="<service>.langgraph"}``: the pool retries in the background
   and its callers only ever see a ``PoolTimeout``, so the connect itself is where the refusal shows.
@@ -28,15 +29,11 @@ it at shutdown; an API process reports it as not opened.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -45,114 +42,20 @@ from app import runtime
 from app.config.connections import libpq_params, refused_for_slots
 from app.config.settings import Settings, get_settings
 from app.core import metrics
+from app.core.checkpointer_saver import BoundedPostgresSaver, bounded_check
 
 log = structlog.get_logger("app.orchestrator")
 T = TypeVar("T")
 
 
 def checkpointer_service(service: str) -> str:
+    """How a service's checkpointer pool is named (application_name ``<environment>.<this>``, metric
+    labels), apart from its SQLAlchemy pool: the audit and the fleet page tell them apart by it."""
     return f"{service}.langgraph"
 
 
 def checkpointer_application_name(settings: Settings, service: str) -> str:
     return settings.application_name(checkpointer_service(service))
-
-
-class CheckpointerTimeout(TimeoutError):
-    """A checkpointer operation outlived its deadline: the database did not answer (app.db.errors counts
-    it, like every TimeoutError, as "database unavailable": a task retries, the API answers 503)."""
-
-
-# Operations given up on, still unwinding (see run_within); referenced so they are not collected early.
-_abandoned: set[asyncio.Task[Any]] = set()
-
-
-async def run_within(seconds: float, what: str, operation: Coroutine[Any, Any, T]) -> T:
-    """``operation``'s result, or ``CheckpointerTimeout`` after ``seconds``, on time.
-
-    Not ``asyncio.wait_for``: that waits for the cancelled operation to finish, and psycopg, cancelled
-    mid-query, first sends the server a cancel request and then waits for the query to end, up to
-    5 + 5 s against a server that does not answer, before closing the connection. The caller gets its
-    answer at the deadline; the cancelled operation unwinds in the background (bounded by psycopg),
-    and its connection, closed mid-query, is discarded by the pool rather than reused.
-    """
-    task = asyncio.ensure_future(operation)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if done:
-        return task.result()
-    task.cancel()
-    _abandoned.add(task)
-    task.add_done_callback(_forget)
-    raise CheckpointerTimeout(f"{what} got no answer from the database within {seconds:g} s")
-
-
-def _forget(task: asyncio.Task[Any]) -> None:
-    _abandoned.discard(task)
-    if not task.cancelled() and task.exception() is not None:  # retrieved: no "never retrieved" noise
-        log.debug("checkpointer_abandoned_operation_failed", error_type=type(task.exception()).__name__)
-
-
-def bounded_check(seconds: float) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
-    """The pool's pre-checkout check with a deadline: ``check_connection`` itself has none, and a
-    connection to a stalled server would hang the checkout past the pool's own ``timeout``."""
-
-    async def check(conn: psycopg.AsyncConnection[Any]) -> None:
-        try:
-            await run_within(seconds, "checkpointer check", AsyncConnectionPool.check_connection(conn))
-        except CheckpointerTimeout as error:
-            # An exception makes the pool discard this connection and try another (or a new one).
-            raise psycopg.OperationalError(str(error)) from error
-
-    return check
-
-
-class BoundedPostgresSaver(AsyncPostgresSaver):
-    """LangGraph's saver with a deadline on every operation a graph run makes (``alist``, history
-    browsing only, relies on the server's statement_timeout)."""
-
-    deadline: float = 30.0
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await run_within(self.deadline, "checkpointer aget_tuple", super().aget_tuple(config))
-
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        return await run_within(
-            self.deadline, "checkpointer aput", super().aput(config, checkpoint, metadata, new_versions)
-        )
-
-    async def aput_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
-    ) -> None:
-        await run_within(
-            self.deadline, "checkpointer aput_writes", super().aput_writes(config, writes, task_id, task_path)
-        )
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        await run_within(self.deadline, "checkpointer adelete_thread", super().adelete_thread(thread_id))
-
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await run_within(
-            self.deadline,
-            "checkpointer aprune",
-            super().aprune(thread_ids, strategy=strategy),  # type: ignore[misc]
-        )
-
-    async def aget_delta_channel_history(self, *args: Any, **kwargs: Any) -> Any:
-        return await run_within(
-            self.deadline,
-            "checkpointer aget_delta_channel_history",
-            super().aget_delta_channel_history(*args, **kwargs),  # type: ignore[misc]
-        )
 
 
 def refusal_counting_connection(settings: Settings, service: str) -> type[psycopg.AsyncConnection[Any]]:

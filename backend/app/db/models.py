@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -52,9 +54,33 @@ def _now() -> Any:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
-# A roadmap's statuses before it is completed or failed; the in-progress cap and the watchdog use them.
-IN_PROGRESS = ("pending", "planning", "generating")
-IN_PROGRESS_SQL = "(" + ", ".join(f"'{s}'" for s in IN_PROGRESS) + ")"
+class RoadmapStatus(StrEnum):
+    PENDING = "pending"
+    PLANNING = "planning"
+    GENERATING = "generating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ConceptStatus(StrEnum):
+    PENDING = "pending"
+    GENERATING = "generating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+# A roadmap that can still move (the in-progress cap, the watchdog, retention keep its checkpoints),
+# and one that never will again; a concept still to be written.
+IN_PROGRESS = (RoadmapStatus.PENDING, RoadmapStatus.PLANNING, RoadmapStatus.GENERATING)
+FINISHED = (RoadmapStatus.COMPLETED, RoadmapStatus.FAILED)
+UNFINISHED_CONCEPT = (ConceptStatus.PENDING, ConceptStatus.GENERATING)
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+IN_PROGRESS_SQL = _sql_list(IN_PROGRESS)
 
 
 class Roadmap(Base):
@@ -62,9 +88,7 @@ class Roadmap(Base):
 
     __tablename__ = "roadmaps"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('pending', 'planning', 'generating', 'completed', 'failed')", name="status"
-        ),
+        CheckConstraint(f"status IN {_sql_list(RoadmapStatus)}", name="status"),
         Index(
             "uq_roadmaps_owner_idempotency_key",
             "owner",
@@ -85,7 +109,7 @@ class Roadmap(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     topic: Mapped[str] = mapped_column(String(500), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default=RoadmapStatus.PENDING)
     requested_concepts: Mapped[int] = mapped_column(Integer, nullable=False, default=30)
     owner: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
@@ -109,7 +133,7 @@ class Concept(Base):
     __tablename__ = "concepts"
     __table_args__ = (
         UniqueConstraint("roadmap_id", "position", name="uq_concepts_roadmap_position"),
-        CheckConstraint("status IN ('pending', 'generating', 'completed', 'failed')", name="status"),
+        CheckConstraint(f"status IN {_sql_list(ConceptStatus)}", name="status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -118,7 +142,7 @@ class Concept(Base):
     )
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     title: Mapped[str] = mapped_column(String(500), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default=ConceptStatus.PENDING)
     content: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     error: Mapped[str | None] = mapped_column(Text)

@@ -142,9 +142,3 @@ async def relay(limit: int = 100) -> int:
     published = await publish(sorted(messages, key=lambda m: m.id), source="relay")
     log.info("outbox_relayed", leased=len(messages), published=published)
     return published
-
-
-async def pending() -> int:
-    """Messages not yet published (for /health and tests)."""
-    async with autocommit() as conn:
-        return int(await conn.scalar(select(func.count()).select_from(_OUTBOX)) or 0)

@@ -37,8 +37,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.config.settings import get_settings
+from app.core.checkpointer_saver import BoundedPostgresSaver, CheckpointerTimeout
+from app.core.deadline import run_within
 from app.core.metrics import DATA_OLDEST_ROW_AGE, DATA_TABLE_BYTES, RETENTION_ROWS_DELETED
-from app.core.orchestrator_factory import BoundedPostgresSaver, run_within
 from app.db.models import IN_PROGRESS_SQL
 from app.db.session import autocommit, safe_session
 from app.messaging.names import RELEASE_CHECKPOINTS
@@ -166,7 +167,7 @@ async def _thread_rows(saver: BoundedPostgresSaver, thread_ids: list[str]) -> di
             cur = await conn.execute(_THREAD_ROWS, {"ids": thread_ids})
             return {k: int(v) for k, v in (await cur.fetchone()).items()}
 
-    return await run_within(saver.deadline, "checkpointer thread rows", count())
+    return await run_within(saver.deadline, "checkpointer thread rows", count(), CheckpointerTimeout)
 
 
 async def _release(
@@ -213,7 +214,7 @@ async def _thread_page(saver: BoundedPostgresSaver, after: str, n: int) -> list[
             cur = await conn.execute(_THREAD_PAGE, {"after": after, "n": n})
             return [row["thread_id"] for row in await cur.fetchall()]
 
-    return await run_within(saver.deadline, "checkpointer thread page", page())
+    return await run_within(saver.deadline, "checkpointer thread page", page(), CheckpointerTimeout)
 
 
 async def sweep_checkpoints(saver: BoundedPostgresSaver, *, seconds: int | None = None) -> CheckpointSweep:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config.settings import get_settings
 from app.core.metrics import WATCHDOG_ACTIONS
-from app.db.models import IN_PROGRESS, Concept, OutboxMessage, Roadmap
+from app.db.models import IN_PROGRESS, UNFINISHED_CONCEPT, Concept, OutboxMessage, Roadmap, RoadmapStatus
 from app.db.session import safe_session
 from app.messaging import outbox
 from app.messaging.names import GENERATE_CONTENT, RESUME_WORKFLOW, RUN_WORKFLOW
@@ -44,7 +44,7 @@ class Verdict:
 
 
 def _next_task(status: str, unfinished: int) -> str:
-    if status != "generating":
+    if status != RoadmapStatus.GENERATING:
         return RUN_WORKFLOW
     return GENERATE_CONTENT if unfinished else RESUME_WORKFLOW
 
@@ -59,7 +59,7 @@ async def _claim_stalled(session: AsyncSession, limit: int) -> list[tuple[str, s
     )
     unfinished = (
         select(func.count())
-        .where(Concept.roadmap_id == Roadmap.id, Concept.status.in_(("pending", "generating")))
+        .where(Concept.roadmap_id == Roadmap.id, Concept.status.in_(UNFINISHED_CONCEPT))
         .correlate(Roadmap)
         .scalar_subquery()
     )
@@ -108,7 +108,9 @@ async def watch(limit: int = 100) -> list[Verdict]:
                     f"{settings.ROADMAP_MAX_REDISPATCHES} re-dispatches (stalled while {status})"
                 )
                 await session.execute(
-                    update(Roadmap).where(Roadmap.id == roadmap_id).values(status="failed", error=reason)
+                    update(Roadmap)
+                    .where(Roadmap.id == roadmap_id)
+                    .values(status=RoadmapStatus.FAILED, error=reason)
                 )
                 verdicts.append(Verdict(roadmap_id, "failed"))
                 continue

@@ -25,7 +25,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.db.models import IN_PROGRESS, Concept, OutboxMessage, Roadmap, TaskLog
+from app.db.models import (
+    IN_PROGRESS,
+    UNFINISHED_CONCEPT,
+    Concept,
+    ConceptStatus,
+    OutboxMessage,
+    Roadmap,
+    RoadmapStatus,
+    TaskLog,
+)
 
 _ROADMAPS = Roadmap.__table__
 _CONCEPTS = Concept.__table__
@@ -44,6 +53,9 @@ _VIEW = (
     .order_by(_CONCEPTS.c.position)
 )
 _OWNED = _ROADMAPS.c.owner == bindparam("owner")
+_IN_PROGRESS_OF_OWNER = (
+    select(func.count()).select_from(_ROADMAPS).where(_OWNED, _ROADMAPS.c.status.in_(IN_PROGRESS))
+)
 _VIEW_OWNED = _VIEW.where(_OWNED)
 _COUNT = select(func.count()).select_from(_ROADMAPS)
 _COUNT_OWNED = _COUNT.where(_OWNED)
@@ -97,8 +109,14 @@ class RoadmapRepository:
     def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
 
+    async def count_in_progress(self, owner: str) -> int:
+        """``owner``'s roadmaps still in progress (the creation quota's cap): one index-only count."""
+        return int(await self.session.scalar(_IN_PROGRESS_OF_OWNER, {"owner": owner}) or 0)
+
     async def create(self, topic: str, owner: str | None, concept_count: int) -> Roadmap:
-        roadmap = Roadmap(topic=topic, owner=owner, requested_concepts=concept_count, status="pending")
+        roadmap = Roadmap(
+            topic=topic, owner=owner, requested_concepts=concept_count, status=RoadmapStatus.PENDING
+        )
         self.session.add(roadmap)
         await self.session.flush()
         return roadmap
@@ -121,7 +139,7 @@ class RoadmapRepository:
                         topic=topic,
                         owner=owner,
                         requested_concepts=concept_count,
-                        status="pending",
+                        status=RoadmapStatus.PENDING,
                         idempotency_key=idempotency_key,
                     )
                     .on_conflict_do_nothing(
@@ -202,7 +220,7 @@ class RoadmapRepository:
         return list(
             await self.session.scalars(
                 select(Concept)
-                .where(Concept.roadmap_id == roadmap_id, Concept.status.in_(("pending", "generating")))
+                .where(Concept.roadmap_id == roadmap_id, Concept.status.in_(UNFINISHED_CONCEPT))
                 .order_by(Concept.position)
             )
         )
@@ -211,8 +229,8 @@ class RoadmapRepository:
         """Store content unless the concept is already completed; True when this call wrote it."""
         result = await self.session.execute(
             update(Concept)
-            .where(Concept.id == concept_id, Concept.status != "completed")
-            .values(status="completed", content=content, error=None)
+            .where(Concept.id == concept_id, Concept.status != ConceptStatus.COMPLETED)
+            .values(status=ConceptStatus.COMPLETED, content=content, error=None)
             .returning(Concept.id)
         )
         return result.first() is not None
@@ -221,8 +239,8 @@ class RoadmapRepository:
         """Mark concepts started (one more attempt each), in one statement for a wave (app.db.batch)."""
         await self.session.execute(
             update(Concept)
-            .where(Concept.id.in_(concept_ids), Concept.status != "completed")
-            .values(status="generating", attempts=Concept.attempts + 1, error=None)
+            .where(Concept.id.in_(concept_ids), Concept.status != ConceptStatus.COMPLETED)
+            .values(status=ConceptStatus.GENERATING, attempts=Concept.attempts + 1, error=None)
         )
         return dict.fromkeys(concept_ids)
 
@@ -233,8 +251,8 @@ class RoadmapRepository:
         )
         result = await self.session.execute(
             update(Concept)
-            .where(Concept.id == rows.c.id, Concept.status != "completed")
-            .values(status="completed", content=rows.c.content, error=None)
+            .where(Concept.id == rows.c.id, Concept.status != ConceptStatus.COMPLETED)
+            .values(status=ConceptStatus.COMPLETED, content=rows.c.content, error=None)
             .returning(Concept.id)
         )
         written = set(result.scalars().all())
@@ -243,8 +261,8 @@ class RoadmapRepository:
     async def fail_concept(self, concept_id: uuid.UUID, error: str) -> None:
         await self.session.execute(
             update(Concept)
-            .where(Concept.id == concept_id, Concept.status != "completed")
-            .values(status="failed", error=error[:2000])
+            .where(Concept.id == concept_id, Concept.status != ConceptStatus.COMPLETED)
+            .values(status=ConceptStatus.FAILED, error=error[:2000])
         )
 
     async def concept_counts(self, roadmap_id: uuid.UUID) -> dict[str, int]:

@@ -9,6 +9,7 @@ import structlog
 from app import runtime
 from app.core.celery_app import celery_app
 from app.core.orchestrator_factory import get_checkpointer
+from app.db.models import FINISHED
 from app.db.session import safe_session
 from app.messaging import retention
 from app.messaging.names import RELEASE_CHECKPOINTS, RESUME_WORKFLOW, RUN_WORKFLOW
@@ -25,7 +26,7 @@ def run_roadmap_workflow(roadmap_id: str) -> str:
             roadmap = await RoadmapRepository(session).get(uuid.UUID(roadmap_id))
             if roadmap is None:
                 return None
-            if roadmap.status in ("completed", "failed"):
+            if roadmap.status in FINISHED:
                 # A duplicate delivery after the end: its thread may be released already, and the graph
                 # would start again from nothing (analyse sets "planning" on a finished roadmap).
                 return "finished"

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from celery import signals
 
-from app import runtime, topology
+from app import runtime, sizing, topology
 from app.budget.guard import enforce_budget
 from app.config.settings import InvalidSettingsError, Settings, get_settings
 from app.core.logging import configure_logging
@@ -55,7 +55,7 @@ def budgeted_concurrency(conf: Any, options: dict[str, Any], service: str, setti
     before the worker reads it, makes it the service's setting. An explicit, different
     ``--concurrency`` is the operator's choice but unbudgeted: refused in strict mode, logged in warn.
     """
-    plan = topology.plan(settings, service)
+    plan = sizing.plan(settings, service)
     conf.worker_concurrency = plan.processes
     given = options.get("concurrency")
     if given not in (None, 0) and str(given) != str(plan.processes):  # 'auto' included: one per CPU

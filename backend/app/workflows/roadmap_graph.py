@@ -19,6 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from app.core.orchestrator_factory import get_checkpointer
+from app.db.models import FINISHED, UNFINISHED_CONCEPT, ConceptStatus, RoadmapStatus
 from app.db.session import safe_session
 from app.messaging import outbox, retention, task_events
 from app.messaging.names import GENERATE_CONTENT
@@ -50,7 +51,7 @@ async def analyse(state: RoadmapState) -> RoadmapState:
     _event("analyse", state)
     topic = re.sub(r"\s+", " ", state["topic"]).strip()
     async with safe_session() as session:
-        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), "planning")
+        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), RoadmapStatus.PLANNING)
     return {"topic": topic}
 
 
@@ -68,7 +69,7 @@ async def dispatch_content(state: RoadmapState) -> RoadmapState:
     # with no task on its way, whatever the broker does. Repeating this after a crash enqueues the
     # task twice; its writes are conditional, so a concept's content is still stored exactly once.
     async with safe_session() as session:
-        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), "generating")
+        await RoadmapRepository(session).set_status(uuid.UUID(state["roadmap_id"]), RoadmapStatus.GENERATING)
         message = await outbox.stage(session, GENERATE_CONTENT, state["roadmap_id"])
     await outbox.publish([message], source="worker")
     return {}
@@ -81,12 +82,15 @@ async def assemble(state: RoadmapState) -> RoadmapState:
         repo = RoadmapRepository(session)
         counts = await repo.concept_counts(roadmap_id)
         # Only concepts that failed for real: resume_after_content never assembles unfinished ones.
-        failed = counts.get("failed", 0)
+        failed = counts.get(ConceptStatus.FAILED, 0)
         if failed:
-            await repo.set_status(roadmap_id, "failed", f"{failed} of {sum(counts.values())} concepts failed")
+            await repo.set_status(
+                roadmap_id, RoadmapStatus.FAILED, f"{failed} of {sum(counts.values())} concepts failed"
+            )
         else:
-            await repo.set_status(roadmap_id, "completed")
-    return {"outcome": "failed" if failed else "completed"}
+            await repo.set_status(roadmap_id, RoadmapStatus.COMPLETED)
+    # A plain str in the checkpointed state: the saver serialises it without knowing our enum.
+    return {"outcome": (RoadmapStatus.FAILED if failed else RoadmapStatus.COMPLETED).value}
 
 
 def build_graph() -> StateGraph:
@@ -138,7 +142,7 @@ async def resume_after_content(roadmap_id: str) -> str:
         return "finished" if snapshot.values and not snapshot.next else "not_waiting"
     async with safe_session() as session:
         counts = await RoadmapRepository(session).concept_counts(uuid.UUID(roadmap_id))
-        if counts.get("pending", 0) + counts.get("generating", 0):
+        if sum(counts.get(status, 0) for status in UNFINISHED_CONCEPT):
             # A resume that came early (a duplicate, the watchdog): the content is not finished, so
             # the content task runs again for what is left, instead of those concepts counting as failed.
             message = await outbox.stage(session, GENERATE_CONTENT, roadmap_id)
@@ -149,7 +153,7 @@ async def resume_after_content(roadmap_id: str) -> str:
         return "content_unfinished"
     result = await graph.ainvoke(None, config, durability="sync")
     outcome = str(result.get("outcome", "finished"))
-    if outcome in ("completed", "failed"):
+    if outcome in FINISHED:
         # Nothing resumes a finished roadmap: its thread goes now (CHECKPOINT_RETENTION_SECONDS=0) or
         # to the sweep after the window.
         await retention.release_finished_thread(await get_checkpointer(), roadmap_id)
