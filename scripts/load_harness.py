@@ -516,7 +516,7 @@ def report(
     # The budget of the services as they were started: their environment, not this process's.
     settings = settings_from_mapping(services_env)
     budget = budget_from_settings(settings)
-    budgets = {s.service: s.real_total for s in budget.services}
+    budgets = {s.name: s.max_connections for s in budget.services}
     peaks = dict.fromkeys(SERVICES, 0)
     total_peak = 0
     timeline = []

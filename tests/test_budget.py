@@ -22,7 +22,7 @@ from app import topology
 from app.budget.__main__ import render, settings_for
 from app.budget.audit import run_audit
 from app.budget.guard import enforce_budget
-from app.budget.model import budget_from_settings, suggest
+from app.budget.model import budget_from_settings, guide_processes, suggest
 from app.config.settings import InvalidSettingsError, Settings, get_settings
 from app.db.engine import get_engine
 from app.db.session import safe_session
@@ -44,7 +44,7 @@ def test_tables_reproduce_the_guide(
     assert budget.allocation == allocation
     assert budget.worst_case == worst
     # the deploy window planned for by default: one service (the largest) redeploying beside its old self
-    largest = max(s.real_total for s in budget.services)
+    largest = max(s.max_connections for s in budget.services)
     assert budget.deploy.worst_case == worst + largest
     assert budget.overrun == worst + largest - allocation
     text = render(budget)
@@ -89,12 +89,12 @@ def test_json_is_a_deploy_gate(standalone_env: dict[str, str]) -> None:
 def test_replicas_multiply_a_service_share() -> None:
     one = budget_from_settings(settings_for("production"))
     three = budget_from_settings(settings_for("production", {"API_REPLICAS": "3"}))
-    assert three.service("api").real_total == 3 * one.service("api").real_total == 240
+    assert three.service("api").max_connections == 3 * one.service("api").max_connections == 240
     assert three.worst_case == one.worst_case + 160
     # the guide's way of counting scales the same way: 3 x 8 uvicorn workers, and 2 x (1 + 10) processes
     two = budget_from_settings(settings_for("production", {"CELERY_CONTENT_REPLICAS": "2"}))
-    assert two.service("celery_content").guide_processes == 22
-    assert two.service("celery_content").real_processes == 20
+    assert guide_processes(two.service("celery_content")) == 22
+    assert two.service("celery_content").total_processes == 20
 
 
 def test_per_service_pools_fall_back_to_the_shared_ones() -> None:
@@ -116,10 +116,10 @@ def test_suggestion_fits_with_replicas(replicas: dict[str, str]) -> None:
     applied = settings_for("production", {**replicas, **{k: str(v) for k, v in found.env().items()}})
     budget = budget_from_settings(applied)
     assert budget.fits and budget.worst_case == found.worst_case
-    by_name = {s.service: s for s in found.services}
+    by_name = {s.service: s.plan for s in found.services}
     # one task at a time needs one session; the checkpointer one graph's worth
     assert by_name["celery_logs"].pool.max_connections == 2
-    assert by_name["celery_workflow"].langgraph == 2
+    assert by_name["celery_workflow"].langgraph_max_size == 2
     assert by_name["api"].pool.max_connections >= by_name["celery_logs"].pool.max_connections
     assert all(s.reason for s in found.services)
 
@@ -219,7 +219,7 @@ async def test_audit_counts_equal_pg_stat_activity(pg: asyncpg.Connection) -> No
     by_service = {s.service: s for s in audit.services}
     assert by_service["api"].sqlalchemy == api == 3  # 2 held + the audit's own session
     assert by_service["celery_workflow"].langgraph == graph >= 1
-    assert by_service["api"].budget == budget_from_settings(settings).service("api").real_total
+    assert by_service["api"].budget == budget_from_settings(settings).service("api").max_connections
     assert audit.charged == sum(s.total for s in audit.services) + audit.other
     assert audit.database == get_settings().POSTGRES_DB or audit.database.startswith("test_")
     assert any(row["application_name"] == "test.api" for row in audit.rows)
@@ -374,7 +374,7 @@ def test_a_misspelt_setting_is_refused_not_ignored(standalone_env: dict[str, str
 @pytest.mark.parametrize("environment", ["production", "development"])
 def test_deploy_windows(environment: str) -> None:
     budget = budget_from_settings(settings_for(environment))
-    totals = {s.service: s.real_total for s in budget.services}
+    totals = {s.name: s.max_connections for s in budget.services}
     assert budget.window("none").worst_case == budget.worst_case
     one = budget.window("one_service")
     assert one.worst_case == budget.worst_case + max(totals.values()) and totals[one.service] == max(
@@ -383,7 +383,7 @@ def test_deploy_windows(environment: str) -> None:
     assert budget.window("all_services").worst_case == 2 * budget.worst_case - budget.admin_reserve
     # replicas: a service with two replicas redeploys both beside the old two
     two = budget_from_settings(settings_for(environment, {"API_REPLICAS": "2"}))
-    api = two.service("api").real_total
+    api = two.service("api").max_connections
     assert two.window("all_services").worst_case == budget.window("all_services").worst_case + api
 
 

@@ -26,12 +26,11 @@ import json
 import os
 import shlex
 import sys
-from typing import Any
 
 from app import sizing, topology
 from app.budget.audit import Audit, run_audit
 from app.budget.guard import enforce_budget, probe_server_limits
-from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, suggest
+from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, guide_processes, suggest
 from app.config.settings import (
     InvalidSettingsError,
     Settings,
@@ -42,6 +41,7 @@ from app.config.settings import (
 from app.core.logging import configure_logging
 from app.db import connection_cap
 from app.db.engine import build_unpooled_engine
+from app.sizing import ServicePlan
 
 EXIT_USAGE = 64  # railway_entrypoint.sh's status for an unknown SERVICE_TYPE (sysexits EX_USAGE)
 
@@ -58,8 +58,8 @@ def settings_for(environment: str | None, overrides: dict[str, str] | None = Non
         raise InvalidSettingsError(f"{exc} (for {environment or 'this environment'})") from None
 
 
-def _label(s: Any) -> str:
-    spec, plan = s.plan.service, s.plan
+def _label(plan: ServicePlan) -> str:
+    spec = plan.service
     label = spec.title.format(n=plan.processes)
     if spec.is_worker:
         label += f" (1 parent + {plan.processes} children)"
@@ -81,7 +81,8 @@ def render(budget: Budget) -> str:
         "|---|---:|---:|---:|",
     ]
     for s in budget.services:
-        lines.append(f"| {_label(s)} | {s.guide_processes} | {s.per_process} | {s.guide_total} |")
+        processes = guide_processes(s)
+        lines.append(f"| {_label(s)} | {processes} | {s.per_process} | {processes * s.per_process} |")
     lines += [
         f"| SQLAlchemy theoretical max | {budget.guide_processes} | {per_cell} | "
         f"{budget.sqlalchemy_theoretical} |",
@@ -97,9 +98,8 @@ def render(budget: Budget) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in budget.services:
-        pool = f"{s.plan.pool.pool_size} + {s.plan.pool.max_overflow}"
-        row = (s.service, s.plan.replicas, s.real_processes, pool, s.real_sqlalchemy, s.real_langgraph,
-               s.real_total)  # fmt: skip
+        pool = f"{s.pool.pool_size} + {s.pool.max_overflow}"
+        row = (s.name, s.replicas, s.total_processes, pool, s.sqlalchemy, s.langgraph, s.max_connections)
         lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
     lines += [
         f"| reserved for admin | | | | | | {budget.admin_reserve} |",
@@ -154,7 +154,7 @@ def render_windows(budget: Budget) -> list[str]:
         "|---|---:|---|",
         f"| steady | {budget.worst_case} | |",
     ]
-    totals = {s.service: s.real_total for s in budget.services}
+    totals = {s.name: s.max_connections for s in budget.services}
     for name, total in totals.items():
         lines.append(f"| {name} redeploying | {budget.worst_case + total} | |")
     for case in ("one_service", "all_services"):

@@ -195,9 +195,9 @@ async def run_audit(conn: AsyncSession | AsyncConnection, settings: Settings) ->
     prefix = f"{settings.ENVIRONMENT}."
     services, known = [], set()
     for s in budget.services:
-        plain, graph = f"{prefix}{s.service}", prefix + checkpointer_service(s.service)
+        plain, graph = prefix + s.name, prefix + checkpointer_service(s.name)
         known |= {plain, graph}
-        services.append(ServiceAudit(s.service, here.get(plain, 0), here.get(graph, 0), s.real_total))
+        services.append(ServiceAudit(s.name, here.get(plain, 0), here.get(graph, 0), s.max_connections))
     environments = [
         EnvironmentUse(name, allocation, sum(n for app, n in by_name.items() if app.startswith(f"{name}.")))
         for name, allocation in known_allocations(settings).items()

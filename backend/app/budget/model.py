@@ -89,60 +89,24 @@ def deploy_window(totals: dict[str, int], admin_reserve: int, case: DeployCase) 
     return DeployWindow(case, steady + totals[service], service)
 
 
-def _service_row(
-    service: str, replicas: int, processes: int, pool: PoolSizing, langgraph: int
-) -> dict[str, Any]:
+def _service_row(plan: ServicePlan) -> dict[str, Any]:
     """One service in the --json outputs (the budget and --suggest share the shape)."""
     return {
-        "service": service,
-        "replicas": replicas,
-        "processes": processes,
-        "per_process": pool.max_connections,
-        "pool_size": pool.pool_size,
-        "max_overflow": pool.max_overflow,
-        "langgraph": langgraph,
-        "max_connections": replicas * processes * (pool.max_connections + langgraph),
+        "service": plan.name,
+        "replicas": plan.replicas,
+        "processes": plan.processes,
+        "per_process": plan.per_process,
+        "pool_size": plan.pool.pool_size,
+        "max_overflow": plan.pool.max_overflow,
+        "langgraph": plan.langgraph_max_size,
+        "max_connections": plan.max_connections,
     }
 
 
-@dataclass(frozen=True)
-class ServiceBudget:
-    plan: ServicePlan
-
-    @property
-    def service(self) -> str:
-        return self.plan.name
-
-    @property
-    def guide_processes(self) -> int:
-        """As the guide counts them: a Celery worker is 1 parent + N children, per replica."""
-        parent = 1 if self.plan.service.is_worker else 0
-        return self.plan.replicas * (self.plan.processes + parent)
-
-    @property
-    def real_processes(self) -> int:
-        return self.plan.total_processes
-
-    @property
-    def per_process(self) -> int:
-        return self.plan.per_process
-
-    @property
-    def guide_total(self) -> int:
-        return self.guide_processes * self.per_process
-
-    @property
-    def real_sqlalchemy(self) -> int:
-        return self.plan.sqlalchemy
-
-    @property
-    def real_langgraph(self) -> int:
-        return self.plan.langgraph
-
-    @property
-    def real_total(self) -> int:
-        """The most connections this service's processes, on all its replicas, can hold at once."""
-        return self.plan.max_connections
+def guide_processes(plan: ServicePlan) -> int:
+    """As the guide counts them: a Celery worker is 1 parent + N children, per replica."""
+    parent = 1 if plan.service.is_worker else 0
+    return plan.replicas * (plan.processes + parent)
 
 
 @dataclass(frozen=True)
@@ -152,18 +116,18 @@ class Budget:
     admin_reserve: int
     peak_factor: float
     langgraph_max_size: int
-    services: list[ServiceBudget] = field(default_factory=list)
+    services: list[ServicePlan] = field(default_factory=list)
     server: ServerLimits | None = None
     deploy_case: DeployCase = "one_service"
 
     # -- as the guide counts -------------------------------------------------------------------------
     @property
     def guide_processes(self) -> int:
-        return sum(s.guide_processes for s in self.services)
+        return sum(guide_processes(s) for s in self.services)
 
     @property
     def sqlalchemy_theoretical(self) -> int:
-        return sum(s.guide_total for s in self.services)
+        return sum(guide_processes(s) * s.per_process for s in self.services)
 
     @property
     def estimated_peak(self) -> int:
@@ -183,10 +147,10 @@ class Budget:
     @property
     def worst_case(self) -> int:
         """The steady state: every process of every replica at its pools' maximum."""
-        return sum(s.real_total for s in self.services) + self.admin_reserve
+        return sum(s.max_connections for s in self.services) + self.admin_reserve
 
     def window(self, case: DeployCase) -> DeployWindow:
-        return deploy_window({s.service: s.real_total for s in self.services}, self.admin_reserve, case)
+        return deploy_window({s.name: s.max_connections for s in self.services}, self.admin_reserve, case)
 
     @property
     def deploy(self) -> DeployWindow:
@@ -228,8 +192,8 @@ class Budget:
         reserve (admins connect to PostgreSQL directly, not through PgBouncer)."""
         return self.allocation - self.admin_reserve
 
-    def service(self, name: str) -> ServiceBudget:
-        return next(s for s in self.services if s.service == name)
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.services if s.name == name)
 
     def as_dict(self) -> dict[str, Any]:
         """The machine-readable form (``python -m app.budget --json``), a deploy gate's input."""
@@ -254,12 +218,7 @@ class Budget:
                 "other_caps": self.server.others,
                 "available": self.server.available,
             },
-            "services": [
-                _service_row(
-                    s.service, s.plan.replicas, s.plan.processes, s.plan.pool, s.plan.langgraph_max_size
-                )
-                for s in self.services
-            ],
+            "services": [_service_row(s) for s in self.services],
         }
 
 
@@ -270,7 +229,7 @@ def budget_from_settings(settings: Settings, server: ServerLimits | None = None)
         admin_reserve=settings.DB_ADMIN_RESERVE,
         peak_factor=settings.DB_BUDGET_PEAK_FACTOR,
         langgraph_max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
-        services=[ServiceBudget(p) for p in sizing.fleet(settings)],
+        services=sizing.fleet(settings),
         server=server,
         deploy_case=settings.DB_BUDGET_DEPLOY_CASE,
     )
@@ -294,16 +253,18 @@ ELASTIC_MINIMUM = 2
 
 @dataclass(frozen=True)
 class SuggestedService:
-    service: str
-    replicas: int
-    processes: int
-    pool: PoolSizing
-    langgraph: int
+    """A service's plan with the suggested pools, and why."""
+
+    plan: ServicePlan
     reason: str
 
     @property
+    def service(self) -> str:
+        return self.plan.name
+
+    @property
     def max_connections(self) -> int:
-        return self.replicas * self.processes * (self.pool.max_connections + self.langgraph)
+        return self.plan.max_connections
 
 
 @dataclass(frozen=True)
@@ -339,10 +300,10 @@ class Suggestion:
     def env(self) -> dict[str, int]:
         values: dict[str, int] = {}
         for s in self.services:
-            spec = topology.service(s.service)
-            values[spec.pool_size_var] = s.pool.pool_size
-            values[spec.max_overflow_var] = s.pool.max_overflow
-        langgraph = [s.langgraph for s in self.services if s.langgraph]
+            spec = s.plan.service
+            values[spec.pool_size_var] = s.plan.pool.pool_size
+            values[spec.max_overflow_var] = s.plan.pool.max_overflow
+        langgraph = [s.plan.langgraph_max_size for s in self.services if s.plan.langgraph_max_size]
         if langgraph:
             values["LANGGRAPH_POOL_MAX_SIZE"] = max(langgraph)
         return values
@@ -367,10 +328,7 @@ class Suggestion:
             "fits": self.fits,
             "advice": self.advice,
             "env": self.env(),
-            "services": [
-                {**_service_row(s.service, s.replicas, s.processes, s.pool, s.langgraph), "reason": s.reason}
-                for s in self.services
-            ],
+            "services": [{**_service_row(s.plan), "reason": s.reason} for s in self.services],
         }
 
 
@@ -454,7 +412,9 @@ def _sized(plans: list[ServicePlan], settings: Settings, langgraph: int, cap: in
             pool = _split(min(_want(p, settings), cap), shared)
         graph = langgraph if p.service.checkpointer else 0
         services.append(
-            SuggestedService(p.name, p.replicas, p.processes, pool, graph, _reason(p, pool, graph, settings))
+            SuggestedService(
+                replace(p, pool=pool, langgraph_max_size=graph), _reason(p, pool, graph, settings)
+            )
         )
     return services
 
