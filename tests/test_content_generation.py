@@ -29,11 +29,16 @@ async def new_roadmap(concepts: int) -> str:
         return str(roadmap.id)
 
 
+LLM_SECONDS = 1.0  # each concept's LLM call
+
+
 def hold_buckets() -> tuple[float, float]:
-    """Checkouts so far, and those back within 250 ms: under the 0.3 s LLM call, above a noisy scheduler."""
+    """Checkouts so far, and those back within 500 ms: half the LLM call, so a session held across it
+    shows, with room for a loaded machine's scheduler (a 250 ms mark against a 0.3 s call was crossed
+    once in a full CI run)."""
     label = {"service": "api"}
     total = REGISTRY.get_sample_value("db_connection_hold_seconds_count", label) or 0
-    fast = REGISTRY.get_sample_value("db_connection_hold_seconds_bucket", {**label, "le": "0.25"}) or 0
+    fast = REGISTRY.get_sample_value("db_connection_hold_seconds_bucket", {**label, "le": "0.5"}) or 0
     return total, fast
 
 
@@ -41,17 +46,17 @@ async def test_thirty_concepts_fifteen_at_a_time(test_db: asyncpg.Connection) ->
     roadmap_id = await new_roadmap(30)
     total_before, fast_before = hold_buckets()
     report = await generate_content(
-        roadmap_id, llm=OfflineLLM(latency=0.3), router=WebSearchRouter(OfflineSearch())
+        roadmap_id, llm=OfflineLLM(latency=LLM_SECONDS), router=WebSearchRouter(OfflineSearch())
     )
     assert report.concepts == 30 and report.written == 30 and report.failed == 0
     assert report.max_in_flight == get_settings().CONCEPT_CONCURRENCY_LIMIT == 15
-    assert 0.6 <= report.seconds < 1.5  # two waves of 0.3 s, not thirty
+    assert 2 * LLM_SECONDS <= report.seconds < 4 * LLM_SECONDS  # two waves, not thirty
     rows = await test_db.fetch(
         "SELECT status, attempts, content FROM concepts WHERE roadmap_id = $1", uuid.UUID(roadmap_id)
     )
     assert len(rows) == 30 and all(r["status"] == "completed" and r["attempts"] == 1 for r in rows)
     assert all("Generated offline" in r["content"] for r in rows)
-    # No session was held across the 0.3 s LLM call: every checkout was back within 250 ms. And the
+    # No session was held across the LLM call: every checkout was back within half of it. And the
     # concepts of a wave were started and written together: a handful of checkouts, not 2 x 30.
     total_after, fast_after = hold_buckets()
     assert 4 <= total_after - total_before <= 12, total_after - total_before
