@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench_request_path import Run, _ms, ensure_wrk
+from bench_request_path import Run, ensure_wrk, wrk
 from bench_server import ADMIN_URL
 from own_services import free_port, wait_answering
 
@@ -60,25 +58,6 @@ HEADERS = [
     "X-Request-Id: 4f1c2d9e-8a7b-4c3d-9e2f-1a2b3c4d5e6f",
 ]
 LOADS = {"keep-alive": [], "close": ["Connection: close"]}
-
-
-def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, extra: list[str]) -> Run:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    headers = [arg for header in HEADERS + extra for arg in ("-H", header)]
-    out = subprocess.run(
-        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", *headers, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)) else 0
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Run(rps, p50, p99, non_2xx, errors, cpu / (wall * (os.cpu_count() or 1)))
 
 
 @contextmanager
@@ -200,8 +179,9 @@ def main() -> None:
         for protocol in order:
             with server(protocol, args.workers) as base:
                 for load, extra in LOADS.items():
-                    wrk(binary, base + "/health", 2, args.connections, args.threads, extra)  # warm-up
-                    run = wrk(binary, base + "/health", args.seconds, args.connections, args.threads, extra)
+                    headers = HEADERS + extra
+                    wrk(binary, base + "/health", 2, args.connections, args.threads, headers)  # warm-up
+                    run = wrk(binary, base + "/health", args.seconds, args.connections, args.threads, headers)
                     runs.setdefault((protocol, load), []).append(run)
                     print(
                         f"round {round_no} {protocol:<10}{load:<11}{run.rps:9.1f} req/s"

@@ -80,12 +80,13 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, token: str) -> Run:
+def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, headers: list[str]) -> Run:
+    """One wrk run, with the CPU share wrk itself took (the generator must not be the bottleneck)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
+    header_args = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-         "-H", f"Authorization: Bearer {token}", url],
+        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", *header_args, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     wall = time.monotonic() - started
@@ -194,9 +195,9 @@ def main() -> None:
                     for path_name, path in paths.items():
                         if name == "NullPool" and path_name != "task-logs":
                             continue
-                        token = tokens[path_name]
-                        wrk(binary, base + path, 2, args.connections, args.threads, token)  # warm-up
-                        run = wrk(binary, base + path, args.seconds, args.connections, args.threads, token)
+                        auth = [f"Authorization: Bearer {tokens[path_name]}"]
+                        wrk(binary, base + path, 2, args.connections, args.threads, auth)  # warm-up
+                        run = wrk(binary, base + path, args.seconds, args.connections, args.threads, auth)
                         results.setdefault((name, path_name), []).append(run)
                         report(round_no, name, path_name, run)
 
