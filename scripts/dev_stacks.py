@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def claim(checkout: str, env: dict[str, str], env_file: Path, fresh: bool) -> di
             )
             raise SystemExit(
                 f"[dev] this checkout would share {shared} with the stack of {owner}: "
-                f"set {fix} in {env_file.name} (or run from that checkout)"
+                f"set {_masked(fix)} in {env_file.name} (or run from that checkout)"
             )
         if taken_db.get(database):
             name = _free_name(database[1], {db for (server, db) in taken_db if server == database[0]})
@@ -135,11 +136,16 @@ def claim(checkout: str, env: dict[str, str], env_file: Path, fresh: bool) -> di
             with env_file.open("a") as out:
                 out.write("\n# Chosen by scripts/dev.sh: another checkout's stack uses the defaults here.\n")
                 out.writelines(f"{name}={value}\n" for name, value in changes.items())
-            chosen = ", ".join(f"{name}={value}" for name, value in changes.items())
+            chosen = ", ".join(f"{name}={_masked(value)}" for name, value in changes.items())
             say(f"another checkout's stack is on this machine; this one uses {chosen} (in {env_file.name})")
         stacks[checkout] = {"server": database[0], "database": database[1], "redis_server": redis[0],
                             "redis_db": redis[1], "port": port}  # fmt: skip
     return {"PORT": str(port)}
+
+
+def _masked(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``: these lines reach a terminal."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
 
 
 def _free_name(name: str, taken: set[str]) -> str:

@@ -173,3 +173,24 @@ def test_a_second_checkout_gets_its_own_database_redis_and_port(tmp_path: Path) 
     # A checkout that is gone no longer holds anything.
     shutil.rmtree(first)
     assert claim_stack(third, state, fresh=False, port=port).returncode == 0
+
+
+def test_what_dev_stacks_prints_never_shows_a_password(tmp_path: Path) -> None:
+    state, port = tmp_path / "state", free_port()
+    first, second = new_checkout(tmp_path / "first"), new_checkout(tmp_path / "second")
+    for checkout in (first, second):
+        with (checkout / ".env.development").open("a") as env:
+            env.write("DATABASE_URL=postgresql://app:s3cret-pw@localhost:5432/roadmap_dev\n")
+            env.write("REDIS_URL=redis://:s3cret-pw@localhost:6379/0\n")
+    assert claim_stack(first, state, fresh=True, port=port).returncode == 0
+    chosen = claim_stack(second, state, fresh=True, port=port)
+    third = new_checkout(tmp_path / "third")
+    shutil.copy(second / ".env.development", third / ".env.development")  # would share the second's
+    refused = claim_stack(third, state, fresh=False, port=port)
+    assert chosen.returncode == 0 and refused.returncode == 1
+    for said in (chosen.stderr, refused.stderr):
+        assert "s3cret-pw" not in said and "app:***@" in said, said
+    # the env file itself gets the real value
+    assert (
+        "postgresql://app:s3cret-pw@localhost:5432/roadmap_dev_2" in (second / ".env.development").read_text()
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from pathlib import Path
 
 from tests.support.system_tools import require
 
@@ -33,13 +32,3 @@ def rendered_dom(url: str, *, budget_ms: int = 10_000, timeout: float = 90) -> s
     result = _chromium(url, "--dump-dom", budget_ms=budget_ms, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
-
-
-def screenshot(url: str, path: Path, *, size: str = "1280,900", budget_ms: int = 10_000) -> Path:
-    result = _chromium(url, f"--screenshot={path}", f"--window-size={size}", budget_ms=budget_ms, timeout=90)
-    assert result.returncode == 0 and path.exists(), result.stderr[-2000:]
-    return path
-
-
-def scratch_png(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="shot-")) / name
