@@ -288,6 +288,11 @@ class Settings(ServiceSettings):
     # was waiting for. The backstop behind the database's own deadlines, longer than DB_POOL_TIMEOUT so
     # that an exhausted pool still answers as such (db_pool_exhausted).
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
+    # Admission control on the database routes (app.api.admission): "adaptive" finds the concurrency
+    # at which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
+    API_ADMISSION: Literal["adaptive", "static", "off"] = "adaptive"
+    # Admitted requests may take this many times their unqueued latency before the limit shrinks.
+    API_ADMISSION_TOLERANCE: float = Field(1.5, ge=1.0, le=10.0)
     # --- shutdown: from SIGTERM to exit, inside Railway's drainingSeconds (shutdown_seconds) --------
     # The API stops listening at SIGTERM (new connections are refused, so a load balancer tries another
     # server) and serves the connections already open this much longer, every response with
