@@ -7,10 +7,12 @@ Both servers run the same number of uvicorn workers (production's UVICORN_WORKER
 same migrated database: 1,000 task events and a roadmap of 30 concepts. The load generator is wrk
 (Debian package ``wrk``, a C program: installed here with apt-get when we are root), not a Python
 client, and its own CPU share is printed so a reader can see it was not the bottleneck. Servers
-alternate within each round (bare, project, project with NullPool), so the machine's drift hits all
-alike; the figures are medians over the rounds. Printed:
+alternate within each round (bare, minimal FastAPI, project, project with NullPool), so the machine's
+drift hits all alike; the figures are medians over the rounds. Printed:
 
 * project / bare on ``GET /api/v1/task-logs?limit=5`` and ``GET /api/v1/roadmaps/{id}`` (30 concepts);
+* project / minimal FastAPI (``bench_fastapi_app.py``: FastAPI, asyncpg and pydantic, the same two
+  queries, response model shape and auth dependency shape) on task logs, and minimal FastAPI / bare;
 * pooled / NullPool through HTTP (the project with ``DB_POOL_CLASS=null``).
 
 The project runs with production settings (pool 6 + 4, pre-ping, pool metrics and the hold-time
@@ -127,12 +129,13 @@ async def seed(url: str) -> str:
 
 
 @contextmanager
-def bare_server(database_url: str, workers: int) -> Iterator[str]:
+def bare_server(database_url: str, workers: int, module: str = "bench_bare_app") -> Iterator[str]:
+    """``module``'s app: bench_bare_app (Starlette) or bench_fastapi_app (FastAPI, task logs only)."""
     port = free_port()
-    env = {**os.environ, "BARE_DATABASE_URL": database_url}
+    env = {**os.environ, "BARE_DATABASE_URL": database_url, "JWT_SECRET_KEY": JWT_SECRET}
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench_bare_app:app", "--app-dir", str(SCRIPTS),
+            [sys.executable, "-m", "uvicorn", f"{module}:app", "--app-dir", str(SCRIPTS),
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
              "--log-level", "warning"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -182,6 +185,7 @@ def main() -> None:
         paths = {"task-logs": "/api/v1/task-logs?limit=5", "roadmap": f"/api/v1/roadmaps/{roadmap_id}"}
         servers = {
             "bare": lambda: bare_server(url, args.workers),
+            "FastAPI": lambda: bare_server(url, args.workers, "bench_fastapi_app"),
             "project": lambda: api_server(url, workers=args.workers, JWT_SECRET_KEY=JWT_SECRET),
             "NullPool": lambda: api_server(
                 url, workers=args.workers, JWT_SECRET_KEY=JWT_SECRET, DB_POOL_CLASS="null"
@@ -193,7 +197,7 @@ def main() -> None:
             for name, start in servers.items():
                 with start() as base:
                     for path_name, path in paths.items():
-                        if name == "NullPool" and path_name != "task-logs":
+                        if name in ("NullPool", "FastAPI") and path_name != "task-logs":
                             continue
                         auth = [f"Authorization: Bearer {tokens[path_name]}"]
                         wrk(binary, base + path, 2, args.connections, args.threads, auth)  # warm-up
@@ -213,6 +217,12 @@ def main() -> None:
         project, bare = median("project", path_name), median("bare", path_name)
         print(f"| project / bare, `GET {labels[path_name]}` | {project:.0f} | {bare:.0f} | "
               f"{project / bare:.2f} |")  # fmt: skip
+    project, minimal = median("project", "task-logs"), median("FastAPI", "task-logs")
+    print(f"| project / minimal FastAPI, `GET {labels['task-logs']}` | {project:.0f} | {minimal:.0f} | "
+          f"{project / minimal:.2f} |")  # fmt: skip
+    minimal_bare = minimal / median("bare", "task-logs")
+    print(f"| minimal FastAPI / bare, `GET {labels['task-logs']}` | {minimal:.0f} | "
+          f"{median('bare', 'task-logs'):.0f} | {minimal_bare:.2f} |")  # fmt: skip
     pooled, null = median("project", "task-logs"), median("NullPool", "task-logs")
     label = f"pooled / NullPool, `GET {paths['task-logs']}`"
     print(f"| {label} | {pooled:.0f} | {null:.0f} | {pooled / null:.2f} |")

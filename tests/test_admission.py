@@ -24,38 +24,53 @@ class Clock:
         return self.now
 
 
-def windows(limit: GradientLimit, clock: Clock, rtt: float, count: int, in_flight: int | None = None) -> None:
-    """``count`` windows of requests taking ``rtt`` each, at the limit's own concurrency by default."""
+def windows(
+    limit: GradientLimit,
+    clock: Clock,
+    rtt: float,
+    count: int,
+    in_flight: int | None = None,
+    admitted_with: int | None = None,
+) -> list[int]:
+    """``count`` windows of requests taking ``rtt`` each, at the limit's own concurrency by default;
+    the limit after each window."""
+    seen = []
     for _ in range(count):
         for _ in range(limit.window_samples):
-            limit.sample(rtt, in_flight if in_flight is not None else limit.admitted)
+            busy = in_flight if in_flight is not None else limit.admitted
+            limit.sample(rtt, busy, admitted_with=admitted_with if admitted_with is not None else busy)
         clock.now += limit.window_seconds
+        seen.append(limit.admitted)
+    return seen
 
 
-def test_grows_to_the_ceiling_while_latency_stays_at_its_unloaded_level() -> None:
+def test_starts_at_the_ceiling_and_stays_there_while_nothing_queues() -> None:
+    """A new process serves a burst: no slow start."""
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=1e9)
-    start = limit.admitted
-    windows(limit, clock, 0.005, 200)
-    assert start < 10 and limit.admitted == 10
+    limit = GradientLimit(ceiling=10, clock=clock)
+    assert limit.admitted == 10
+    assert min(windows(limit, clock, 0.005, 200, admitted_with=1)) == 10
 
 
-def test_shrinks_when_latency_rises_past_the_tolerance() -> None:
+def test_shrinks_when_latency_rises_past_the_tolerance_and_recovers_when_it_falls() -> None:
     clock = Clock()
     limit = GradientLimit(ceiling=20, tolerance=1.5, clock=clock, probe_seconds=1e9)
+    windows(limit, clock, 0.005, 40, admitted_with=1)
+    assert limit.admitted == 20 and limit.rtt_noload == pytest.approx(0.005)
+    windows(limit, clock, 0.030, 100)  # queueing: six times the unloaded latency
+    assert limit.floor <= limit.admitted <= 3
     windows(limit, clock, 0.005, 200)
     assert limit.admitted == 20
-    windows(limit, clock, 0.030, 100)  # queueing: six times the unloaded latency
-    assert limit.admitted <= 3
-    assert limit.admitted >= limit.floor
 
 
 def test_does_not_grow_when_the_load_and_not_the_limit_kept_concurrency_low() -> None:
     clock = Clock()
     limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=1e9)
-    start = limit.admitted
+    windows(limit, clock, 0.005, 40, admitted_with=1)
+    windows(limit, clock, 0.030, 100)
+    low = limit.admitted
     windows(limit, clock, 0.005, 100, in_flight=0)
-    assert limit.admitted == start
+    assert low < 10 and limit.admitted == low
 
 
 def test_a_database_failure_cuts_the_limit_whatever_the_latency() -> None:
@@ -71,27 +86,54 @@ def test_a_database_failure_cuts_the_limit_whatever_the_latency() -> None:
     assert before == 10 and limit.limit <= before * 0.9 + 1e-9
 
 
-def test_the_probe_forgets_the_baseline_so_a_slower_one_is_learnt() -> None:
-    """After a lasting rise of the baseline (a slower plan) the limit recovers instead of staying down."""
+def test_under_light_load_the_probe_never_pins_the_limit() -> None:
+    """Requests that found the process nearly idle measure the unloaded latency by themselves."""
+    clock = Clock()
+    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=2)
+    seen = windows(limit, clock, 0.005, 400, in_flight=6, admitted_with=1)  # 20 s, ~8 probes
+    assert min(seen) == 10
+
+
+def test_under_overload_the_probe_pins_the_limit_for_one_window_and_learns_a_slower_baseline() -> None:
+    """After a lasting rise of the baseline (a slower plan) the limit recovers instead of staying down;
+    the pin costs one window per probe."""
     clock = Clock()
     limit = GradientLimit(ceiling=16, clock=clock, probe_seconds=5)
-    windows(limit, clock, 0.002, 60)
+    windows(limit, clock, 0.002, 60, admitted_with=1)
     # Now every request takes 10 ms whatever the concurrency: nothing queues, the work got slower.
     windows(limit, clock, 0.010, 20)
     low = limit.admitted
-    windows(limit, clock, 0.010, 400)  # 20 s: several probes
+    windows(limit, clock, 0.010, 400)  # 20 s: several probes, no request admitted when idle
     assert low < 16 and limit.admitted == 16
+    assert limit.rtt_noload == pytest.approx(0.010)
+    seen = windows(limit, clock, 0.010, 400)  # 20 s more: 3 or 4 probes, each pinning one window
+    assert 2 <= sum(1 for n in seen if n < 16) <= 5 and seen[-1] == 16
 
 
-@pytest.fixture
-def static_admission(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test pool holds 3: a static limit admits two requests per process and leaves one connection
-    # to the routes that are never shed.
-    monkeypatch.setenv("API_ADMISSION", "static")
+def test_requests_admitted_before_the_pin_do_not_count_as_unloaded() -> None:
+    clock = Clock()
+    limit = GradientLimit(ceiling=16, clock=clock, probe_seconds=1)
+    for _ in range(40):  # overloaded from the start: the first probe pins
+        if windows(limit, clock, 0.004, 1)[-1] == limit.probe_limit:
+            break
+    assert limit.admitted == limit.probe_limit
+    clock.now += 1.0
+    for _ in range(limit.window_samples * 4):
+        limit.sample(2.0, 16)  # begun 2 s ago, before the pin: ignored
+    assert limit.admitted == limit.probe_limit
+    windows(limit, clock, 0.004, 2, in_flight=2)
+    assert limit.rtt_noload == pytest.approx(0.004)
+
+
+@pytest.fixture(params=["static", "adaptive"])
+def admission(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    # The test pool holds 3: either limit admits two requests per process at first (the adaptive one
+    # starts at its ceiling) and leaves one connection to the routes that are never shed.
+    monkeypatch.setenv("API_ADMISSION", request.param)
 
 
 async def test_above_the_limit_a_request_is_refused_at_once_and_health_and_admin_still_answer(
-    static_admission: None, migrated_database: str, test_db: asyncpg.Connection
+    admission: None, migrated_database: str, test_db: asyncpg.Connection
 ) -> None:
     from app.main import create_app
 

@@ -42,6 +42,9 @@ BASE_ENV = {
     "LANGGRAPH_POOL_MAX_SIZE": "3",
     # The guard has its own tests; here it would only warn about the small test topology.
     "DB_BUDGET_ENFORCEMENT": "off",
+    # Admission control has its own tests (test_admission); with the test pool of 3 it would shed the
+    # bursts that tests of other mechanisms fire on purpose.
+    "API_ADMISSION": "off",
     # Tests create many roadmaps as one user and run no workflow: the quota has its own tests.
     "ROADMAP_CREATE_RATE_LIMIT": "100000/minute",
     "ROADMAP_MAX_IN_PROGRESS": "10000",

@@ -37,11 +37,12 @@ class GradientLimit:
     """A concurrency limit from latency: ``limit * min(1, tolerance * rtt_noload / rtt) + 1``, smoothed.
 
     Latency is averaged over windows of at least ``window_seconds`` and ``window_samples`` requests.
-    ``rtt_noload`` is the lowest window seen, measured again every ``probe_seconds`` (jittered, like
-    Envoy's adaptive concurrency filter): for one window the limit is pinned low and only requests
-    admitted under it count, then the limit is restored. Without that, a baseline that rose (a slower
-    plan, a busier host) would read as queueing and hold the limit down for good. A window in which a
-    request failed for want of the database (a 503 of its own) cuts the limit by a tenth.
+    ``rtt_noload`` is the lowest window seen, measured again every ``probe_seconds`` (jittered): as the
+    average of the requests admitted with at most ``probe_limit`` in flight since the last probe, or,
+    when overload left none, by pinning the limit there for one window (Envoy's minRTT window); only
+    requests admitted under the pin count. Without that, a baseline that rose (a slower plan, a busier
+    host) would read as queueing and hold the limit down for good. A window in which a request failed
+    for want of the database (a 503 of its own) cuts the limit by a tenth.
     """
 
     def __init__(
@@ -62,26 +63,30 @@ class GradientLimit:
         self.window_seconds, self.window_samples = window_seconds, window_samples
         self.probe_seconds, self.probe_limit = probe_seconds, max(self.floor, min(probe_limit, ceiling))
         self._clock = clock
-        # Slow start: a process that begins under overload would otherwise take the latency of a full
-        # pool for its unloaded latency.
-        self.limit = float(self.probe_limit)
+        # Optimistic, as a new process should serve a burst: the first probe, after a second, finds
+        # the unloaded latency, and the limit comes down from there if requests queue.
+        self.limit = float(ceiling)
         self.rtt_noload: float | None = None
-        self._probe_from: float | None = None  # while probing: when it began
+        self._pinned_since: float | None = None  # while the limit is pinned for a probe
         self._restore = self.limit
-        self._next_probe = clock() + self._probe_interval()
+        self._next_probe = clock() + min(probe_seconds, 20 * window_seconds)
+        self._low_total, self._low_count = 0.0, 0
         self._reset_window(clock())
-
-    def _probe_interval(self) -> float:
-        return self.probe_seconds * (1 + random.random() / 2)
 
     def _reset_window(self, now: float) -> None:
         self._window_start, self._total, self._count, self._peak, self._dropped = now, 0.0, 0, 0, False
 
-    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
-        """One admitted request ended after ``rtt`` seconds, with ``in_flight`` requests admitted."""
+    def sample(
+        self, rtt: float, in_flight: int, dropped: bool = False, admitted_with: int | None = None
+    ) -> None:
+        """One admitted request ended after ``rtt`` seconds; ``in_flight`` requests were admitted as it
+        ended, ``admitted_with`` (itself included) when it began."""
         now = self._clock()
-        if self._probe_from is not None and now - rtt < self._probe_from:
-            return  # admitted before the probe pinned the limit: it says nothing about the baseline
+        if self._pinned_since is not None and now - rtt < self._pinned_since:
+            return  # admitted before the pin: it says nothing about the unloaded latency
+        if admitted_with is not None and admitted_with <= self.probe_limit and not dropped:
+            self._low_total += rtt
+            self._low_count += 1
         self._total += rtt
         self._count += 1
         self._peak = max(self._peak, in_flight)
@@ -92,13 +97,17 @@ class GradientLimit:
         self._reset_window(now)
 
     def _update(self, rtt: float, peak: int, dropped: bool, now: float) -> None:
-        if self._probe_from is not None:
-            self._probe_from, self.rtt_noload, self.limit = None, rtt, self._restore
+        if self._pinned_since is not None:
+            self._pinned_since, self.rtt_noload, self.limit = None, rtt, self._restore
             return
         if now >= self._next_probe:
-            self._next_probe = now + self._probe_interval()
-            self._probe_from, self._restore = now, self.limit
-            self.limit = min(self.limit, float(self.probe_limit))
+            self._next_probe = now + self.probe_seconds * (1 + random.random() / 2)
+            if self._low_count >= self.window_samples:
+                self.rtt_noload = self._low_total / self._low_count
+            else:
+                self._pinned_since, self._restore = now, self.limit
+                self.limit = min(self.limit, float(self.probe_limit))
+            self._low_total, self._low_count = 0.0, 0
             return
         if self.rtt_noload is None or rtt < self.rtt_noload:
             self.rtt_noload = rtt
@@ -125,7 +134,9 @@ class StaticLimit:
         self.admitted = limit
         self.limit = float(limit)
 
-    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
+    def sample(
+        self, rtt: float, in_flight: int, dropped: bool = False, admitted_with: int | None = None
+    ) -> None:
         pass
 
 
@@ -170,6 +181,7 @@ class AdmissionControl:
             await self._reject(scope, send)
             return
         self.in_flight += 1
+        admitted_with = self.in_flight
         started = time.perf_counter()
         status = 500
 
@@ -185,7 +197,8 @@ class AdmissionControl:
             in_flight = self.in_flight
             self.in_flight -= 1
             # A 503 from below is the database's trouble (pool exhausted, timeout): a signal to back off.
-            self.limiter.sample(time.perf_counter() - started, in_flight, dropped=status == 503)
+            rtt = time.perf_counter() - started
+            self.limiter.sample(rtt, in_flight, dropped=status == 503, admitted_with=admitted_with)
             self._publish()
 
     async def _reject(self, scope: Scope, send: Send) -> None:
