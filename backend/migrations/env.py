@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from app.config.settings import get_settings
 from app.db.engine import build_unpooled_engine
 from app.db.models import Base, alembic_include_name
+from app.topology import MIGRATE
 
 target_metadata = Base.metadata
 
@@ -26,7 +27,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

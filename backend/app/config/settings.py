@@ -442,7 +442,7 @@ class Settings(ServiceSettings):
         """The client's deadline on one statement of ``service`` (None for ``migrate``, see below): later
         than the server's statement_timeout, so that a slow statement is cancelled cleanly by the server
         first; this one fires only when no answer comes at all (a stalled server or network)."""
-        if service == "migrate":
+        if service == topology.MIGRATE:
             return None
         return self.DB_STATEMENT_TIMEOUT + self.DB_COMMAND_TIMEOUT_MARGIN
 
@@ -468,7 +468,7 @@ class Settings(ServiceSettings):
             "tcp_keepalives_interval": str(TCP_KEEPALIVES_INTERVAL),
             "tcp_keepalives_count": str(TCP_KEEPALIVES_COUNT),
         }
-        if service != "migrate":
+        if service != topology.MIGRATE:
             # At least 1 ms: PostgreSQL reads 0 as "no timeout".
             values["statement_timeout"] = str(max(1, round(self.DB_STATEMENT_TIMEOUT * 1000)))
             values["idle_in_transaction_session_timeout"] = str(

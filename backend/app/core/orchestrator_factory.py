@@ -43,6 +43,7 @@ from app.config.connections import libpq_params, refused_for_slots
 from app.config.settings import Settings, get_settings
 from app.core import metrics
 from app.core.checkpointer_saver import BoundedPostgresSaver, bounded_check
+from app.topology import MIGRATE
 
 log = structlog.get_logger("app.orchestrator")
 T = TypeVar("T")
@@ -208,6 +209,6 @@ async def setup_checkpointer_tables() -> None:
         settings.checkpointer_conninfo,
         autocommit=True,
         row_factory=dict_row,
-        **libpq_params(settings, "migrate"),
+        **libpq_params(settings, MIGRATE),
     ) as conn:
         await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db import connection_cap
 from app.db.engine import build_unpooled_engine, direct_connection
 from app.db.errors import is_database_misconfigured
+from app.topology import MIGRATE
 
 log = structlog.get_logger("app.prestart")
 
@@ -50,7 +51,7 @@ def alembic_config() -> Config:
 
 
 async def _ping() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -115,7 +116,7 @@ def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
             "prestart needs PostgreSQL directly (a session-level lock, CREATE INDEX CONCURRENTLY): run it "
             "with DATABASE_URL pointing at the server and DB_BEHIND_PGBOUNCER=false"
         )
-    with direct_connection(settings, "migrate") as conn:
+    with direct_connection(settings, MIGRATE) as conn:
         deadline = time.monotonic() + timeout
         waited = False
         locked = "SELECT pg_try_advisory_lock(%s)"
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings, service="migrate")
+    configure_logging(settings, service=MIGRATE)
     log.info("prestart_begin", database=settings.database_url_masked)
     wait_for_database(args.wait)
     with migration_lock(args.lock_timeout) as conn:
