@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.budget.model import budget_from_settings
+from app.config import connections
 from app.config.settings import Settings, settings_from_mapping
 from app.db.connection_cap import expected_cap
 from app.db.engine import build_engine
@@ -225,7 +226,7 @@ async def test_tripled_development_pools_cannot_take_production_connections(
             checkpointer_before = _refused("development", "celery_workflow.langgraph")
             connection = refusal_counting_connection(development, "celery_workflow")
             with pytest.raises(psycopg.OperationalError) as caught:
-                await connection.connect(development.database_conninfo)
+                await connection.connect(connections.database_conninfo(development))
             assert is_allocation_exhausted(caught.value)
             assert _refused("development", "celery_workflow.langgraph") == checkpointer_before + 1
 

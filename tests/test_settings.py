@@ -10,6 +10,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from app import topology
+from app.config import connections
 from app.config.settings import InvalidSettingsError, Settings, load_settings
 from tests.support.env import ROOT
 
@@ -213,20 +214,20 @@ def test_a_database_url_with_a_bad_port_is_one_line_without_its_password(
     assert message.startswith("invalid configuration: DATABASE_URL: ") and "port" in message
     assert "hunter2-secret" not in message and "\n" not in message
     clean_env.setenv("DATABASE_URL", "postgresql://admin:hunter2-secret@db/app")  # default port: fine
-    assert load_settings().database_url.endswith("@db/app")
+    assert connections.database_url(load_settings()).endswith("@db/app")
 
 
 def test_dsn_from_parts_or_url(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("POSTGRES_HOST", "db.internal")
     clean_env.setenv("POSTGRES_PASSWORD", "p@ss:word/1")
     settings = load_settings()
-    assert settings.database_url.startswith(
+    assert connections.database_url(settings).startswith(
         "postgresql+asyncpg://postgres:p%40ss%3Aword%2F1@db.internal:5432/"
     )
-    assert "p%40ss" not in settings.database_url_masked
-    assert "***" in settings.database_url_masked
+    assert "p%40ss" not in connections.database_url_masked(settings)
+    assert "***" in connections.database_url_masked(settings)
     clean_env.setenv("DATABASE_URL", "postgres://u:pw-from-url@h:6543/app")
-    assert load_settings().database_url == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
+    assert connections.database_url(load_settings()) == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
 
 
 @pytest.mark.parametrize(
@@ -254,9 +255,9 @@ def test_each_driver_gets_the_url_form_it_reads(
     clean_env.setenv("DATABASE_URL", url)
     clean_env.setenv("CHECKPOINTER_DATABASE_URL", url)
     settings = load_settings()
-    assert settings.database_url == asyncpg
-    assert settings.database_conninfo == libpq
-    assert settings.checkpointer_conninfo == libpq
+    assert connections.database_url(settings) == asyncpg
+    assert connections.database_conninfo(settings) == libpq
+    assert connections.checkpointer_conninfo(settings) == libpq
 
 
 def test_libpq_reads_encoded_spaces_as_written(clean_env: pytest.MonkeyPatch) -> None:
@@ -264,23 +265,23 @@ def test_libpq_reads_encoded_spaces_as_written(clean_env: pytest.MonkeyPatch) ->
     clean_env.setenv("POSTGRES_PASSWORD", "correct horse")
     clean_env.setenv("CHECKPOINTER_DATABASE_URL", "postgres://u@h/my%20db?options=-c%20search_path%3Da+b")
     settings = load_settings()
-    assert conninfo_to_dict(settings.database_conninfo)["password"] == "correct horse"
-    checkpointer = conninfo_to_dict(settings.checkpointer_conninfo)
+    assert conninfo_to_dict(connections.database_conninfo(settings))["password"] == "correct horse"
+    checkpointer = conninfo_to_dict(connections.checkpointer_conninfo(settings))
     assert (checkpointer["dbname"], checkpointer["options"]) == ("my db", "-c search_path=a+b")
 
 
 def test_rediss_url_with_cert_requirements_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
     url = "rediss://default:pw@redis.example:6380/0?ssl_cert_reqs=required"
     clean_env.setenv("REDIS_URL", url)
-    assert load_settings().redis_url == url
+    assert connections.redis_url(load_settings()) == url
 
 
 def test_application_name_is_environment_dot_service(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENVIRONMENT", "development")
     clean_env.setenv("SERVICE_TYPE", "celery_content")
     settings = load_settings()
-    assert settings.application_name() == "development.celery_content"
-    assert settings.application_name("migrate") == "development.migrate"
+    assert connections.application_name(settings) == "development.celery_content"
+    assert connections.application_name(settings, "migrate") == "development.migrate"
 
 
 def test_app_start_up_with_bad_setting_exits_with_one_line(standalone_env: dict[str, str]) -> None:
@@ -319,8 +320,8 @@ def test_fan_out_stays_below_the_high_usage_mark(
 
 def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
-    assert settings.command_timeout("api") == settings.DB_STATEMENT_TIMEOUT + 1 == 11.0
-    assert settings.session_settings("api") == {
+    assert connections.command_timeout(settings, "api") == settings.DB_STATEMENT_TIMEOUT + 1 == 11.0
+    assert connections.session_settings(settings, "api") == {
         "statement_timeout": "10000",
         "idle_in_transaction_session_timeout": "60000",
         "tcp_keepalives_idle": "30",
@@ -328,13 +329,13 @@ def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -
         "tcp_keepalives_count": "3",
     }
     # Migrations may run for minutes; the advisory-lock session waits idle while Alembic works.
-    assert settings.command_timeout("migrate") is None
-    assert "statement_timeout" not in settings.session_settings("migrate")
-    assert "idle_in_transaction_session_timeout" not in settings.session_settings("migrate")
-    assert settings.checkpointer_operation_timeout("celery_workflow") == 5.0 + 11.0
+    assert connections.command_timeout(settings, "migrate") is None
+    assert "statement_timeout" not in connections.session_settings(settings, "migrate")
+    assert "idle_in_transaction_session_timeout" not in connections.session_settings(settings, "migrate")
+    assert connections.checkpointer_operation_timeout(settings, "celery_workflow") == 5.0 + 11.0
     # PgBouncer refuses unknown startup parameters: none are sent behind it.
     clean_env.setenv("DB_BEHIND_PGBOUNCER", "true")
-    assert load_settings().session_settings("api") == {}
+    assert connections.session_settings(load_settings(), "api") == {}
 
 
 def test_each_service_shutdown_fits_its_own_bounds(clean_env: pytest.MonkeyPatch) -> None:

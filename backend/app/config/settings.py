@@ -28,7 +28,6 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import (
     Field,
@@ -41,6 +40,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from app import sizing, topology
 from app.config.services import ServiceSettings
+from app.config.urls import redis_cert_reqs
 
 Environment = Literal["development", "production", "test"]
 ServiceType = Literal[topology.NAMES]  # type: ignore[valid-type]
@@ -62,12 +62,6 @@ PROFILES: dict[str, dict[str, object]] = {
         **{s.processes_var: s.processes["development"] for s in topology.SERVICES},
     },
 }
-
-
-# After DB_TCP_KEEPALIVES_IDLE, a silent peer is probed every TCP_KEEPALIVES_INTERVAL seconds and given
-# up after TCP_KEEPALIVES_COUNT unanswered probes.
-TCP_KEEPALIVES_INTERVAL = 10
-TCP_KEEPALIVES_COUNT = 3
 
 
 class InvalidSettingsError(SystemExit):
@@ -438,44 +432,6 @@ class Settings(ServiceSettings):
         mark = round(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO, 9)
         return max(1, math.ceil(mark) - 1)
 
-    def command_timeout(self, service: str) -> float | None:
-        """The client's deadline on one statement of ``service`` (None for ``migrate``, see below): later
-        than the server's statement_timeout, so that a slow statement is cancelled cleanly by the server
-        first; this one fires only when no answer comes at all (a stalled server or network)."""
-        if service == topology.MIGRATE:
-            return None
-        return self.DB_STATEMENT_TIMEOUT + self.DB_COMMAND_TIMEOUT_MARGIN
-
-    def checkpointer_operation_timeout(self, service: str) -> float:
-        """A checkpointer operation's deadline: a checkout may wait LANGGRAPH_POOL_TIMEOUT, its check and
-        statements the client deadline (a run is a handful of statements on one connection)."""
-        return self.LANGGRAPH_POOL_TIMEOUT + (self.command_timeout(service) or self.DB_STATEMENT_TIMEOUT)
-
-    def session_settings(self, service: str) -> dict[str, str]:
-        """Server settings every connection of ``service`` starts with (milliseconds / seconds, as
-        PostgreSQL reads them), for asyncpg's ``server_settings`` and libpq's ``options``: derived here
-        once, so the SQLAlchemy pool, the checkpointer pool and the one-off connections agree.
-
-        No statement or idle-in-transaction timeout for ``migrate``: a migration may rightly run for
-        minutes (an index build), and its advisory-lock session waits while Alembic works. Nothing behind
-        PgBouncer: it refuses unknown startup parameters (set them on the role there instead,
-        ``ALTER ROLE app SET statement_timeout = '10s'``, and use PgBouncer's own ``tcp_keepalive``).
-        """
-        if self.DB_BEHIND_PGBOUNCER:
-            return {}
-        values = {
-            "tcp_keepalives_idle": str(self.DB_TCP_KEEPALIVES_IDLE),
-            "tcp_keepalives_interval": str(TCP_KEEPALIVES_INTERVAL),
-            "tcp_keepalives_count": str(TCP_KEEPALIVES_COUNT),
-        }
-        if service != topology.MIGRATE:
-            # At least 1 ms: PostgreSQL reads 0 as "no timeout".
-            values["statement_timeout"] = str(max(1, round(self.DB_STATEMENT_TIMEOUT * 1000)))
-            values["idle_in_transaction_session_timeout"] = str(
-                round(self.DB_IDLE_IN_TRANSACTION_TIMEOUT * 1000)
-            )
-        return values
-
     @property
     def api_graceful_shutdown_timeout(self) -> int:
         """uvicorn's ``--timeout-graceful-shutdown``: how long a worker waits for the requests in flight
@@ -517,123 +473,10 @@ class Settings(ServiceSettings):
         return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
 
     @property
-    def database_url(self) -> str:
-        """asyncpg URL for SQLAlchemy. Contains the password: never log it, use ``database_url_masked``."""
-        if self.DATABASE_URL is not None:
-            return to_asyncpg_url(self.DATABASE_URL.get_secret_value())
-        password = self.POSTGRES_PASSWORD.get_secret_value()
-        auth = quote(self.POSTGRES_USER, safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        return (
-            f"postgresql+asyncpg://{auth}@{self.POSTGRES_HOST}:{self.POSTGRES_PORT}/"
-            f"{quote(self.POSTGRES_DB, safe='')}"
-        )
-
-    @property
-    def database_conninfo(self) -> str:
-        """libpq URL of the main database, for psycopg (the budget guard's one-off query)."""
-        return to_libpq_url(self.database_url)
-
-    @property
-    def checkpointer_conninfo(self) -> str:
-        """libpq URL for psycopg (the LangGraph checkpointer): its own database or the main one."""
-        if self.CHECKPOINTER_DATABASE_URL is not None:
-            return to_libpq_url(self.CHECKPOINTER_DATABASE_URL.get_secret_value())
-        return self.database_conninfo
-
-    @property
     def llm_offline(self) -> bool:
         return self.LLM_PROVIDER == "offline" or (
             self.LLM_PROVIDER == "auto" and not self.LLM_API_KEY.get_secret_value()
         )
-
-    @property
-    def database_url_masked(self) -> str:
-        return mask_url(self.database_url)
-
-    @property
-    def redis_url(self) -> str:
-        return self.REDIS_URL.get_secret_value()
-
-    @property
-    def redis_ssl_cert_reqs(self) -> str | None:
-        return redis_cert_reqs(self.redis_url)
-
-    def application_name(self, service: str | None = None) -> str:
-        """``<environment>.<service>``: what pg_stat_activity groups the server's connections by."""
-        return f"{self.ENVIRONMENT}.{service or self.SERVICE_TYPE}"
-
-    def secret_values(self) -> list[str]:
-        """Every secret string this process knows, for the log redactor."""
-        values: list[str] = []
-        for name in _SECRET_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                values.append(value.get_secret_value())
-        password = _url_password(self.database_url)
-        if password:
-            values.append(password)
-        return values
-
-
-def redis_cert_reqs(url: str) -> str | None:
-    """For a ``rediss://`` URL, its ``ssl_cert_reqs`` (required, optional, none; default required)."""
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    return parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower().removeprefix("cert_")
-
-
-# The drivers a URL may name that each consumer accepts in place of its own. A URL naming any other
-# driver is returned as it is.
-_ASYNCPG_FROM = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
-_LIBPQ_FROM = frozenset({"postgres", "postgresql+asyncpg", "postgresql+psycopg"})
-
-
-def _with_driver(url: str, driver: str, replaced: frozenset[str]) -> str:
-    """``url`` naming ``driver`` when SQLAlchemy's parser (the engine's own) reads its driver as one of
-    ``replaced``; otherwise ``url`` unchanged.
-
-    Only the driver changes. ``render_as_string`` would re-encode the rest, and libpq reads the result
-    differently: it refuses the raw space a ``%20`` in a password or database name becomes, and takes a
-    ``+`` in a query value literally where SQLAlchemy's form encoding means a space.
-    """
-    from sqlalchemy.engine import make_url
-
-    current = make_url(url).drivername  # the URL's scheme, exactly as written
-    if current not in replaced:
-        return url
-    return driver + url[len(current) :]
-
-
-def to_asyncpg_url(url: str) -> str:
-    """Accept the ``postgres://`` / ``postgresql://`` forms PaaS hand out; SQLAlchemy needs the driver."""
-    return _with_driver(url, "postgresql+asyncpg", _ASYNCPG_FROM)
-
-
-def to_libpq_url(url: str) -> str:
-    """The URL as libpq (psycopg) reads it: ``postgresql://``, without a SQLAlchemy driver."""
-    return _with_driver(url, "postgresql", _LIBPQ_FROM)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is masked entirely
-        return "<unparsable url>"
-
-
-def _url_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).password  # type: ignore[return-value]
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _is_secret(annotation: object) -> bool:

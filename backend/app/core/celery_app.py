@@ -33,6 +33,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app import sizing, topology
+from app.config import connections
 from app.config.settings import Settings, get_settings
 
 _SSL_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -42,7 +43,7 @@ WORKER_MODULES = ["app.worker.lifecycle", "app.worker.events"]
 
 def _ssl_options(settings: Settings) -> dict[str, Any] | None:
     """``rediss://...?ssl_cert_reqs=required`` (the managed-Redis URL form) -> redis-py SSL options."""
-    wanted = settings.redis_ssl_cert_reqs
+    wanted = connections.redis_ssl_cert_reqs(settings)
     return None if wanted is None else {"ssl_cert_reqs": _SSL_REQS[wanted]}
 
 
@@ -78,7 +79,7 @@ class QueueTaskOptions:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    url = settings.redis_url
+    url = connections.redis_url(settings)
     exchange = Exchange("roadmap", type="direct")
     prefix = {"global_keyprefix": settings.REDIS_KEY_PREFIX} if settings.REDIS_KEY_PREFIX else {}
     return {

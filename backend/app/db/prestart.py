@@ -31,6 +31,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
+from app.config import connections
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.orchestrator_factory import setup_checkpointer_tables
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings, service=MIGRATE)
-    log.info("prestart_begin", database=settings.database_url_masked)
+    log.info("prestart_begin", database=connections.database_url_masked(settings))
     wait_for_database(args.wait)
     with migration_lock(args.lock_timeout) as conn:
         before = schema_revision(conn)
