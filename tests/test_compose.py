@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from app import topology
+from app import sizing, topology
 from app.config.settings import settings_from_mapping
 from tests.support.env import ROOT
 
@@ -145,7 +145,9 @@ def test_services_run_the_development_topology_with_health(project: Path) -> Non
         assert environment["REDIS_URL"] == "redis://redis:6379/0"
         # the development profile, as a container of this service would read it
         settings = settings_from_mapping(environment)
-        assert settings.pool(name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
+        assert (
+            sizing.pool_sizing(settings, name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
+        )
         assert settings.DB_BEHIND_PGBOUNCER is False
 
 

@@ -133,15 +133,15 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
     assert long_task["acks_late"] and long_task["reject_on_worker_lost"]
     assert long_task["soft_time_limit"] < long_task["time_limit"] == load_settings().CELERY_CONTENT_TIME_LIMIT
     # The broker's visibility timeout: the longest late-acknowledged limit, the retry countdown, 10%.
-    assert load_settings().celery_visibility_timeout == 3600 + 30 + 360
+    assert sizing.celery_visibility_timeout(load_settings()) == 3600 + 30 + 360
     assert app.conf.broker_transport_options["visibility_timeout"] == 3990
     # It follows the limits of the acks_late services only (logs is acknowledged early) ...
-    assert load_settings(CELERY_LOGS_TIME_LIMIT=9000).celery_visibility_timeout == 3990
+    assert sizing.celery_visibility_timeout(load_settings(CELERY_LOGS_TIME_LIMIT=9000)) == 3990
     raised = load_settings(CELERY_CONTENT_TIME_LIMIT=5000)
-    assert raised.celery_visibility_timeout == 5000 + 30 + 500
+    assert sizing.celery_visibility_timeout(raised) == 5000 + 30 + 500
     # ... and always outlasts every one of them: a running task is never handed to a second worker.
     assert all(
-        raised.celery_visibility_timeout > p.time_limit + topology.RETRY_COUNTDOWN_MAX
+        sizing.celery_visibility_timeout(raised) > p.time_limit + topology.RETRY_COUNTDOWN_MAX
         for p in sizing.fleet(raised)
         if p.service.acks_late and p.time_limit
     )

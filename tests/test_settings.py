@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from app import topology
+from app import sizing, topology
 from app.config import connections
 from app.config.settings import InvalidSettingsError, Settings, load_settings
 from tests.support.env import ROOT
@@ -57,7 +57,7 @@ def test_defaults_are_the_production_values(clean_env: pytest.MonkeyPatch) -> No
     settings = load_settings()
     for name, expected in SPEC_PRODUCTION.items():
         assert getattr(settings, name) == expected, name
-    assert settings.pool().max_connections == 10
+    assert sizing.pool_sizing(settings).max_connections == 10
     assert all(getattr(settings, s.replicas_var) == 1 for s in topology.SERVICES)
 
 
@@ -66,7 +66,7 @@ def test_development_values_come_from_the_example_env_file(clean_env: pytest.Mon
     settings = load_settings()
     for name, expected in SPEC_DEVELOPMENT.items():
         assert getattr(settings, name) == expected, name
-    assert settings.pool().max_connections == 7
+    assert sizing.pool_sizing(settings).max_connections == 7
     assert settings.CORS_ORIGINS == ["http://localhost:3000", "http://localhost:5173"]
 
 
@@ -113,9 +113,9 @@ def test_environment_alone_selects_the_development_profile(clean_env: pytest.Mon
         if name != "DEBUG":  # opt-in in the env file: a traceback page is no default for a reachable host
             assert getattr(settings, name) == expected, name
     assert settings.DEBUG is False
-    assert {s.name: settings.pool(s.name).max_connections for s in topology.SERVICES} == dict.fromkeys(
-        topology.NAMES, 7
-    )
+    assert {
+        s.name: sizing.pool_sizing(settings, s.name).max_connections for s in topology.SERVICES
+    } == dict.fromkeys(topology.NAMES, 7)
 
 
 def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatch) -> None:
@@ -126,10 +126,16 @@ def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatc
     settings = load_settings()
     assert settings.CELERY_CONTENT_CONCURRENCY == 3 and settings.DB_CONNECTION_BUDGET == 150
     assert settings.UVICORN_WORKERS == 4  # still the profile's
-    assert (settings.pool("celery_content").pool_size, settings.pool("celery_content").max_overflow) == (2, 3)
-    assert settings.pool("celery_logs").pool_size == 4  # the shared fallback
+    assert (
+        sizing.pool_sizing(settings, "celery_content").pool_size,
+        sizing.pool_sizing(settings, "celery_content").max_overflow,
+    ) == (2, 3)
+    assert sizing.pool_sizing(settings, "celery_logs").pool_size == 4  # the shared fallback
     # the API's pool is fixed-size: the shared maximum, all persistent (no overflow churn)
-    assert (settings.pool("api").pool_size, settings.pool("api").max_overflow) == (7, 0)
+    assert (
+        sizing.pool_sizing(settings, "api").pool_size,
+        sizing.pool_sizing(settings, "api").max_overflow,
+    ) == (7, 0)
 
 
 def test_every_service_has_its_variables(clean_env: pytest.MonkeyPatch) -> None:
@@ -301,7 +307,7 @@ def test_app_start_up_with_bad_setting_exits_with_one_line(standalone_env: dict[
 def test_an_empty_per_service_pool_means_unset(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("CELERY_LOGS_DB_POOL_SIZE", "")
     clean_env.setenv("DB_POOL_SIZE", "3")
-    assert load_settings().pool("celery_logs").pool_size == 3
+    assert sizing.pool_sizing(load_settings(), "celery_logs").pool_size == 3
 
 
 @pytest.mark.parametrize(
@@ -315,7 +321,7 @@ def test_fan_out_stays_below_the_high_usage_mark(
         CELERY_CONTENT_DB_MAX_OVERFLOW=0,
         DB_POOL_HIGH_USAGE_RATIO=ratio,
     )
-    assert settings.fan_out_checkouts("celery_content") == slots
+    assert sizing.fan_out_checkouts(settings, "celery_content") == slots
 
 
 def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -> None:
@@ -341,15 +347,18 @@ def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -
 def test_each_service_shutdown_fits_its_own_bounds(clean_env: pytest.MonkeyPatch) -> None:
     """What Railway's drainingSeconds must allow, from the settings that bound each step."""
     settings = load_settings()
-    assert settings.api_graceful_shutdown_timeout == 9  # REQUEST_TIMEOUT_SECONDS 8 + 1
-    assert settings.shutdown_seconds("api") == 2 + 9 + 10
+    assert sizing.api_graceful_shutdown_timeout(settings) == 9  # REQUEST_TIMEOUT_SECONDS 8 + 1
+    assert sizing.shutdown_seconds(settings, "api") == 2 + 9 + 10
     for worker in ("celery_logs", "celery_content", "celery_workflow"):
-        assert settings.shutdown_seconds(worker) == 15 + 10
+        assert sizing.shutdown_seconds(settings, worker) == 15 + 10
     clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "20.5")
     clean_env.setenv("CELERY_SOFT_SHUTDOWN_TIMEOUT", "60")
     settings = load_settings()
-    assert settings.api_graceful_shutdown_timeout == 22
-    assert (settings.shutdown_seconds("api"), settings.shutdown_seconds("celery_workflow")) == (34, 70)
+    assert sizing.api_graceful_shutdown_timeout(settings) == 22
+    assert (
+        sizing.shutdown_seconds(settings, "api"),
+        sizing.shutdown_seconds(settings, "celery_workflow"),
+    ) == (34, 70)
 
 
 def test_the_request_deadline_must_outlast_the_pool_timeout(clean_env: pytest.MonkeyPatch) -> None:

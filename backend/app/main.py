@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from app import runtime
+from app import runtime, sizing
 from app.api import background
 from app.api.deadline import RequestDeadlineMiddleware
 from app.api.drain import ConnectionCloseWhileDraining
@@ -41,8 +41,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     log.info(
         "api_starting",
         environment=settings.ENVIRONMENT,
-        pool_size=settings.pool().pool_size,
-        max_overflow=settings.pool().max_overflow,
+        pool_size=sizing.pool_sizing(settings).pool_size,
+        max_overflow=sizing.pool_sizing(settings).max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
     )
     jobs = background.start(settings)

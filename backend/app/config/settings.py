@@ -23,7 +23,6 @@ password, key or DSN is a ``SecretStr`` so that no repr, log line or response ca
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -38,7 +37,7 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from app import sizing, topology
+from app import topology
 from app.config.services import ServiceSettings
 from app.config.urls import redis_cert_reqs
 
@@ -418,59 +417,6 @@ class Settings(ServiceSettings):
                 f"DB_CONNECTION_BUDGET ({self.DB_CONNECTION_BUDGET})"
             )
         return self
-
-    # --- derived values: computed here (or in app.topology), once, and read everywhere else ----------
-    def pool(self, service: str | None = None) -> sizing.PoolSizing:
-        """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
-        return sizing.pool_sizing(self, service)
-
-    def fan_out_checkouts(self, service: str | None = None) -> int:
-        """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
-        the pool's high-usage mark, so concurrent work inside one task never starves its own pool or
-        trips db_pool_critical_usage, whatever CONCEPT_CONCURRENCY_LIMIT is."""
-        # round(): 25 x 0.56 is 14.000000000000002 in floating point, and 14 would sit on the mark.
-        mark = round(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO, 9)
-        return max(1, math.ceil(mark) - 1)
-
-    @property
-    def api_graceful_shutdown_timeout(self) -> int:
-        """uvicorn's ``--timeout-graceful-shutdown``: how long a worker waits for the requests in flight
-        once the drain is over. A request ends by REQUEST_TIMEOUT_SECONDS (503 request_timeout); the
-        second more lets that answer be written. Past it uvicorn cancels what is left."""
-        return math.ceil(self.REQUEST_TIMEOUT_SECONDS) + 1
-
-    def shutdown_seconds(self, service: str) -> int:
-        """The longest a replica of ``service`` takes from SIGTERM to the exit of its whole process tree:
-        what Railway's ``drainingSeconds`` (SIGTERM to SIGKILL) must allow.
-
-        * API: the drain (API_DRAIN_SECONDS), then the requests in flight
-          (``api_graceful_shutdown_timeout``), then the lifespan closes the pools;
-        * worker: Celery's soft shutdown (CELERY_SOFT_SHUTDOWN_TIMEOUT, only when a task is running),
-          then the cold shutdown cancels what still runs, hands its messages back and closes the pools.
-
-        SHUTDOWN_MARGIN_SECONDS covers the closing and the exit (figures measured in
-        docs/connection-pool-guide.md, "What each service does in a deploy window").
-        """
-        if topology.service(service).is_worker:
-            work = self.CELERY_SOFT_SHUTDOWN_TIMEOUT
-        else:
-            work = self.API_DRAIN_SECONDS + self.api_graceful_shutdown_timeout
-        return math.ceil(work + self.SHUTDOWN_MARGIN_SECONDS)
-
-    @property
-    def celery_visibility_timeout(self) -> int:
-        """Seconds after which Redis hands an unacknowledged message to another worker.
-
-        Only the late-acknowledged services depend on it: one of their messages stays unacknowledged
-        while the worker holds it for a retry countdown (at most ``topology.RETRY_COUNTDOWN_MAX``)
-        and while it runs (at most its service's hard time limit); 10% of that limit more covers the
-        pool's scheduling and the kill at the hard limit. Any shorter and a slow but alive task would
-        be started a second time; any longer and the tasks of a worker that died without restoring
-        them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
-        """
-        limits = [p.time_limit for p in sizing.fleet(self) if p.service.acks_late and p.time_limit]
-        longest = max(limits, default=0)
-        return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
 
     @property
     def llm_offline(self) -> bool:

@@ -45,6 +45,7 @@ from app.core import metrics
 from app.db.errors import is_allocation_exhausted
 from app.db.liveness import install_idle_ping
 from app.db.pool_metrics import instrument_pool
+from app.sizing import pool_sizing
 
 log = structlog.get_logger("app.db")
 
@@ -94,7 +95,7 @@ def count_refusals(engine: AsyncEngine, settings: Settings, service: str) -> Non
 
 def build_engine(settings: Settings, service: str) -> AsyncEngine:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
-    sizing = settings.pool(service)
+    sizing = pool_sizing(settings, service)
     if settings.DB_POOL_CLASS == "null":
         engine = build_unpooled_engine(settings, service)
     else:
@@ -198,7 +199,7 @@ class PoolSnapshot:
 def pool_snapshot() -> PoolSnapshot:
     state = process_engine()
     pool = state.engine.sync_engine.pool
-    sizing = state.settings.pool(state.service)
+    sizing = pool_sizing(state.settings, state.service)
     max_connections = sizing.max_connections
     if not hasattr(pool, "overflow"):  # NullPool (DB_POOL_CLASS=null): nothing pooled to report
         return PoolSnapshot(sizing.pool_size, 0, 0, sizing.max_overflow, max_connections, 0.0)
