@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.budget.model import budget_from_settings
 from app.config import connections
-from app.config.settings import Settings, settings_from_mapping
+from app.config.settings import Settings
 from app.db.connection_cap import expected_cap
 from app.db.engine import build_engine
 from app.db.errors import is_allocation_exhausted
@@ -62,7 +62,7 @@ class Instance:
                 "DATABASE_URL": self.url(DATABASES[environment], role), **extra}  # fmt: skip
 
     def settings(self, environment: str, **extra: str) -> Settings:
-        return settings_from_mapping(self.env(environment, **extra))
+        return Settings.from_mapping(self.env(environment, **extra))
 
     def limit(self, database: str) -> int:
         return int(self.scalar("SELECT datconnlimit FROM pg_database WHERE datname = %s", database))
@@ -108,7 +108,7 @@ def capped(instance: Instance) -> Instance:
 
 def test_the_cap_is_the_allocation_less_the_admin_reserve_as_pgbouncer_gets_it() -> None:
     for environment, cap in CAPS.items():
-        settings = settings_from_mapping({"ENVIRONMENT": environment})
+        settings = Settings.from_mapping({"ENVIRONMENT": environment})
         assert expected_cap(settings) == cap == budget_from_settings(settings).pgbouncer_max_db_connections
 
 

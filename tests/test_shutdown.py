@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from app import sizing
-from app.config.settings import settings_from_mapping
+from app.config.settings import Settings
 from scripts.own_services import free_port
 from tests.support.auth import auth
 from tests.support.env import BACKEND
@@ -82,7 +82,7 @@ def test_api_refuses_at_once_drains_and_exits_in_time(
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "DATABASE_URL": through(proxy),
     }
-    settings = settings_from_mapping(env)
+    settings = Settings.from_mapping(env)
     log = tmp_path / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(["bash", str(ENTRYPOINT)], cwd=BACKEND, env=env, stdout=out, stderr=out)
@@ -197,7 +197,7 @@ SOFT_SHUTDOWN = 3.0
 def start_production_worker(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The Railway start command of ``service``, with a node name of its own (two run side by side)."""
 
-    command = sizing.start_command(settings_from_mapping(env), service)
+    command = sizing.start_command(Settings.from_mapping(env), service)
     command = [f"--hostname={log.stem}@%h" if a.startswith("--hostname=") else a for a in command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=BACKEND, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -235,7 +235,7 @@ def test_worker_finishes_or_hands_back_its_tasks_and_exits_in_time(
     from app.core.celery_app import celery_app
     from app.tasks.probe import probe
 
-    settings = settings_from_mapping(worker_env)
+    settings = Settings.from_mapping(worker_env)
     stopping_log, taking_log = tmp_path / "stopping.log", tmp_path / "taking.log"
     stopping = start_production_worker("celery_content", worker_env, stopping_log)
     taking: subprocess.Popen[bytes] | None = None

@@ -23,21 +23,14 @@ password, key or DSN is a ``SecretStr`` so that no repr, log line or response ca
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from app import topology
+from app.config.loading import LoadableSettings
 from app.config.services import ServiceSettings
 from app.config.urls import redis_cert_reqs
 
@@ -63,15 +56,7 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
-class InvalidSettingsError(SystemExit):
-    """Raised when the environment holds an invalid value.
-
-    A ``SystemExit`` on purpose: uvicorn, celery and the CLIs then print the one-line message and exit
-    non-zero, without a traceback that would bury the variable name.
-    """
-
-
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, LoadableSettings):
     """Every knob of the service (``app.config.services`` declares each service's own)."""
 
     model_config = SettingsConfigDict(
@@ -418,69 +403,8 @@ class Settings(ServiceSettings):
             )
         return self
 
-    @property
-    def llm_offline(self) -> bool:
-        return self.LLM_PROVIDER == "offline" or (
-            self.LLM_PROVIDER == "auto" and not self.LLM_API_KEY.get_secret_value()
-        )
-
-
-def _is_secret(annotation: object) -> bool:
-    return annotation is SecretStr or SecretStr in get_args(annotation)
-
-
-# Fields whose value is never echoed, not even in a validation message.
-_SECRET_FIELDS = frozenset(
-    name for name, field in Settings.model_fields.items() if _is_secret(field.annotation)
-)
-
-
-def _one_line(error: ValidationError) -> str:
-    """Turn pydantic's multi-line report into one line that names each variable and what is allowed."""
-    parts = []
-    for item in error.errors():
-        name = ".".join(str(p) for p in item["loc"]) or "settings"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["loc"] and name not in _SECRET_FIELDS and "input" in item:
-            parts.append(f"{name}={item['input']!r}: {message}")
-        else:
-            parts.append(f"{name}: {message}")
-    return "invalid configuration: " + "; ".join(parts)
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment (and ``ENV_FILE`` when set), or stop with one line naming the variable."""
-    env_file = os.environ.get("ENV_FILE") or None
-    if env_file is not None and not os.path.isfile(env_file):
-        # pydantic-settings skips a missing env file silently: every value in it would be lost unseen.
-        raise InvalidSettingsError(
-            f"ENV_FILE={env_file!r}: no such file (relative to {os.getcwd()}); fix the path or unset ENV_FILE"
-        )
-    try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
-    except ValidationError as exc:
-        raise InvalidSettingsError(_one_line(exc)) from None
-
-
-class _DeclaredSettings(Settings):
-    """Settings from the code's defaults and the values given, ignoring this process's environment."""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def,override]
-        return (init_settings,)
-
-
-def settings_from_mapping(values: Mapping[str, object]) -> Settings:
-    """The settings another process would get from ``values`` (its environment or an env file):
-    the budget CLI and the load harness compute budgets for processes other than themselves."""
-    known = {k: v for k, v in values.items() if k in Settings.model_fields}
-    try:
-        return _DeclaredSettings(**known)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise InvalidSettingsError(_one_line(exc)) from None
-
 
 @lru_cache
 def get_settings() -> Settings:
     """The process's settings, read once."""
-    return load_settings()
+    return Settings.load()

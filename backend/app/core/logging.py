@@ -17,7 +17,8 @@ import structlog
 from pydantic import SecretStr
 
 from app.config.connections import database_url
-from app.config.settings import _SECRET_FIELDS, Settings
+from app.config.loading import secret_fields
+from app.config.settings import Settings
 from app.config.urls import url_password
 
 
@@ -70,7 +71,9 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret string this process knows, for the redactor: each secret field's value, and the
     database password alone (it may appear without the rest of its URL)."""
     values = [
-        v.get_secret_value() for n in _SECRET_FIELDS if isinstance(v := getattr(settings, n), SecretStr)
+        v.get_secret_value()
+        for n in secret_fields(Settings)
+        if isinstance(v := getattr(settings, n), SecretStr)
     ]
     password = url_password(database_url(settings))
     return [v for v in values if v] + ([password] if password else [])
