@@ -22,11 +22,12 @@ from fastapi_offline import FastAPIOffline
 
 from app import runtime, sizing
 from app.api import background
+from app.api.admission import AdmissionControl, admission_limiter
 from app.api.deadline import RequestDeadlineMiddleware
 from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
-from app.api.routes import admin, fleet, health, metrics, roadmaps, task_logs
+from app.api.routes import API_V1, admin, fleet, health, metrics, roadmaps, task_logs
 from app.budget.guard import enforce_budget
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
@@ -71,6 +72,10 @@ def create_app() -> FastAPI:
     )
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
+    # Next: a request refused for overload costs no routing, authentication or database round trip.
+    limiter = admission_limiter(sizing.pool_sizing(settings, "api").max_connections)
+    if limiter is not None:
+        app.add_middleware(AdmissionControl, limiter=limiter, prefix=API_V1 + "/", exempt=API_V1 + "/admin")
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

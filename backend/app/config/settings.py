@@ -123,8 +123,7 @@ class Settings(ServiceSettings, LoadableSettings):
     DB_AUDIT_ON_SCRAPE: bool = True
 
     # --- Celery (process counts, replicas, time limits: app.config.services) ---------------------------
-    # Task events buffered in Redis are written to task_logs this many rows at a time, at most one
-    # flush task per TASK_LOG_FLUSH_INTERVAL.
+    # Buffered task events go to task_logs in batches this size, one flush per TASK_LOG_FLUSH_INTERVAL.
     TASK_LOG_BATCH_SIZE: int = Field(500, ge=1, le=10_000)
     TASK_LOG_FLUSH_INTERVAL: float = Field(1.0, gt=0, le=300)
     # Prefixes every Redis key (Celery's and ours) so several stacks can share one Redis.
@@ -214,6 +213,11 @@ class Settings(ServiceSettings, LoadableSettings):
     # Every request's deadline (503 request_timeout): longer than DB_POOL_TIMEOUT, so that an exhausted
     # pool still answers as such.
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
+    # Admission control on the database routes (app.api.admission): "adaptive" finds the concurrency at
+    # which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
+    API_ADMISSION: Literal["adaptive", "static", "off"] = "adaptive"
+    # Admitted requests may take this many times their unqueued latency before the limit shrinks.
+    API_ADMISSION_TOLERANCE: float = Field(1.5, ge=1.0, le=10.0)
     # --- shutdown: SIGTERM to exit, inside Railway's drainingSeconds (app.sizing.shutdown_seconds) ---
     # The API refuses new connections at SIGTERM and serves the open ones this much longer.
     API_DRAIN_SECONDS: float = Field(2.0, ge=0, le=60)
@@ -299,8 +303,7 @@ class Settings(ServiceSettings, LoadableSettings):
         """Fill what the environment left unset from its profile; explicit values win."""
         if isinstance(data, dict):
             profile = PROFILES.get(str(data.get("ENVIRONMENT", "production")), {})
-            # A per-service pool left empty (``API_DB_POOL_SIZE=`` in an env file) means "unset":
-            # the shared value applies, as it does when the variable is absent.
+            # ``API_DB_POOL_SIZE=`` (empty, in an env file) means unset: the shared value applies.
             optional = {n for s in topology.SERVICES for n in (s.pool_size_var, s.max_overflow_var)}
             data = {**profile, **{k: v for k, v in data.items() if not (k in optional and v == "")}}
         return data

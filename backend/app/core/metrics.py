@@ -80,6 +80,18 @@ HTTP_LATENCY = Histogram(
     "HTTP request latency, by route template.",
     ["method", "route"],
 )
+# Admission control (app.api.admission): the concurrency each API process admits, and what it shed.
+API_ADMISSION_LIMIT = Gauge(
+    "api_admission_limit",
+    "Requests the service's API processes admit at once on the database routes, summed over processes.",
+    ["service"],
+    multiprocess_mode="livesum",
+)
+API_ADMISSION_REJECTED = Counter(
+    "api_admission_rejected_total",
+    "Requests answered 503 overloaded at once because their process was at its concurrency limit.",
+    ["service"],
+)
 
 # The transactional outbox (app.messaging.outbox): a broker outage shows as failures and a growing backlog,
 # never as lost tasks. source: request (after the API's commit), worker, relay.
