@@ -32,11 +32,11 @@ POOLS = {"old (2 + 2)": ("2", "2", "30"), "new (6 + 4)": ("6", "4", "5")}
 async def drive(url: str, pool: tuple[str, str, str], hold: float, seconds: float, concurrency: int) -> float:
     from sqlalchemy import text
 
-    from app.config.settings import settings_from_mapping
+    from app.config.settings import Settings
     from app.db.engine import build_engine
 
     size, overflow, timeout = pool
-    settings = settings_from_mapping({
+    settings = Settings.from_mapping({
         "DATABASE_URL": url, "DB_POOL_SIZE": size, "DB_MAX_OVERFLOW": overflow, "DB_POOL_TIMEOUT": timeout,
         # The old pools had no request deadline; one above their 30 s keeps the settings valid.
         "REQUEST_TIMEOUT_SECONDS": float(timeout) + 30, "LOG_LEVEL": "WARNING",

@@ -149,9 +149,9 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     sys.path.insert(0, str(BACKEND))
-    from app.config.settings import settings_from_mapping
+    from app.config.settings import Settings
 
-    production = settings_from_mapping({"ENVIRONMENT": "production"})
+    production = Settings.from_mapping({"ENVIRONMENT": "production"})
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)

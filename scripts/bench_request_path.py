@@ -160,9 +160,9 @@ def report(round_no: int, name: str, path_name: str, run: Run) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(BACKEND))
-    from app.config.settings import settings_from_mapping
+    from app.config.settings import Settings
 
-    production = settings_from_mapping({"ENVIRONMENT": "production"})
+    production = Settings.from_mapping({"ENVIRONMENT": "production"})
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -174,7 +174,7 @@ def main() -> None:
     os.environ["JWT_SECRET_KEY"] = JWT_SECRET
     from app.core.security import create_token
 
-    signing = settings_from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
+    signing = Settings.from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
     tokens = {
         "task-logs": create_token(OWNER, "admin", settings=signing),
         "roadmap": create_token(OWNER, "user", settings=signing),

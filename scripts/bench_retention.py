@@ -252,10 +252,11 @@ def main() -> None:
             runtime.current().shutdown()
             import redis
 
+            from app.config import connections
             from app.config.settings import get_settings
 
             prefix = get_settings().REDIS_KEY_PREFIX
-            client = redis.Redis.from_url(get_settings().redis_url)
+            client = redis.Redis.from_url(connections.redis_url(get_settings()))
             keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
             if keys:
                 client.delete(*keys)

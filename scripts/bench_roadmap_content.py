@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_database() as url:
         use_in_this_process(url)
-        from app import runtime
+        from app import runtime, sizing
         from app.config.settings import get_settings
 
         async def add_key() -> None:
@@ -58,10 +58,10 @@ def main() -> None:
         # The pool of a content worker's child (6 + 4 in production), every usage event logged.
         os.environ.update(SERVICE_TYPE="celery_content", DB_POOL_USAGE_LOG_INTERVAL="0")
         get_settings.cache_clear()
-        pool = get_settings().pool()
+        pool = sizing.pool_sizing(get_settings())
         print(f"{args.concepts} concepts, offline LLM latency {args.latency:g} s, pool "
               f"{pool.pool_size} + {pool.max_overflow}, fan-out checkouts "
-              f"{get_settings().fan_out_checkouts()}")  # fmt: skip
+              f"{sizing.fan_out_checkouts(get_settings())}")  # fmt: skip
         print(f"{'limit':>6}{'wall s':>9}{'ideal s':>9}{'ratio':>7}{'peak in flight':>16}{'written':>9}"
               f"{'pool >=70%':>12}{'pool >=90%':>12}")  # fmt: skip
         for limit in [int(x) for x in args.limits.split(",")]:

@@ -27,10 +27,10 @@ JWT_SECRET = "bench-server-secret-" + "x" * 32
 
 def bench_headers(role: str = "admin", subject: str = "bench") -> dict[str, str]:
     """A bearer token the benchmark servers accept (they run with JWT_SECRET)."""
-    from app.config.settings import settings_from_mapping
+    from app.config.settings import Settings
     from app.core.security import create_token
 
-    settings = settings_from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
+    settings = Settings.from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
     return {"Authorization": f"Bearer {create_token(subject, role, settings=settings)}"}  # type: ignore[arg-type]
 
 

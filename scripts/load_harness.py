@@ -53,7 +53,7 @@ sys.path.insert(0, str(BACKEND))
 
 from app import sizing as app_sizing  # noqa: E402
 from app import topology as app_topology  # noqa: E402 - every service, declared once
-from app.config.settings import Settings, settings_from_mapping  # noqa: E402
+from app.config.settings import Settings  # noqa: E402
 
 SERVICES = app_topology.NAMES
 WORKER_SERVICES = tuple(s.name for s in app_topology.WORKERS)
@@ -442,7 +442,7 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
         api_port = free_port()
         metrics_ports = {s: free_port() for s in WORKER_SERVICES}
         topology = Topology({**env, "PORT": str(api_port)}, api_port, metrics_ports, folder)
-        plans = app_sizing.fleet(settings_from_mapping(env))
+        plans = app_sizing.fleet(Settings.from_mapping(env))
         print(
             f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port}; "
             + ", ".join(f"{p.name} {p.replicas} x {p.processes}" for p in plans),
@@ -453,11 +453,11 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
         print(f"[{label}] topology up in {time.monotonic() - started:.1f} s", flush=True)
 
         os.environ["JWT_SECRET_KEY"] = JWT_SECRET
-        from app.config.settings import get_settings, load_settings
+        from app.config.settings import get_settings
         from app.core.security import create_token
 
         get_settings.cache_clear()
-        token = create_token("load-harness", "user", settings=load_settings(), expires_minutes=120)
+        token = create_token("load-harness", "user", settings=Settings.load(), expires_minutes=120)
 
         sampler = Sampler(pg.admin_url)
         sampler.start()
@@ -514,7 +514,7 @@ def report(
     from app.budget.model import budget_from_settings
 
     # The budget of the services as they were started: their environment, not this process's.
-    settings = settings_from_mapping(services_env)
+    settings = Settings.from_mapping(services_env)
     budget = budget_from_settings(settings)
     budgets = {s.name: s.max_connections for s in budget.services}
     peaks = dict.fromkeys(SERVICES, 0)

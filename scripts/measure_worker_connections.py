@@ -28,7 +28,7 @@ from bench_server import BACKEND, REDIS_URL, bench_database
 
 sys.path.insert(0, str(BACKEND))
 from app import sizing, topology
-from app.config.settings import Settings, settings_from_mapping
+from app.config.settings import Settings
 
 
 async def count(url: str) -> dict[str, int]:
@@ -71,7 +71,7 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if k not in Settings.model_fields},
                "ENVIRONMENT": "production", "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "REDIS_KEY_PREFIX": prefix, "LOG_LEVEL": "INFO"}  # fmt: skip
-        settings = settings_from_mapping(env)
+        settings = Settings.from_mapping(env)
         plans = {s.name: sizing.plan(settings, s.name) for s in topology.WORKERS}
         os.environ.update(env)
         procs = {}

@@ -57,7 +57,7 @@ def deploy_timing(settings: Settings, service: topology.Service) -> Timing:
     Both keep the old deployment's pools alive beside the new one's; the budget counts that window
     (``all_services``) whatever its length, so these are chosen for the work, not for the connections.
     """
-    drain = math.ceil(settings.shutdown_seconds(service.name))
+    drain = math.ceil(sizing.shutdown_seconds(settings, service.name))
     if not service.is_worker:
         return Timing(
             overlap=math.ceil(settings.REQUEST_TIMEOUT_SECONDS),

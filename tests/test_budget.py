@@ -23,7 +23,8 @@ from app.budget.__main__ import render, settings_for
 from app.budget.audit import run_audit
 from app.budget.guard import enforce_budget
 from app.budget.model import budget_from_settings, guide_processes, suggest
-from app.config.settings import InvalidSettingsError, Settings, get_settings
+from app.config.loading import InvalidSettingsError
+from app.config.settings import Settings, get_settings
 from app.db.engine import get_engine
 from app.db.session import safe_session
 from tests.support.auth import auth

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from app import topology
-from app.config.settings import settings_from_mapping
+from app import sizing, topology
+from app.config.settings import Settings
 from tests.support.env import ROOT
 
 OVERRIDE = "deploy/pgbouncer/compose.yml"
@@ -144,8 +144,10 @@ def test_services_run_the_development_topology_with_health(project: Path) -> Non
         assert database_host(environment) == "postgres"
         assert environment["REDIS_URL"] == "redis://redis:6379/0"
         # the development profile, as a container of this service would read it
-        settings = settings_from_mapping(environment)
-        assert settings.pool(name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
+        settings = Settings.from_mapping(environment)
+        assert (
+            sizing.pool_sizing(settings, name).max_connections == 7 and settings.DB_CONNECTION_BUDGET == 120
+        )
         assert settings.DB_BEHIND_PGBOUNCER is False
 
 
@@ -156,12 +158,12 @@ def test_pgbouncer_override_switches_the_services_but_not_migrate(project: Path)
         environment = services[name]["environment"]
         assert database_host(environment) == "pgbouncer", name
         assert environment["DB_BEHIND_PGBOUNCER"] == "true", name
-        assert settings_from_mapping(environment).DB_BEHIND_PGBOUNCER is True
+        assert Settings.from_mapping(environment).DB_BEHIND_PGBOUNCER is True
         assert "pgbouncer" in services[name]["depends_on"], name
         assert environment["SERVICE_TYPE"] == name  # the override adds, it does not replace
     migrate = services["migrate"]["environment"]
     assert database_host(migrate) == "postgres"  # prestart refuses PgBouncer
-    assert settings_from_mapping(migrate).DB_BEHIND_PGBOUNCER is False
+    assert Settings.from_mapping(migrate).DB_BEHIND_PGBOUNCER is False
     assert services["pgbouncer"]["environment"]["DB_HOST"] == "postgres"
 
 

@@ -27,7 +27,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.budget.model import budget_from_settings
-from app.config.settings import Settings, settings_from_mapping
+from app.config import connections
+from app.config.settings import Settings
 from app.db.connection_cap import expected_cap
 from app.db.engine import build_engine
 from app.db.errors import is_allocation_exhausted
@@ -61,7 +62,7 @@ class Instance:
                 "DATABASE_URL": self.url(DATABASES[environment], role), **extra}  # fmt: skip
 
     def settings(self, environment: str, **extra: str) -> Settings:
-        return settings_from_mapping(self.env(environment, **extra))
+        return Settings.from_mapping(self.env(environment, **extra))
 
     def limit(self, database: str) -> int:
         return int(self.scalar("SELECT datconnlimit FROM pg_database WHERE datname = %s", database))
@@ -107,7 +108,7 @@ def capped(instance: Instance) -> Instance:
 
 def test_the_cap_is_the_allocation_less_the_admin_reserve_as_pgbouncer_gets_it() -> None:
     for environment, cap in CAPS.items():
-        settings = settings_from_mapping({"ENVIRONMENT": environment})
+        settings = Settings.from_mapping({"ENVIRONMENT": environment})
         assert expected_cap(settings) == cap == budget_from_settings(settings).pgbouncer_max_db_connections
 
 
@@ -225,7 +226,7 @@ async def test_tripled_development_pools_cannot_take_production_connections(
             checkpointer_before = _refused("development", "celery_workflow.langgraph")
             connection = refusal_counting_connection(development, "celery_workflow")
             with pytest.raises(psycopg.OperationalError) as caught:
-                await connection.connect(development.database_conninfo)
+                await connection.connect(connections.database_conninfo(development))
             assert is_allocation_exhausted(caught.value)
             assert _refused("development", "celery_workflow.langgraph") == checkpointer_before + 1
 

@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
+from app import sizing
 from app.config.settings import get_settings
 from app.db.session import safe_session
 from app.repositories.roadmaps import RoadmapRepository
@@ -139,8 +140,8 @@ async def test_a_wave_stays_below_its_pool_high_usage_mark(test_db: asyncpg.Conn
         event.remove(pool, "checkin", back)
     settings = get_settings()
     assert report.written == 30 and report.max_in_flight == 15
-    limit = settings.fan_out_checkouts()
-    assert limit < settings.DB_POOL_HIGH_USAGE_RATIO * settings.pool().max_connections
+    limit = sizing.fan_out_checkouts(settings)
+    assert limit < settings.DB_POOL_HIGH_USAGE_RATIO * sizing.pool_sizing(settings).max_connections
     assert 1 <= peak <= limit, (peak, limit)
 
 

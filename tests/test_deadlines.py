@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy import exc, text
 
+from app.config import connections
 from app.config.settings import get_settings
 from app.core.checkpointer_saver import CheckpointerTimeout
 from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
@@ -63,7 +64,7 @@ async def test_connections_carry_the_server_side_deadlines(test_db_name: str) ->
     async with get_engine().connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         api = await session_settings(raw)
-        assert raw._config.command_timeout == settings.command_timeout("api") == 11.0
+        assert raw._config.command_timeout == connections.command_timeout(settings, "api") == 11.0
     assert api == {
         "statement_timeout": "10s",
         "idle_in_transaction_session_timeout": "1min",
@@ -308,7 +309,7 @@ async def test_a_stalled_checkpointer_call_fails_within_its_deadline(
     monkeypatch.setenv("DATABASE_URL", through(proxy))
     get_settings.cache_clear()
     settings = get_settings()
-    deadline = settings.checkpointer_operation_timeout("celery_workflow")
+    deadline = connections.checkpointer_operation_timeout(settings, "celery_workflow")
     assert deadline == 2.5  # LANGGRAPH_POOL_TIMEOUT 1 + statement_timeout 1 + margin 0.5
     graph = await compiled_graph()
     config = thread_config(str(uuid.uuid4()))

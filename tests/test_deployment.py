@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from app import sizing, topology
-from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
+from app.config.loading import InvalidSettingsError
+from app.config.settings import Settings, get_settings
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
 from scripts import railway_config
@@ -103,7 +104,7 @@ def test_dockerfile_runs_as_non_root_through_the_entrypoint() -> None:
 
 
 def test_celery_queues_are_explicit_and_routed_by_module() -> None:
-    app = create_celery(load_settings(), set_as_current=False)
+    app = create_celery(Settings.load(), set_as_current=False)
     conf = app.conf
     assert conf.task_create_missing_queues is False
     assert {q.name for q in conf.task_queues} == {"logs", "content_generation", "roadmap_workflow"}
@@ -123,25 +124,25 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
     assert tasks[GENERATE_CONTENT].time_limit == get_settings().CELERY_CONTENT_TIME_LIMIT
     assert tasks[GENERATE_CONTENT].acks_late and tasks[GENERATE_CONTENT].reject_on_worker_lost
     assert tasks[FLUSH_TASK_EVENTS].acks_late is False and tasks[PROBE].acks_late is True
-    assert service_for_queues("roadmap_workflow", load_settings()) == "celery_workflow"
+    assert service_for_queues("roadmap_workflow", Settings.load()) == "celery_workflow"
     # A worker on several queues, or on none without a worker SERVICE_TYPE, is in no service's budget.
     for queues in ("logs,content_generation", None):
         with pytest.raises(InvalidSettingsError, match="a worker serves exactly one queue"):
-            service_for_queues(queues, load_settings())
-    assert service_for_queues(None, load_settings(SERVICE_TYPE="celery_logs")) == "celery_logs"
-    long_task = queue_options("content_generation", load_settings())
+            service_for_queues(queues, Settings.load())
+    assert service_for_queues(None, Settings.load(SERVICE_TYPE="celery_logs")) == "celery_logs"
+    long_task = queue_options("content_generation", Settings.load())
     assert long_task["acks_late"] and long_task["reject_on_worker_lost"]
-    assert long_task["soft_time_limit"] < long_task["time_limit"] == load_settings().CELERY_CONTENT_TIME_LIMIT
+    assert long_task["soft_time_limit"] < long_task["time_limit"] == Settings.load().CELERY_CONTENT_TIME_LIMIT
     # The broker's visibility timeout: the longest late-acknowledged limit, the retry countdown, 10%.
-    assert load_settings().celery_visibility_timeout == 3600 + 30 + 360
+    assert sizing.celery_visibility_timeout(Settings.load()) == 3600 + 30 + 360
     assert app.conf.broker_transport_options["visibility_timeout"] == 3990
     # It follows the limits of the acks_late services only (logs is acknowledged early) ...
-    assert load_settings(CELERY_LOGS_TIME_LIMIT=9000).celery_visibility_timeout == 3990
-    raised = load_settings(CELERY_CONTENT_TIME_LIMIT=5000)
-    assert raised.celery_visibility_timeout == 5000 + 30 + 500
+    assert sizing.celery_visibility_timeout(Settings.load(CELERY_LOGS_TIME_LIMIT=9000)) == 3990
+    raised = Settings.load(CELERY_CONTENT_TIME_LIMIT=5000)
+    assert sizing.celery_visibility_timeout(raised) == 5000 + 30 + 500
     # ... and always outlasts every one of them: a running task is never handed to a second worker.
     assert all(
-        raised.celery_visibility_timeout > p.time_limit + topology.RETRY_COUNTDOWN_MAX
+        sizing.celery_visibility_timeout(raised) > p.time_limit + topology.RETRY_COUNTDOWN_MAX
         for p in sizing.fleet(raised)
         if p.service.acks_late and p.time_limit
     )
@@ -149,7 +150,7 @@ def test_celery_queues_are_explicit_and_routed_by_module() -> None:
 
 def test_rediss_url_with_required_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "rediss://default:pw@redis.example:6380/0?ssl_cert_reqs=required")
-    app = create_celery(load_settings(), set_as_current=False)
+    app = create_celery(Settings.load(), set_as_current=False)
     assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert app.conf.redis_backend_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert app.backend.connparams["ssl_cert_reqs"] == ssl.CERT_REQUIRED
@@ -204,7 +205,7 @@ def test_railway_graph_matches_the_topology_and_fits(environment: str) -> None:
             node, DATABASE_URL="postgresql://app@db.invalid:5432/x", REDIS_URL="redis://r:6379/0"
         )
         assert env["SERVICE_TYPE"] == spec.name and env["ENVIRONMENT"] == environment
-        settings = settings_from_mapping(env)
+        settings = Settings.from_mapping(env)
         assert deploy["numReplicas"] == sizing.plan(settings, spec.name).replicas
         # every service carries the same fleet sizing: each one's start-up guard checks the whole fleet
         fleet_values = {k: v for k, v in env.items() if k != "SERVICE_TYPE"}

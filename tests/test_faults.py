@@ -181,6 +181,7 @@ def test_workers_survive_a_redis_restart(
     outage (any crash): its in-flight task must be redelivered within the visibility timeout derived
     from the time limits plus kombu's 10 s sweep, not hours later.
     """
+    from app import sizing
     from app.config.settings import get_settings
     from app.core.celery_app import create_celery
     from app.messaging.names import PROBE
@@ -190,7 +191,7 @@ def test_workers_survive_a_redis_restart(
     for key in ("REDIS_URL", *limits):
         monkeypatch.setenv(key, env[key])
     get_settings.cache_clear()
-    visibility = get_settings().celery_visibility_timeout
+    visibility = sizing.celery_visibility_timeout(get_settings())
     assert visibility == 10 + 30 + 1  # the longest acks_late limit, the retry countdown, 10%
     app = create_celery(get_settings(), set_as_current=False)  # reads results
     sender = create_celery(get_settings(), set_as_current=False)

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 import httpx
 import pytest
 
+from app import sizing
 from app.config.settings import get_settings
 from app.db.engine import get_engine
 
@@ -39,8 +40,8 @@ async def test_healthy_shape(client: httpx.AsyncClient) -> None:
     pool = body["database"]["pool"]
     assert_consistent(pool)
     settings = get_settings()
-    assert pool["pool_size"] == settings.pool().pool_size
-    assert pool["max_overflow"] == settings.pool().max_overflow
+    assert pool["pool_size"] == sizing.pool_sizing(settings).pool_size
+    assert pool["max_overflow"] == sizing.pool_sizing(settings).max_overflow
     assert pool["checked_out"] == 0  # the probe's own connection is back in the pool
 
 
@@ -65,7 +66,7 @@ async def test_figures_track_connections_in_use(
 
 async def test_exhausted_pool_makes_health_503_quickly(client: httpx.AsyncClient) -> None:
     async with AsyncExitStack() as stack:
-        for _ in range(get_settings().pool().max_connections):
+        for _ in range(sizing.pool_sizing(get_settings()).max_connections):
             await stack.enter_async_context(get_engine().connect())
         started = time.perf_counter()
         response = await client.get("/health")

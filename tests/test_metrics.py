@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import sizing
 from app.config.settings import get_settings
 from app.core.metrics import sweep_dead_processes
 from scripts.own_services import free_port, running_api
@@ -48,7 +49,9 @@ def test_metrics_count_every_request_across_workers(api_server: str) -> None:
     assert holds >= n  # one checkout per request at least
     # Gauges are per live worker, summed: never more in use than the workers could hold.
     assert 0 <= sample(text, "db_pool_connections_in_use", service="api") <= 2 * 3
-    per_worker = get_settings().pool("api").pool_size  # the API's pool is fixed-size: 2 + 1 -> 3 + 0
+    per_worker = sizing.pool_sizing(
+        get_settings(), "api"
+    ).pool_size  # the API's pool is fixed-size: 2 + 1 -> 3 + 0
     assert sample(text, "db_pool_size", service="api") in (per_worker, 2 * per_worker)  # 1 or 2 workers
     assert "# TYPE db_connection_hold_seconds histogram" in text
     assert 'db_pool_connection_timeouts_total{service="api"} 0.0' in text

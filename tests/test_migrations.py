@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from app.config import connections
 from app.config.settings import get_settings
 from app.db.models import LANGGRAPH_TABLES, Base, alembic_include_name
 from app.db.prestart import alembic_config
@@ -65,7 +66,7 @@ async def test_models_match_the_migrated_schema(database_url: str) -> None:
     from alembic.migration import MigrationContext
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(get_settings().database_url)
+    engine = create_async_engine(connections.database_url(get_settings()))
     try:
         async with engine.connect() as conn:
             diff = await conn.run_sync(

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from app.config import connections
 from app.config.settings import get_settings
 from scripts.own_services import free_port
 from tests.support.auth import auth
@@ -124,7 +125,7 @@ async def test_api_requests_and_a_workflow_through_pgbouncer(
     # The workflow's steps in this process (checkpointer and sessions both through PgBouncer), the
     # order the worker tasks run them in.
     bouncer = urlsplit(os.environ["DATABASE_URL"])
-    assert urlsplit(get_settings().checkpointer_conninfo).port == bouncer.port
+    assert urlsplit(connections.checkpointer_conninfo(get_settings())).port == bouncer.port
     assert await roadmap_graph.run(roadmap_id, "PgBouncer", 6) == "awaiting_content"
     report = await generate_content(roadmap_id)
     assert report.written == 6

@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
+from app import sizing
 from app.config.settings import get_settings
 from app.db.engine import get_engine, pool_snapshot
 from app.db.session import safe_session
@@ -36,7 +37,7 @@ async def server_count(pg: asyncpg.Connection, db: str, application_name: str = 
 
 async def test_gauges_equal_what_pg_stat_activity_counts(pg: asyncpg.Connection, test_db_name: str) -> None:
     engine = get_engine()
-    max_connections = get_settings().pool().max_connections
+    max_connections = sizing.pool_sizing(get_settings()).max_connections
     async with AsyncExitStack() as stack:
         for held in range(1, max_connections + 1):
             conn = await stack.enter_async_context(engine.connect())
@@ -48,7 +49,7 @@ async def test_gauges_equal_what_pg_stat_activity_counts(pg: asyncpg.Connection,
     # the API's pool is fixed-size, so it keeps them all).
     assert gauge("db_pool_connections_in_use") == 0
     assert gauge("db_pool_connections_open") == await server_count(pg, test_db_name)
-    assert gauge("db_pool_size") == get_settings().pool().pool_size
+    assert gauge("db_pool_size") == sizing.pool_sizing(get_settings()).pool_size
     assert gauge("db_pool_max_connections") == max_connections
 
 
@@ -106,7 +107,7 @@ async def test_exhausted_pool_answers_503_within_pool_timeout(client: httpx.Asyn
     timeouts_before = gauge("db_pool_connection_timeouts_total")
     engine = get_engine()
     async with AsyncExitStack() as stack:
-        for _ in range(settings.pool().max_connections):
+        for _ in range(sizing.pool_sizing(settings).max_connections):
             await stack.enter_async_context(engine.connect())
         started = time.perf_counter()
         response = await client.get("/api/v1/task-logs", headers=auth("admin"))

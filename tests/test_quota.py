@@ -125,9 +125,10 @@ async def test_a_refused_creation_leaves_nothing_behind(
 
 
 def test_an_invalid_rate_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config.settings import InvalidSettingsError, load_settings
+    from app.config.loading import InvalidSettingsError
+    from app.config.settings import Settings
 
     monkeypatch.setenv("ROADMAP_CREATE_RATE_LIMIT", "lots")
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     assert "ROADMAP_CREATE_RATE_LIMIT='lots'" in str(caught.value) and "\n" not in str(caught.value)

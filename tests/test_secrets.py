@@ -9,6 +9,7 @@ import httpx
 import pytest
 import structlog
 
+from app.config import connections
 from app.config.settings import get_settings
 from app.core.logging import configure_logging
 from app.db.engine import get_engine
@@ -34,8 +35,8 @@ def test_settings_repr_hides_secrets(secret_env: None) -> None:
     for text in (repr(settings), str(settings), str(settings.model_dump())):
         assert PASSWORD not in text
         assert API_KEY not in text
-    assert PASSWORD not in settings.database_url_masked
-    assert PASSWORD in settings.database_url  # only the explicit accessor has it
+    assert PASSWORD not in connections.database_url_masked(settings)
+    assert PASSWORD in connections.database_url(settings)  # only the explicit accessor has it
 
 
 async def test_health_and_engine_repr_hide_secrets(secret_env: None, client: httpx.AsyncClient) -> None:
@@ -50,8 +51,10 @@ def test_log_lines_are_redacted_json(secret_env: None, capsys: pytest.CaptureFix
     configure_logging(settings, force=True)
     try:
         log = structlog.get_logger("test")
-        log.error("connect_failed", dsn=settings.database_url, error=ValueError(f"bad key {API_KEY}"))
-        logging.getLogger("thirdparty").warning("driver said %s", settings.database_url)
+        log.error(
+            "connect_failed", dsn=connections.database_url(settings), error=ValueError(f"bad key {API_KEY}")
+        )
+        logging.getLogger("thirdparty").warning("driver said %s", connections.database_url(settings))
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     finally:
         configure_logging(get_settings().model_copy(update={"LOG_FORMAT": "console"}), force=True)

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from app import topology
-from app.config.settings import InvalidSettingsError, Settings, load_settings
+from app import sizing, topology
+from app.config import connections
+from app.config.loading import InvalidSettingsError
+from app.config.settings import Settings
 from tests.support.env import ROOT
 
 SPEC_PRODUCTION = {
@@ -53,26 +55,26 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_defaults_are_the_production_values(clean_env: pytest.MonkeyPatch) -> None:
-    settings = load_settings()
+    settings = Settings.load()
     for name, expected in SPEC_PRODUCTION.items():
         assert getattr(settings, name) == expected, name
-    assert settings.pool().max_connections == 10
+    assert sizing.pool_sizing(settings).max_connections == 10
     assert all(getattr(settings, s.replicas_var) == 1 for s in topology.SERVICES)
 
 
 def test_development_values_come_from_the_example_env_file(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENV_FILE", str(ROOT / ".env.development.example"))
-    settings = load_settings()
+    settings = Settings.load()
     for name, expected in SPEC_DEVELOPMENT.items():
         assert getattr(settings, name) == expected, name
-    assert settings.pool().max_connections == 7
+    assert sizing.pool_sizing(settings).max_connections == 7
     assert settings.CORS_ORIGINS == ["http://localhost:3000", "http://localhost:5173"]
 
 
 def test_an_env_file_that_does_not_exist_is_refused(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("ENV_FILE", str(tmp_path / ".env.developement"))
     with pytest.raises(InvalidSettingsError, match=r"^ENV_FILE='.*\.env\.developement': no such file"):
-        load_settings()
+        Settings.load()
 
 
 @pytest.mark.parametrize(
@@ -107,14 +109,14 @@ def test_token_minting_explains_itself_in_one_line(
 def test_environment_alone_selects_the_development_profile(clean_env: pytest.MonkeyPatch) -> None:
     """What the guide's Railway section sets: ENVIRONMENT=development and nothing else."""
     clean_env.setenv("ENVIRONMENT", "development")
-    settings = load_settings()
+    settings = Settings.load()
     for name, expected in SPEC_DEVELOPMENT.items():
         if name != "DEBUG":  # opt-in in the env file: a traceback page is no default for a reachable host
             assert getattr(settings, name) == expected, name
     assert settings.DEBUG is False
-    assert {s.name: settings.pool(s.name).max_connections for s in topology.SERVICES} == dict.fromkeys(
-        topology.NAMES, 7
-    )
+    assert {
+        s.name: sizing.pool_sizing(settings, s.name).max_connections for s in topology.SERVICES
+    } == dict.fromkeys(topology.NAMES, 7)
 
 
 def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatch) -> None:
@@ -122,13 +124,19 @@ def test_an_explicit_variable_wins_over_its_profile(clean_env: pytest.MonkeyPatc
     clean_env.setenv("CELERY_CONTENT_CONCURRENCY", "3")
     clean_env.setenv("DB_CONNECTION_BUDGET", "150")
     clean_env.setenv("CELERY_CONTENT_DB_POOL_SIZE", "2")
-    settings = load_settings()
+    settings = Settings.load()
     assert settings.CELERY_CONTENT_CONCURRENCY == 3 and settings.DB_CONNECTION_BUDGET == 150
     assert settings.UVICORN_WORKERS == 4  # still the profile's
-    assert (settings.pool("celery_content").pool_size, settings.pool("celery_content").max_overflow) == (2, 3)
-    assert settings.pool("celery_logs").pool_size == 4  # the shared fallback
+    assert (
+        sizing.pool_sizing(settings, "celery_content").pool_size,
+        sizing.pool_sizing(settings, "celery_content").max_overflow,
+    ) == (2, 3)
+    assert sizing.pool_sizing(settings, "celery_logs").pool_size == 4  # the shared fallback
     # the API's pool is fixed-size: the shared maximum, all persistent (no overflow churn)
-    assert (settings.pool("api").pool_size, settings.pool("api").max_overflow) == (7, 0)
+    assert (
+        sizing.pool_sizing(settings, "api").pool_size,
+        sizing.pool_sizing(settings, "api").max_overflow,
+    ) == (7, 0)
 
 
 def test_every_service_has_its_variables(clean_env: pytest.MonkeyPatch) -> None:
@@ -140,7 +148,7 @@ def test_every_service_has_its_variables(clean_env: pytest.MonkeyPatch) -> None:
         assert (spec.time_limit_var in fields) == spec.is_worker
     clean_env.setenv("CELERY_LOGS_REPLICAS", "0")
     with pytest.raises(InvalidSettingsError, match="CELERY_LOGS_REPLICAS='0'"):
-        load_settings()
+        Settings.load()
 
 
 @pytest.mark.parametrize(
@@ -162,7 +170,7 @@ def test_invalid_value_is_one_line_naming_the_variable(
 ) -> None:
     clean_env.setenv(name, value)
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     message = str(caught.value)
     assert "\n" not in message
     assert name in message
@@ -183,14 +191,14 @@ def test_cross_field_rule_names_both_variables(
     for name, value in (low, high):
         clean_env.setenv(name, value)
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     assert f"{low[0]} ({low[1]}) must be <= {high[0]} ({high[1]})" in str(caught.value)
 
 
 def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DATABASE_URL", "mysql://admin:hunter2-secret@db/x")
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     assert "DATABASE_URL" in str(caught.value)
     assert "hunter2-secret" not in str(caught.value)
 
@@ -208,25 +216,25 @@ def test_a_database_url_with_a_bad_port_is_one_line_without_its_password(
 ) -> None:
     clean_env.setenv("DATABASE_URL", url)
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     message = str(caught.value)
     assert message.startswith("invalid configuration: DATABASE_URL: ") and "port" in message
     assert "hunter2-secret" not in message and "\n" not in message
     clean_env.setenv("DATABASE_URL", "postgresql://admin:hunter2-secret@db/app")  # default port: fine
-    assert load_settings().database_url.endswith("@db/app")
+    assert connections.database_url(Settings.load()).endswith("@db/app")
 
 
 def test_dsn_from_parts_or_url(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("POSTGRES_HOST", "db.internal")
     clean_env.setenv("POSTGRES_PASSWORD", "p@ss:word/1")
-    settings = load_settings()
-    assert settings.database_url.startswith(
+    settings = Settings.load()
+    assert connections.database_url(settings).startswith(
         "postgresql+asyncpg://postgres:p%40ss%3Aword%2F1@db.internal:5432/"
     )
-    assert "p%40ss" not in settings.database_url_masked
-    assert "***" in settings.database_url_masked
+    assert "p%40ss" not in connections.database_url_masked(settings)
+    assert "***" in connections.database_url_masked(settings)
     clean_env.setenv("DATABASE_URL", "postgres://u:pw-from-url@h:6543/app")
-    assert load_settings().database_url == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
+    assert connections.database_url(Settings.load()) == "postgresql+asyncpg://u:pw-from-url@h:6543/app"
 
 
 @pytest.mark.parametrize(
@@ -253,34 +261,34 @@ def test_each_driver_gets_the_url_form_it_reads(
     the driver changes, the rest is kept as written."""
     clean_env.setenv("DATABASE_URL", url)
     clean_env.setenv("CHECKPOINTER_DATABASE_URL", url)
-    settings = load_settings()
-    assert settings.database_url == asyncpg
-    assert settings.database_conninfo == libpq
-    assert settings.checkpointer_conninfo == libpq
+    settings = Settings.load()
+    assert connections.database_url(settings) == asyncpg
+    assert connections.database_conninfo(settings) == libpq
+    assert connections.checkpointer_conninfo(settings) == libpq
 
 
 def test_libpq_reads_encoded_spaces_as_written(clean_env: pytest.MonkeyPatch) -> None:
     """libpq refuses a raw space in a URL and takes "+" literally: re-encoding the URL would break both."""
     clean_env.setenv("POSTGRES_PASSWORD", "correct horse")
     clean_env.setenv("CHECKPOINTER_DATABASE_URL", "postgres://u@h/my%20db?options=-c%20search_path%3Da+b")
-    settings = load_settings()
-    assert conninfo_to_dict(settings.database_conninfo)["password"] == "correct horse"
-    checkpointer = conninfo_to_dict(settings.checkpointer_conninfo)
+    settings = Settings.load()
+    assert conninfo_to_dict(connections.database_conninfo(settings))["password"] == "correct horse"
+    checkpointer = conninfo_to_dict(connections.checkpointer_conninfo(settings))
     assert (checkpointer["dbname"], checkpointer["options"]) == ("my db", "-c search_path=a+b")
 
 
 def test_rediss_url_with_cert_requirements_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
     url = "rediss://default:pw@redis.example:6380/0?ssl_cert_reqs=required"
     clean_env.setenv("REDIS_URL", url)
-    assert load_settings().redis_url == url
+    assert connections.redis_url(Settings.load()) == url
 
 
 def test_application_name_is_environment_dot_service(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ENVIRONMENT", "development")
     clean_env.setenv("SERVICE_TYPE", "celery_content")
-    settings = load_settings()
-    assert settings.application_name() == "development.celery_content"
-    assert settings.application_name("migrate") == "development.migrate"
+    settings = Settings.load()
+    assert connections.application_name(settings) == "development.celery_content"
+    assert connections.application_name(settings, "migrate") == "development.migrate"
 
 
 def test_app_start_up_with_bad_setting_exits_with_one_line(standalone_env: dict[str, str]) -> None:
@@ -300,7 +308,7 @@ def test_app_start_up_with_bad_setting_exits_with_one_line(standalone_env: dict[
 def test_an_empty_per_service_pool_means_unset(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("CELERY_LOGS_DB_POOL_SIZE", "")
     clean_env.setenv("DB_POOL_SIZE", "3")
-    assert load_settings().pool("celery_logs").pool_size == 3
+    assert sizing.pool_sizing(Settings.load(), "celery_logs").pool_size == 3
 
 
 @pytest.mark.parametrize(
@@ -309,18 +317,18 @@ def test_an_empty_per_service_pool_means_unset(clean_env: pytest.MonkeyPatch) ->
 def test_fan_out_stays_below_the_high_usage_mark(
     clean_env: pytest.MonkeyPatch, connections: int, ratio: float, slots: int
 ) -> None:
-    settings = load_settings(
+    settings = Settings.load(
         CELERY_CONTENT_DB_POOL_SIZE=connections,
         CELERY_CONTENT_DB_MAX_OVERFLOW=0,
         DB_POOL_HIGH_USAGE_RATIO=ratio,
     )
-    assert settings.fan_out_checkouts("celery_content") == slots
+    assert sizing.fan_out_checkouts(settings, "celery_content") == slots
 
 
 def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -> None:
-    settings = load_settings()
-    assert settings.command_timeout("api") == settings.DB_STATEMENT_TIMEOUT + 1 == 11.0
-    assert settings.session_settings("api") == {
+    settings = Settings.load()
+    assert connections.command_timeout(settings, "api") == settings.DB_STATEMENT_TIMEOUT + 1 == 11.0
+    assert connections.session_settings(settings, "api") == {
         "statement_timeout": "10000",
         "idle_in_transaction_session_timeout": "60000",
         "tcp_keepalives_idle": "30",
@@ -328,37 +336,40 @@ def test_deadlines_are_derived_once_per_service(clean_env: pytest.MonkeyPatch) -
         "tcp_keepalives_count": "3",
     }
     # Migrations may run for minutes; the advisory-lock session waits idle while Alembic works.
-    assert settings.command_timeout("migrate") is None
-    assert "statement_timeout" not in settings.session_settings("migrate")
-    assert "idle_in_transaction_session_timeout" not in settings.session_settings("migrate")
-    assert settings.checkpointer_operation_timeout("celery_workflow") == 5.0 + 11.0
+    assert connections.command_timeout(settings, "migrate") is None
+    assert "statement_timeout" not in connections.session_settings(settings, "migrate")
+    assert "idle_in_transaction_session_timeout" not in connections.session_settings(settings, "migrate")
+    assert connections.checkpointer_operation_timeout(settings, "celery_workflow") == 5.0 + 11.0
     # PgBouncer refuses unknown startup parameters: none are sent behind it.
     clean_env.setenv("DB_BEHIND_PGBOUNCER", "true")
-    assert load_settings().session_settings("api") == {}
+    assert connections.session_settings(Settings.load(), "api") == {}
 
 
 def test_each_service_shutdown_fits_its_own_bounds(clean_env: pytest.MonkeyPatch) -> None:
     """What Railway's drainingSeconds must allow, from the settings that bound each step."""
-    settings = load_settings()
-    assert settings.api_graceful_shutdown_timeout == 9  # REQUEST_TIMEOUT_SECONDS 8 + 1
-    assert settings.shutdown_seconds("api") == 2 + 9 + 10
+    settings = Settings.load()
+    assert sizing.api_graceful_shutdown_timeout(settings) == 9  # REQUEST_TIMEOUT_SECONDS 8 + 1
+    assert sizing.shutdown_seconds(settings, "api") == 2 + 9 + 10
     for worker in ("celery_logs", "celery_content", "celery_workflow"):
-        assert settings.shutdown_seconds(worker) == 15 + 10
+        assert sizing.shutdown_seconds(settings, worker) == 15 + 10
     clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "20.5")
     clean_env.setenv("CELERY_SOFT_SHUTDOWN_TIMEOUT", "60")
-    settings = load_settings()
-    assert settings.api_graceful_shutdown_timeout == 22
-    assert (settings.shutdown_seconds("api"), settings.shutdown_seconds("celery_workflow")) == (34, 70)
+    settings = Settings.load()
+    assert sizing.api_graceful_shutdown_timeout(settings) == 22
+    assert (
+        sizing.shutdown_seconds(settings, "api"),
+        sizing.shutdown_seconds(settings, "celery_workflow"),
+    ) == (34, 70)
 
 
 def test_the_request_deadline_must_outlast_the_pool_timeout(clean_env: pytest.MonkeyPatch) -> None:
     """Otherwise an exhausted pool would answer request_timeout, hiding the real reason."""
     clean_env.setenv("DB_POOL_TIMEOUT", "10")
     with pytest.raises(InvalidSettingsError) as caught:
-        load_settings()
+        Settings.load()
     assert "REQUEST_TIMEOUT_SECONDS (8) must be > DB_POOL_TIMEOUT (10)" in str(caught.value)
     clean_env.setenv("REQUEST_TIMEOUT_SECONDS", "15")
-    assert load_settings().REQUEST_TIMEOUT_SECONDS == 15
+    assert Settings.load().REQUEST_TIMEOUT_SECONDS == 15
 
 
 def test_every_service_variable_the_topology_names_is_declared_with_its_default() -> None:

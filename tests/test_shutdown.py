@@ -2,10 +2,10 @@
 
 * API (``railway_entrypoint.sh api``, 2 uvicorn workers): a new connection is refused at once (not
   queued and reset), a request in flight still gets its 200, ``/health`` on a kept-alive connection
-  says ``draining``, and the process tree exits well before ``Settings.shutdown_seconds("api")``.
+  says ``draining``, and the process tree exits well before ``sizing.shutdown_seconds(settings, "api")``.
 * Workers (``start_command``, the Railway start command): a task that fits the soft shutdown finishes
   where it runs; a longer one is handed back at once and finishes on another worker; each completes
-  exactly once, and the stopped worker's tree exits within ``Settings.shutdown_seconds``.
+  exactly once, and the stopped worker's tree exits within ``sizing.shutdown_seconds``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import httpx
 import psutil
 import pytest
 
-from app.config.settings import settings_from_mapping
+from app import sizing
+from app.config.settings import Settings
 from scripts.own_services import free_port
 from tests.support.auth import auth
 from tests.support.env import BACKEND
@@ -81,7 +82,7 @@ def test_api_refuses_at_once_drains_and_exits_in_time(
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         "DATABASE_URL": through(proxy),
     }
-    settings = settings_from_mapping(env)
+    settings = Settings.from_mapping(env)
     log = tmp_path / "api.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(["bash", str(ENTRYPOINT)], cwd=BACKEND, env=env, stdout=out, stderr=out)
@@ -122,10 +123,10 @@ def test_api_refuses_at_once_drains_and_exits_in_time(
             assert response.status_code == 200, response.text
             assert response.headers["connection"] == "close"
 
-        proc.wait(timeout=settings.shutdown_seconds("api"))
+        proc.wait(timeout=sizing.shutdown_seconds(settings, "api"))
         exited_after = time.monotonic() - sigterm
         print(f"refused after {refused_after * 1000:.0f} ms ({len(outcomes)} accepted before), exit after "
-              f"{exited_after:.2f} s (bound {settings.shutdown_seconds('api')} s)")  # fmt: skip
+              f"{exited_after:.2f} s (bound {sizing.shutdown_seconds(settings, 'api')} s)")  # fmt: skip
         assert refused_after < 0.25, outcomes
         assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
         assert not [pid for pid in tree if alive(pid)]
@@ -195,9 +196,8 @@ SOFT_SHUTDOWN = 3.0
 
 def start_production_worker(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The Railway start command of ``service``, with a node name of its own (two run side by side)."""
-    from app import sizing
 
-    command = sizing.start_command(settings_from_mapping(env), service)
+    command = sizing.start_command(Settings.from_mapping(env), service)
     command = [f"--hostname={log.stem}@%h" if a.startswith("--hostname=") else a for a in command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=BACKEND, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -235,7 +235,7 @@ def test_worker_finishes_or_hands_back_its_tasks_and_exits_in_time(
     from app.core.celery_app import celery_app
     from app.tasks.probe import probe
 
-    settings = settings_from_mapping(worker_env)
+    settings = Settings.from_mapping(worker_env)
     stopping_log, taking_log = tmp_path / "stopping.log", tmp_path / "taking.log"
     stopping = start_production_worker("celery_content", worker_env, stopping_log)
     taking: subprocess.Popen[bytes] | None = None
@@ -256,10 +256,10 @@ def test_worker_finishes_or_hands_back_its_tasks_and_exits_in_time(
         stopping.send_signal(signal.SIGTERM)
         # The next deployment's worker, already up on Railway; here it starts now.
         taking = start_production_worker("celery_content", worker_env, taking_log)
-        stopping.wait(timeout=settings.shutdown_seconds("celery_content") + 10)
+        stopping.wait(timeout=sizing.shutdown_seconds(settings, "celery_content") + 10)
         exited_after = time.monotonic() - sigterm
         print(f"worker exited after {exited_after:.2f} s")
-        assert exited_after < settings.shutdown_seconds("celery_content")
+        assert exited_after < sizing.shutdown_seconds(settings, "celery_content")
         assert not [pid for pid in tree if alive(pid)]
 
         assert short.get(timeout=10)["pid"] in first_pids  # finished where it ran
@@ -270,7 +270,7 @@ def test_worker_finishes_or_hands_back_its_tasks_and_exits_in_time(
         time.sleep(1)
         assert short.id not in taking_log.read_text(errors="replace")  # done once, not twice
         assert stopping_log.read_text(errors="replace").count(f"{long.id}] succeeded") == 0
-        bound = settings.shutdown_seconds("celery_content")
+        bound = sizing.shutdown_seconds(settings, "celery_content")
         print(f"worker exited after {exited_after:.2f} s (bound {bound} s); handed back, done after "
               f"{finished_after:.2f} s")  # fmt: skip
     finally:

@@ -25,7 +25,7 @@ import pytest
 from celery.result import AsyncResult
 from prometheus_client import REGISTRY
 
-from app import topology
+from app import sizing, topology
 from app.config.settings import get_settings
 from app.core.celery_app import celery_app
 from tests.support.env import BACKEND
@@ -98,7 +98,7 @@ async def test_burst_stays_within_budget_and_parent_holds_none(
     for result in results:
         result.get(timeout=30)
     for queue, service in SERVICES.items():
-        per_worker_cap = CONCURRENCY * settings.pool(service).max_connections
+        per_worker_cap = CONCURRENCY * sizing.pool_sizing(settings, service).max_connections
         assert 1 <= peaks.get(service, 0) <= per_worker_cap, (service, peaks)
         assert owners[service], service
         assert workers[queue].pid not in owners[service]  # the prefork parent holds no connection

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from app import runtime
+from app import runtime, sizing
 from app.api import background
 from app.api.admission import AdmissionControl, admission_limiter
 from app.api.deadline import RequestDeadlineMiddleware
@@ -42,8 +42,8 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     log.info(
         "api_starting",
         environment=settings.ENVIRONMENT,
-        pool_size=settings.pool().pool_size,
-        max_overflow=settings.pool().max_overflow,
+        pool_size=sizing.pool_sizing(settings).pool_size,
+        max_overflow=sizing.pool_sizing(settings).max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
     )
     jobs = background.start(settings)
@@ -73,7 +73,7 @@ def create_app() -> FastAPI:
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
     # Next: a request refused for overload costs no routing, authentication or database round trip.
-    limiter = admission_limiter(settings.pool("api").max_connections)
+    limiter = admission_limiter(sizing.pool_sizing(settings, "api").max_connections)
     if limiter is not None:
         app.add_middleware(AdmissionControl, limiter=limiter, prefix=API_V1 + "/", exempt=API_V1 + "/admin")
     if settings.CORS_ORIGINS:

@@ -1,17 +1,19 @@
-"""Each service of the topology as the settings size it: its replicas, processes, pools and start command.
+"""Each service of the topology as the settings size it: its replicas, processes, pools, start command
+and shutdown bound.
 
 The one place a service's plan is computed: the budget, ``--suggest``, the Celery configuration, the
 entrypoint's command, the Railway file and the docs tables all read ``plan`` / ``fleet``. It reads the
-settings by the variable names the topology gives (``<PREFIX>_DB_POOL_SIZE`` ...) and imports nothing
-from ``app.config``: the settings call it (``Settings.pool()``), so it must sit below them.
+settings by the variable names the topology gives (``<PREFIX>_DB_POOL_SIZE`` ...) through ``Sized``, and
+imports nothing from ``app.config``, which sits above it in the layer order.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from app.topology import SERVICES, Service, service
+from app.topology import RETRY_COUNTDOWN_MAX, SERVICES, Service, service
 
 
 class Sized(Protocol):
@@ -21,10 +23,12 @@ class Sized(Protocol):
     DB_POOL_SIZE: int
     DB_MAX_OVERFLOW: int
     LANGGRAPH_POOL_MAX_SIZE: int
+    DB_POOL_HIGH_USAGE_RATIO: float
     API_KEEP_ALIVE_SECONDS: int
-
-    @property
-    def api_graceful_shutdown_timeout(self) -> Any: ...
+    API_DRAIN_SECONDS: float
+    REQUEST_TIMEOUT_SECONDS: float
+    CELERY_SOFT_SHUTDOWN_TIMEOUT: float
+    SHUTDOWN_MARGIN_SECONDS: float
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,52 @@ def fleet(settings: Sized) -> list[ServicePlan]:
     return [plan(settings, s.name) for s in SERVICES]
 
 
+def fan_out_checkouts(settings: Sized, name: str | None = None) -> int:
+    """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below the
+    pool's high-usage mark, so work inside one task never starves its own pool or trips
+    db_pool_critical_usage, whatever CONCEPT_CONCURRENCY_LIMIT is."""
+    # round(): 25 x 0.56 is 14.000000000000002 in floating point, and 14 would sit on the mark.
+    mark = round(pool_sizing(settings, name).max_connections * settings.DB_POOL_HIGH_USAGE_RATIO, 9)
+    return max(1, math.ceil(mark) - 1)
+
+
+def api_graceful_shutdown_timeout(settings: Sized) -> int:
+    """uvicorn's ``--timeout-graceful-shutdown``: a request ends by REQUEST_TIMEOUT_SECONDS (503
+    request_timeout); the second more lets that answer be written. Past it uvicorn cancels the rest."""
+    return math.ceil(settings.REQUEST_TIMEOUT_SECONDS) + 1
+
+
+def shutdown_seconds(settings: Sized, name: str) -> int:
+    """The longest a replica of ``name`` takes from SIGTERM to the exit of its whole process tree: what
+    Railway's ``drainingSeconds`` (SIGTERM to SIGKILL) must allow.
+
+    * API: the drain (API_DRAIN_SECONDS), then the requests in flight (``api_graceful_shutdown_timeout``);
+    * worker: Celery's soft shutdown (CELERY_SOFT_SHUTDOWN_TIMEOUT), then the cold shutdown hands back
+      what still runs.
+
+    SHUTDOWN_MARGIN_SECONDS covers closing the pools and the exit (measured in
+    docs/connection-pool-guide.md, "What each service does in a deploy window").
+    """
+    if service(name).is_worker:
+        work = settings.CELERY_SOFT_SHUTDOWN_TIMEOUT
+    else:
+        work = settings.API_DRAIN_SECONDS + api_graceful_shutdown_timeout(settings)
+    return math.ceil(work + settings.SHUTDOWN_MARGIN_SECONDS)
+
+
+def celery_visibility_timeout(settings: Sized) -> int:
+    """Seconds after which Redis hands an unacknowledged message to another worker.
+
+    A late-acknowledged message stays unacknowledged through its retry countdown (at most
+    RETRY_COUNTDOWN_MAX) and its run (at most its service's hard time limit); 10% of that limit more
+    covers scheduling and the kill at the limit. Shorter, and a slow but alive task runs twice; longer,
+    and the tasks of a worker that died (SIGKILL, OOM) wait that much longer for another worker.
+    """
+    limits = [p.time_limit for p in fleet(settings) if p.service.acks_late and p.time_limit]
+    longest = max(limits, default=0)
+    return longest + RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
+
+
 def start_command(settings: Sized, name: str, *, port: str = "8000", loglevel: str = "INFO") -> list[str]:
     """The command that starts one replica of ``name`` (uvicorn, or a Celery worker on its queue), its
     process count from settings.
@@ -127,7 +177,7 @@ def start_command(settings: Sized, name: str, *, port: str = "8000", loglevel: s
             "--workers", str(p.processes),
             "--http", "app.api.http_protocol:BoundedHttpToolsProtocol",
             "--timeout-keep-alive", str(settings.API_KEEP_ALIVE_SECONDS),
-            "--timeout-graceful-shutdown", str(settings.api_graceful_shutdown_timeout),
+            "--timeout-graceful-shutdown", str(api_graceful_shutdown_timeout(settings)),
         ]  # fmt: skip
     # Celery's SIGTERM is a warm shutdown that waits for every running task (up to its time limit, an
     # hour for a workflow); remapped to the cold one, it waits CELERY_SOFT_SHUTDOWN_TIMEOUT, then

@@ -35,6 +35,9 @@ DEPLOY_CASES: tuple[DeployCase, ...] = ("none", "one_service", "all_services")
 # The longest countdown of a task's own retry (DatabaseTask's backoff cap). A worker holds a message
 # unacknowledged until its countdown is due, so the broker's visibility timeout must cover it too.
 RETRY_COUNTDOWN_MAX = 30
+# The migration step (prestart, Alembic) connects under this name but is no service of the fleet: a
+# migration may rightly run for minutes (an index build), so its connections carry no statement deadline.
+MIGRATE = "migrate"
 # How one process of the service uses its pool; --suggest sizes pools from it.
 #   requests: concurrent HTTP requests share the process's pool;
 #   one_task: a prefork child runs one task at a time and holds one session at a time;

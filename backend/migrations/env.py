@@ -7,9 +7,11 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from app.config import connections
 from app.config.settings import get_settings
 from app.db.engine import build_unpooled_engine
 from app.db.models import Base, alembic_include_name
+from app.topology import MIGRATE
 
 target_metadata = Base.metadata
 
@@ -26,7 +28,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
@@ -36,7 +38,9 @@ async def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=get_settings().database_url, target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=connections.database_url(get_settings()), target_metadata=target_metadata, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc
 
+from app import sizing
 from app.api.quota import QuotaExceeded, quota_exceeded
 from app.config.settings import get_settings
 from app.core.logging import LogRateLimiter
@@ -61,10 +62,9 @@ def unavailable(reason: str, detail: str) -> JSONResponse:
 async def pool_exhausted(request: Request, error: Exception) -> JSONResponse:
     if _first_this_second(request, "pool"):
         log.warning("request_rejected_pool_exhausted", path=request.url.path)
+    busy = sizing.pool_sizing(get_settings()).max_connections
     return unavailable(
-        "db_pool_exhausted",
-        f"all {get_settings().pool().max_connections} database connections of this process are busy; "
-        "retry shortly",
+        "db_pool_exhausted", f"all {busy} database connections of this process are busy; retry shortly"
     )
 
 

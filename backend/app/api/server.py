@@ -17,10 +17,10 @@ changes to what happens at SIGTERM:
 * **Open connections drain.** For API_DRAIN_SECONDS (or until they are all closed) a worker still
   serves the connections it has, every response with ``Connection: close`` and ``/health`` 503
   ``draining`` (``app.api.drain``); then uvicorn's shutdown closes the idle ones and waits for the
-  requests in flight up to ``--timeout-graceful-shutdown`` (``Settings.api_graceful_shutdown_timeout``),
+  requests in flight up to ``--timeout-graceful-shutdown`` (``app.sizing.api_graceful_shutdown_timeout``),
   and the lifespan closes the pools.
 * **The tree exits in time.** The supervisor kills a worker still alive one second before
-  ``Settings.shutdown_seconds("api")`` (Railway's drainingSeconds), then exits itself.
+  ``app.sizing.shutdown_seconds`` (Railway's drainingSeconds), then exits itself.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from uvicorn.server import Server
 from uvicorn.supervisors import multiprocess
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from app import sizing
 from app.api import drain
 from app.config.settings import get_settings
 
@@ -156,7 +157,7 @@ class DrainingMultiprocess(Multiprocess):
     def join_all(self) -> None:
         # Each worker bounds its own shutdown; this is the backstop, a second before Railway's SIGKILL.
         since = self._stopping_since or time.monotonic()
-        deadline = since + get_settings().shutdown_seconds("api") - 1
+        deadline = since + sizing.shutdown_seconds(get_settings(), "api") - 1
         for process in self.processes:
             process.process.join(max(0.0, deadline - time.monotonic()))
             if process.process.is_alive():

@@ -31,13 +31,8 @@ from app import sizing, topology
 from app.budget.audit import Audit, run_audit
 from app.budget.guard import enforce_budget, probe_server_limits
 from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, guide_processes, suggest
-from app.config.settings import (
-    InvalidSettingsError,
-    Settings,
-    get_settings,
-    load_settings,
-    settings_from_mapping,
-)
+from app.config.loading import InvalidSettingsError
+from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.db import connection_cap
 from app.db.engine import build_unpooled_engine
@@ -52,8 +47,8 @@ def settings_for(environment: str | None, overrides: dict[str, str] | None = Non
         return get_settings()
     try:
         if environment is None:
-            return load_settings(**(overrides or {}))
-        return settings_from_mapping({"ENVIRONMENT": environment, **(overrides or {})})
+            return Settings.load(**(overrides or {}))
+        return Settings.from_mapping({"ENVIRONMENT": environment, **(overrides or {})})
     except InvalidSettingsError as exc:
         raise InvalidSettingsError(f"{exc} (for {environment or 'this environment'})") from None
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.budget.model import ServerLimits, budget_from_settings
-from app.config.settings import PROFILES, Settings, settings_from_mapping
+from app.config.settings import PROFILES, Settings
 from app.core import metrics
 from app.core.orchestrator_factory import checkpointer_service
 from app.db.connection_cap import CAP_IN_FORCE, CapInForce, cap_matches, expected_cap
@@ -56,7 +56,7 @@ def server_limits_from_row(row: Any) -> ServerLimits:
 
 @cache
 def _profile_allocation(environment: str) -> int:
-    return settings_from_mapping({"ENVIRONMENT": environment}).DB_CONNECTION_BUDGET
+    return Settings.from_mapping({"ENVIRONMENT": environment}).DB_CONNECTION_BUDGET
 
 
 def known_allocations(settings: Settings) -> dict[str, int]:

@@ -24,7 +24,8 @@ import structlog
 
 from app.budget.audit import SERVER_LIMITS, server_limits_from_row
 from app.budget.model import Budget, ServerLimits, budget_from_settings, budget_variables
-from app.config.settings import InvalidSettingsError, Settings
+from app.config.loading import InvalidSettingsError
+from app.config.settings import Settings
 from app.db.engine import direct_connection
 from app.db.errors import is_database_misconfigured, misconfiguration_fix
 

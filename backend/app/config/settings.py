@@ -1,46 +1,25 @@
-"""The one Settings class: every knob of the service, with the production values as defaults.
+"""The one Settings class: every variable a user can set, declared by name, production's values as defaults.
 
-Connection allocation (one managed PostgreSQL server shared by the environments):
-
-* each environment gets its share of the server's ``max_connections`` (``DB_CONNECTION_BUDGET``; the
-  guide splits 400 as production 280, development 120);
-* each process holds at most ``pool_size + max_overflow`` SQLAlchemy connections: the shared
-  ``DB_POOL_SIZE`` / ``DB_MAX_OVERFLOW`` unless its service sets its own (``API_DB_POOL_SIZE``, ...);
-* the LangGraph checkpointer has its own psycopg pool per workflow process (``LANGGRAPH_POOL_MAX_SIZE``);
-* ``DB_ADMIN_RESERVE`` connections stay free for psql and monitoring.
-
-Environment profiles: the defaults below are production's. ``ENVIRONMENT=development`` alone selects
-the development profile (``PROFILES``: the guide's development column); a variable set explicitly, in
-the environment or an env file, always wins over its profile. Nothing else in the code asks which
-environment it is in.
-
-Each service's variables (process count, replicas, per-service pool, time limit) are declared by name
-in ``app.config.services``, named as ``app.topology`` says (a test keeps the two equal).
-
-Invalid values stop start-up with one line naming the variable (``InvalidSettingsError``), and every
-password, key or DSN is a ``SecretStr`` so that no repr, log line or response can show it.
+``ENVIRONMENT=development`` alone selects the development profile (``PROFILES``, the guide's development
+column); a variable set explicitly always wins over its profile. Each service's own variables are
+declared in ``app.config.services``. How the values are read, and how an invalid one stops start-up in
+one line, is ``app.config.loading``; what is derived from them is ``app.config.connections`` (URLs,
+connect arguments) and ``app.sizing`` (pools, plans, shutdown bounds). Every password, key or DSN is a
+``SecretStr``, so that no repr, log line or response can show it.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Any, Literal, get_args
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from app import sizing, topology
+from app import topology
+from app.config.loading import LoadableSettings
 from app.config.services import ServiceSettings
+from app.config.urls import redis_cert_reqs
 
 Environment = Literal["development", "production", "test"]
 ServiceType = Literal[topology.NAMES]  # type: ignore[valid-type]
@@ -64,21 +43,7 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
-# After DB_TCP_KEEPALIVES_IDLE, a silent peer is probed every TCP_KEEPALIVES_INTERVAL seconds and given
-# up after TCP_KEEPALIVES_COUNT unanswered probes.
-TCP_KEEPALIVES_INTERVAL = 10
-TCP_KEEPALIVES_COUNT = 3
-
-
-class InvalidSettingsError(SystemExit):
-    """Raised when the environment holds an invalid value.
-
-    A ``SystemExit`` on purpose: uvicorn, celery and the CLIs then print the one-line message and exit
-    non-zero, without a traceback that would bury the variable name.
-    """
-
-
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, LoadableSettings):
     """Every knob of the service (``app.config.services`` declares each service's own)."""
 
     model_config = SettingsConfigDict(
@@ -109,80 +74,57 @@ class Settings(ServiceSettings):
     # Defaults to the main database; a separate one keeps checkpoint churn off the app's server.
     CHECKPOINTER_DATABASE_URL: SecretStr | None = None
 
-    # --- SQLAlchemy pool, per process ---------------------------------------------------------------
-    # The shared sizing, pool_size + max_overflow per process: a service's <PREFIX>_DB_POOL_SIZE /
-    # <PREFIX>_DB_MAX_OVERFLOW, when set, wins for that service's processes.
+    # --- SQLAlchemy pool, per process: a service's <PREFIX>_DB_POOL_SIZE / _DB_MAX_OVERFLOW win -------
     DB_POOL_SIZE: int = Field(6, ge=1, le=200)
     DB_MAX_OVERFLOW: int = Field(4, ge=0, le=200)
-    # Fail fast: SQLAlchemy's default of 30 s (60 s behind a proxy) is what made requests hang.
+    # Fail fast: SQLAlchemy's default of 30 s hangs requests.
     DB_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
     # Recycle before a managed server or a NAT drops an idle connection (often at 30-60 min).
     DB_POOL_RECYCLE: int = Field(1800, ge=-1)
-    # Validate a pooled connection before handing it out, if it has been idle longer than
-    # DB_POOL_PING_IDLE_SECONDS (HikariCP's aliveBypassWindowMs is 500 ms; 0 pings every checkout).
-    # One round trip, and only where a connection may have died unnoticed (app.db.liveness).
+    # Ping a pooled connection idle longer than DB_POOL_PING_IDLE_SECONDS before handing it out
+    # (HikariCP's aliveBypassWindowMs is 500 ms; 0 pings every checkout).
     DB_POOL_PRE_PING: bool = True
     DB_POOL_PING_IDLE_SECONDS: float = Field(0.5, ge=0, le=3600)
     DB_CONNECT_TIMEOUT: float = Field(5.0, gt=0, le=120)
-    # Deadlines on every statement, so that a stalled server or network never holds a request, a task
-    # or a pooled connection without bound (app.db.engine, app.core.orchestrator_factory):
-    # the server cancels a statement running longer than this (statement_timeout, a clean error on a
-    # usable connection), and the client gives up DB_COMMAND_TIMEOUT_MARGIN later when no answer came at
-    # all (asyncpg's command_timeout; the checkpointer's own deadline), discarding that connection.
+    # The server cancels a statement running longer than this (statement_timeout); the client gives up
+    # DB_COMMAND_TIMEOUT_MARGIN later when no answer came at all, so a stalled server holds nothing forever.
     DB_STATEMENT_TIMEOUT: float = Field(10.0, gt=0, le=3600)
     DB_COMMAND_TIMEOUT_MARGIN: float = Field(1.0, gt=0, le=60)
-    # The server ends a session left idle inside a transaction this long (a client stuck or gone
-    # mid-transaction would otherwise hold its row locks and its connection slot forever). 0: off.
+    # The server ends a session idle inside a transaction this long, freeing its locks and slot. 0: off.
     DB_IDLE_IN_TRANSACTION_TIMEOUT: float = Field(60.0, ge=0, le=86400)
-    # The server probes a silent client's socket after this many idle seconds (then every
-    # TCP_KEEPALIVES_INTERVAL seconds, TCP_KEEPALIVES_COUNT times): the connections of a host that
-    # vanished leave pg_stat_activity and the budget that much later, not after the kernel's two hours.
-    # The client side probes the same way (libpq keepalives for psycopg; asyncpg has none, its
-    # command_timeout and the idle ping cover it).
+    # Server and libpq keepalive probes start after this idle time, so a vanished host's connections
+    # leave the budget in about a minute, not the kernel's two hours (app.config.connections).
     DB_TCP_KEEPALIVES_IDLE: int = Field(30, ge=1, le=7200)
     # Pool instrumentation (events -> Prometheus, usage logs); off only to measure its cost.
     DB_POOL_METRICS_ENABLED: bool = True
     DB_POOL_HIGH_USAGE_RATIO: float = Field(0.7, gt=0, le=1)
     DB_POOL_CRITICAL_USAGE_RATIO: float = Field(0.9, gt=0, le=1)
-    # At most one usage log line per level per process in this many seconds.
     DB_POOL_USAGE_LOG_INTERVAL: float = Field(10.0, ge=0)
-    # Like HikariCP's leakDetectionThreshold: a connection checked out longer than this logs
-    # db_connection_leak_suspected with where it was checked out (0 turns it off).
+    # Like HikariCP's leakDetectionThreshold: a checkout held longer logs where it was taken. 0: off.
     DB_LEAK_DETECTION_THRESHOLD: float = Field(30.0, ge=0)
-    # queue: the sized, instrumented pool. null: no pooling (a connection per checkout), only to
-    # measure what pooling is worth (scripts/load_harness.py --compare).
+    # null (a connection per checkout) only measures what pooling is worth (load_harness.py --compare).
     DB_POOL_CLASS: Literal["queue", "null"] = "queue"
 
-    # --- connection allocation (of the server's max_connections) ------------------------------------
-    # This environment's share of the server (the guide: 280 of 400 for production).
+    # --- connection allocation: this environment's share of max_connections (the guide: 280 of 400) ----
     DB_CONNECTION_BUDGET: int = Field(280, ge=1)
-    # Left free for psql and monitoring.
-    DB_ADMIN_RESERVE: int = Field(20, ge=0)
+    DB_ADMIN_RESERVE: int = Field(20, ge=0)  # left free for psql and monitoring
     # The guide's "estimated real peak" as a share of the theoretical maximum (app.budget shows both).
     DB_BUDGET_PEAK_FACTOR: float = Field(0.6, gt=0, le=1)
-    # What a service does at start when the worst case exceeds DB_CONNECTION_BUDGET or what the server
-    # accepts (max_connections - superuser_reserved_connections): off (nothing), warn (one log line),
-    # strict (refuse to start, naming the variables to change).
+    # At start, when the worst case exceeds the budget or the server: warn logs, strict refuses to start.
     DB_BUDGET_ENFORCEMENT: Literal["off", "warn", "strict"] = "warn"
-    # The deploy window the budget plans for (app.topology.DeployCase): a rolling deploy runs a
-    # service's old and new deployments side by side, so its pools count twice while it redeploys.
+    # A rolling deploy runs old and new side by side, so the redeployed pools count twice (DeployCase).
     DB_BUDGET_DEPLOY_CASE: topology.DeployCase = "one_service"
-    # Nothing above stops another environment on the same server from taking this one's connections:
-    # the prestart step (and python -m app.budget --apply-cap) sets DB_CONNECTION_BUDGET -
-    # DB_ADMIN_RESERVE as the server's CONNECTION LIMIT of this database (database), and of the app's
-    # role too (database_and_role: only where each environment has a role of its own). off: nothing.
+    # Enforce budget - reserve on the server (CONNECTION LIMIT of the database, and of the role where each
+    # environment has its own), so another environment cannot take this one's connections.
     DB_CONNECTION_CAP: Literal["off", "database", "database_and_role"] = "off"
-    # Set by railway_entrypoint.sh once it has run the guard for this service start, so the processes
-    # it starts (every uvicorn worker, a worker's parent) do not check again.
+    # Set by railway_entrypoint.sh once it ran the guard, so the processes it starts do not check again.
     DB_BUDGET_CHECKED: bool = False
     # /metrics runs the pg_stat_activity audit (one short query) so alerts see the server's own count.
     DB_AUDIT_ON_SCRAPE: bool = True
 
-    # --- Celery --------------------------------------------------------------------------------------
-    # Process counts, replicas and time limits are per service: app.config.services.
-    # Task events wait in Redis and are written to task_logs this many rows per connection.
+    # --- Celery (process counts, replicas, time limits: app.config.services) ---------------------------
+    # Buffered task events go to task_logs in batches this size, one flush per TASK_LOG_FLUSH_INTERVAL.
     TASK_LOG_BATCH_SIZE: int = Field(500, ge=1, le=10_000)
-    # At most one flush task is queued per this many seconds, however many events arrive.
     TASK_LOG_FLUSH_INTERVAL: float = Field(1.0, gt=0, le=300)
     # Prefixes every Redis key (Celery's and ours) so several stacks can share one Redis.
     REDIS_KEY_PREFIX: str = ""
@@ -191,8 +133,7 @@ class Settings(ServiceSettings):
     LANGGRAPH_POOL_MIN_SIZE: int = Field(2, ge=0, le=100)
     LANGGRAPH_POOL_MAX_SIZE: int = Field(20, ge=1, le=100)
     LANGGRAPH_POOL_TIMEOUT: float = Field(5.0, gt=0, le=120)
-    # PgBouncer in transaction mode cannot keep prepared statements: asyncpg's statement cache and
-    # psycopg's automatic prepares are switched off when this is true.
+    # PgBouncer in transaction mode cannot keep prepared statements: true switches them off.
     DB_BEHIND_PGBOUNCER: bool = False
 
     # --- roadmap domain ------------------------------------------------------------------------------
@@ -201,47 +142,38 @@ class Settings(ServiceSettings):
     # Concepts of one roadmap generated at once (the guide: 15; 10 roadmaps x 15 = 150 in flight).
     CONCEPT_CONCURRENCY_LIMIT: int = Field(15, ge=1, le=200)
     CONCEPT_MAX_ATTEMPTS: int = Field(3, ge=1, le=10)
-    # Per-user creation quota (app.api.quota): a rate counted in Redis, shared by every worker and
-    # replica ("30/minute", or several: "5/second; 30/minute"), and a cap on roadmaps still pending,
-    # planning or generating. Each roadmap is minutes of shared LLM and worker time. Redis down: the
-    # rate is not counted (creation works without Redis, see the outbox); the cap, in PostgreSQL, holds.
+    # Per-user quota (app.api.quota), since each roadmap is minutes of shared LLM and worker time: a rate
+    # counted in Redis ("5/second; 30/minute") and a cap on roadmaps in progress, held in PostgreSQL.
     ROADMAP_CREATE_RATE_LIMIT: str = "30/minute"
     ROADMAP_MAX_IN_PROGRESS: int = Field(5, ge=1, le=10_000)
     # A content task waits out a database outage this long before it fails and Celery retries it.
     CONTENT_DB_OUTAGE_SECONDS: float = Field(30.0, ge=0, le=600)
-    # A roadmap in progress that has not moved (its row or any concept's) for this long is re-dispatched
-    # by the watchdog; after ROADMAP_MAX_REDISPATCHES re-dispatches without finishing, it fails with
-    # the reason. Longer than any one task may run (CELERY_*_TIME_LIMIT), so a slow task is not re-sent.
+    # The watchdog re-dispatches a roadmap that has not moved this long, and fails it after
+    # ROADMAP_MAX_REDISPATCHES. Longer than any task's time limit, so a slow task is not re-sent.
     ROADMAP_STALL_SECONDS: int = Field(1200, ge=5, le=86_400)
     ROADMAP_MAX_REDISPATCHES: int = Field(3, ge=0, le=100)
     WATCHDOG_INTERVAL_SECONDS: float = Field(30.0, gt=0, le=3600)
 
     # --- transactional outbox -------------------------------------------------------------------------
-    # How long a request waits for the broker after its commit; past it the client still gets 202 (the
-    # task is stored) and the relay publishes it. Bounds every POST's time spent on a stalled Redis.
+    # A request waits this long for the broker after its commit; past it the relay publishes the task.
     OUTBOX_PUBLISH_TIMEOUT: float = Field(1.0, gt=0, le=30)
-    # The relay publishes messages left for this long (the request's own publish goes first), every
-    # OUTBOX_RELAY_INTERVAL_SECONDS, from one process of the fleet at a time (an advisory lock).
+    # The relay publishes messages left this long, every OUTBOX_RELAY_INTERVAL_SECONDS, one process at a time.
     OUTBOX_RELAY_AFTER_SECONDS: float = Field(5.0, ge=0, le=3600)
     OUTBOX_RELAY_INTERVAL_SECONDS: float = Field(2.0, gt=0, le=3600)
     # 0 turns the relay, the watchdog and retention off in this process (app.api.background runs them).
     BACKGROUND_JOBS: bool = True
 
     # --- data lifecycle (app.messaging.retention) --------------------------------------------------------
-    # A completed or failed roadmap's LangGraph checkpoint thread is deleted this long after it finished
-    # (0: by the worker that finished it, at once); nothing resumes a finished roadmap, so it is dead weight.
+    # A finished roadmap's checkpoints are deleted this long after (0: at once); nothing resumes it.
     CHECKPOINT_RETENTION_SECONDS: int = Field(0, ge=0, le=31_536_000)
     # task_logs rows older than this are deleted (0: kept forever); they are for debugging, not records.
     TASK_LOG_RETENTION_DAYS: int = Field(30, ge=0, le=3650)
-    # One retention round per API process this often: task_logs batches, then a checkpoint sweep task.
     RETENTION_INTERVAL_SECONDS: float = Field(300.0, gt=0, le=86_400)
-    # Rows per delete batch: each batch is its own short transaction, so no lock or connection is held long.
+    # Deletes run in short batches, each its own transaction, with a pause between them, so no lock or
+    # connection is held long; a batch waiting longer than RETENTION_LOCK_TIMEOUT for a lock gives up.
     RETENTION_BATCH_SIZE: int = Field(2000, ge=1, le=100_000)
-    # A batch that would wait longer than this for a row lock gives up (the next round retries).
     RETENTION_LOCK_TIMEOUT: float = Field(1.0, gt=0, le=60)
-    # Pause between two batches: the connection goes back to the pool and the requests get the disk.
     RETENTION_BATCH_PAUSE_SECONDS: float = Field(0.05, ge=0, le=60)
-    # Checkpoint threads looked at (and deleted) per step of a sweep, on the workflow worker's saver.
     CHECKPOINT_SWEEP_BATCH: int = Field(200, ge=1, le=10_000)
 
     # --- LLM and web search providers -----------------------------------------------------------------
@@ -257,8 +189,7 @@ class Settings(ServiceSettings):
     TAVILY_BASE_URL: str = "https://api.tavily.com"
     SEARCH_TIMEOUT: float = Field(20.0, gt=0, le=120)
     SEARCH_OFFLINE_LATENCY: float = Field(0.0, ge=0, le=60)
-    # The offline provider needs no key; true sends it through key choice and credit accounting anyway
-    # (the load harness measures the router's real work that way).
+    # true sends the offline provider through key choice and accounting (the load harness measures it).
     SEARCH_OFFLINE_USES_KEYS: bool = False
     # Seconds the Redis cache of key availability keeps an answer (the guide's tavily:keys:available, 0/1).
     TAVILY_AVAILABILITY_CACHE_TTL: int = Field(30, ge=1, le=3600)
@@ -266,68 +197,49 @@ class Settings(ServiceSettings):
     # --- auth -------------------------------------------------------------------------------------------
     JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
     JWT_EXPIRE_MINUTES: int = Field(60, ge=1)
-    # The longest life a token may claim (exp - iat) or have left (exp - now): a signed token with
-    # exp = 1e30 would otherwise be a password that never expires. Tokens must carry iat.
+    # The longest life a token may claim or have left, so a signed token cannot be a password forever.
     JWT_MAX_LIFETIME_MINUTES: int = Field(1440, ge=1, le=525_600)
 
-    # --- worker metrics -----------------------------------------------------------------------------------
     # A Celery worker's parent serves its children's metrics on this port (0: off).
     WORKER_METRICS_PORT: int = Field(0, ge=0, le=65535)
 
-    # --- Redis ----------------------------------------------------------------------------------------
-    # rediss://...?ssl_cert_reqs=required works as well; may carry a password, hence secret.
+    # --- Redis (rediss://...?ssl_cert_reqs=required works too; may carry a password, hence secret) ----
     REDIS_URL: SecretStr = SecretStr("redis://localhost:6379/0")
     REDIS_TIMEOUT: float = Field(1.0, gt=0, le=30)
 
     # --- HTTP behaviour ---------------------------------------------------------------------------------
-    # /health's own deadline, for all its checks together (run in parallel): what has not answered by
-    # then is reported "timeout" and left to clean up in the background, never waited for. 0.5 s under
-    # the 2 s a load balancer's probe allows, for the response itself and a busy event loop.
+    # /health's deadline for all its checks together: 0.5 s under the 2 s a load balancer's probe allows.
     HEALTH_CHECK_TIMEOUT: float = Field(1.5, gt=0, le=10)
-    # Every request's deadline: past it the API answers 503 request_timeout (with Retry-After) whatever it
-    # was waiting for. The backstop behind the database's own deadlines, longer than DB_POOL_TIMEOUT so
-    # that an exhausted pool still answers as such (db_pool_exhausted).
+    # Every request's deadline (503 request_timeout): longer than DB_POOL_TIMEOUT, so that an exhausted
+    # pool still answers as such.
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
-    # Admission control on the database routes (app.api.admission): "adaptive" finds the concurrency
-    # at which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
+    # Admission control on the database routes (app.api.admission): "adaptive" finds the concurrency at
+    # which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
     API_ADMISSION: Literal["adaptive", "static", "off"] = "adaptive"
     # Admitted requests may take this many times their unqueued latency before the limit shrinks.
     API_ADMISSION_TOLERANCE: float = Field(1.5, ge=1.0, le=10.0)
-    # --- shutdown: from SIGTERM to exit, inside Railway's drainingSeconds (shutdown_seconds) --------
-    # The API stops listening at SIGTERM (new connections are refused, so a load balancer tries another
-    # server) and serves the connections already open this much longer, every response with
-    # Connection: close; then uvicorn closes the idle ones and waits for the requests in flight.
+    # --- shutdown: SIGTERM to exit, inside Railway's drainingSeconds (app.sizing.shutdown_seconds) ---
+    # The API refuses new connections at SIGTERM and serves the open ones this much longer.
     API_DRAIN_SECONDS: float = Field(2.0, ge=0, le=60)
-    # A worker lets its running tasks finish this long after SIGTERM (Celery's soft shutdown), then
-    # cancels the rest; their late-acknowledged messages go back to the queue at once for another worker.
+    # A worker lets running tasks finish this long after SIGTERM, then hands the rest back to the queue.
     CELERY_SOFT_SHUTDOWN_TIMEOUT: float = Field(15.0, ge=0, le=3600)
-    # Added to each service's bound: closing pools (lifespan, worker_process_shutdown) and process exit.
-    # Measured on 2 shared cores: the API under 1 s after its drain; a Celery worker 3.5-6.5 s after its
-    # soft shutdown (the cold shutdown stops the pool's handlers, then terminates and joins children).
+    # Closing the pools and exiting, after the above (measured: API under 1 s, a worker 3.5-6.5 s).
     SHUTDOWN_MARGIN_SECONDS: float = Field(10.0, gt=0, le=60)
     # Sent with every 503 so clients back off instead of hammering an exhausted pool.
     RETRY_AFTER_SECONDS: int = Field(2, ge=1, le=600)
-    # The largest request body accepted (FastAPI's max_body_size): a larger one is answered 413 before
-    # it is read, by its Content-Length or as soon as that many bytes arrived; without a limit the body
-    # was read whole, before authentication. The API's bodies are a few hundred bytes.
+    # A larger body is answered 413 before it is read (and before authentication); ours are ~100s of bytes.
     MAX_REQUEST_BODY_BYTES: int = Field(65_536, ge=1_024, le=104_857_600)
-    # What a connection may make the API hold before it is authenticated (app.api.server's protocol,
-    # in front of httptools, which bounds neither: 200 connections x 1 MB of unfinished headers took
-    # 210 MB). The request line and headers together, in bytes: larger is 431 and the connection
-    # closed. nginx's default allows 32 KiB (4 x 8k buffers), so what passes an edge passes here.
+    # Bounds what an unauthenticated connection makes the API hold (httptools bounds nothing): request
+    # line and headers, larger is 431. nginx's default allows 32 KiB, so what passes an edge passes here.
     MAX_REQUEST_HEADER_BYTES: int = Field(32_768, ge=4_096, le=1_048_576)
     # Header lines per request (Apache's LimitRequestFields): more is 431. The API's callers send ~10.
     MAX_REQUEST_HEADERS: int = Field(100, ge=16, le=10_000)
-    # From a connection's first byte of a request (or its accept) to the end of its headers: a slower
-    # one (slowloris, or a client that connects and says nothing) gets 408 and is closed.
+    # From a request's first byte (or the accept) to the end of its headers; slower (slowloris) is 408.
     REQUEST_HEADER_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
-    # Open connections per uvicorn worker; one more is answered 503 and closed before anything is read
-    # (uvicorn's --limit-concurrency would answer only once its headers were complete). Under the
-    # usual 1024-descriptor limit, and with the header limit it bounds a worker's pre-auth buffers to
-    # 512 x 32 KiB = 16 MiB. The load harness peaks at 320 clients over 8 workers.
+    # Open connections per uvicorn worker (one more is 503 before anything is read): under the usual
+    # 1024-descriptor limit, and with the header limit 512 x 32 KiB = 16 MiB of pre-auth buffers at most.
     API_MAX_CONNECTIONS_PER_WORKER: int = Field(512, ge=16, le=100_000)
-    # uvicorn's --timeout-keep-alive: a connection idle between requests is closed after this (uvicorn's
-    # default, explicit). Shorter than an edge proxy's idle timeout only costs it a reconnect.
+    # uvicorn's --timeout-keep-alive (its default, explicit); shorter than a proxy's only costs a reconnect.
     API_KEEP_ALIVE_SECONDS: int = Field(5, ge=1, le=300)
 
     # --- secrets ----------------------------------------------------------------------------------------
@@ -353,8 +265,7 @@ class Settings(ServiceSettings):
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql")):
             raise ValueError("must be a postgresql:// URL")
         if value is not None:
-            # Parsed here as the engine will parse it: a port such as ":notaport" passed validation
-            # and then failed every request with a 500. The URL holds a password: never echoed.
+            # Parsed as the engine will, so a bad port stops start-up instead of failing every request.
             from sqlalchemy.engine import make_url
 
             try:
@@ -392,8 +303,7 @@ class Settings(ServiceSettings):
         """Fill what the environment left unset from its profile; explicit values win."""
         if isinstance(data, dict):
             profile = PROFILES.get(str(data.get("ENVIRONMENT", "production")), {})
-            # A per-service pool left empty (``API_DB_POOL_SIZE=`` in an env file) means "unset":
-            # the shared value applies, as it does when the variable is absent.
+            # ``API_DB_POOL_SIZE=`` (empty, in an env file) means unset: the shared value applies.
             optional = {n for s in topology.SERVICES for n in (s.pool_size_var, s.max_overflow_var)}
             data = {**profile, **{k: v for k, v in data.items() if not (k in optional and v == "")}}
         return data
@@ -430,273 +340,8 @@ class Settings(ServiceSettings):
             )
         return self
 
-    # --- derived values: computed here (or in app.topology), once, and read everywhere else ----------
-    def pool(self, service: str | None = None) -> sizing.PoolSizing:
-        """The SQLAlchemy pool of one process of ``service`` (default: this process's SERVICE_TYPE)."""
-        return sizing.pool_sizing(self, service)
-
-    def fan_out_checkouts(self, service: str | None = None) -> int:
-        """Checkouts a process's own fan-out (a content task's concept gather) may hold at once: below
-        the pool's high-usage mark, so concurrent work inside one task never starves its own pool or
-        trips db_pool_critical_usage, whatever CONCEPT_CONCURRENCY_LIMIT is."""
-        # round(): 25 x 0.56 is 14.000000000000002 in floating point, and 14 would sit on the mark.
-        mark = round(self.pool(service).max_connections * self.DB_POOL_HIGH_USAGE_RATIO, 9)
-        return max(1, math.ceil(mark) - 1)
-
-    def command_timeout(self, service: str) -> float | None:
-        """The client's deadline on one statement of ``service`` (None for ``migrate``, see below): later
-        than the server's statement_timeout, so that a slow statement is cancelled cleanly by the server
-        first; this one fires only when no answer comes at all (a stalled server or network)."""
-        if service == "migrate":
-            return None
-        return self.DB_STATEMENT_TIMEOUT + self.DB_COMMAND_TIMEOUT_MARGIN
-
-    def checkpointer_operation_timeout(self, service: str) -> float:
-        """A checkpointer operation's deadline: a checkout may wait LANGGRAPH_POOL_TIMEOUT, its check and
-        statements the client deadline (a run is a handful of statements on one connection)."""
-        return self.LANGGRAPH_POOL_TIMEOUT + (self.command_timeout(service) or self.DB_STATEMENT_TIMEOUT)
-
-    def session_settings(self, service: str) -> dict[str, str]:
-        """Server settings every connection of ``service`` starts with (milliseconds / seconds, as
-        PostgreSQL reads them), for asyncpg's ``server_settings`` and libpq's ``options``: derived here
-        once, so the SQLAlchemy pool, the checkpointer pool and the one-off connections agree.
-
-        No statement or idle-in-transaction timeout for ``migrate``: a migration may rightly run for
-        minutes (an index build), and its advisory-lock session waits while Alembic works. Nothing behind
-        PgBouncer: it refuses unknown startup parameters (set them on the role there instead,
-        ``ALTER ROLE app SET statement_timeout = '10s'``, and use PgBouncer's own ``tcp_keepalive``).
-        """
-        if self.DB_BEHIND_PGBOUNCER:
-            return {}
-        values = {
-            "tcp_keepalives_idle": str(self.DB_TCP_KEEPALIVES_IDLE),
-            "tcp_keepalives_interval": str(TCP_KEEPALIVES_INTERVAL),
-            "tcp_keepalives_count": str(TCP_KEEPALIVES_COUNT),
-        }
-        if service != "migrate":
-            # At least 1 ms: PostgreSQL reads 0 as "no timeout".
-            values["statement_timeout"] = str(max(1, round(self.DB_STATEMENT_TIMEOUT * 1000)))
-            values["idle_in_transaction_session_timeout"] = str(
-                round(self.DB_IDLE_IN_TRANSACTION_TIMEOUT * 1000)
-            )
-        return values
-
-    @property
-    def api_graceful_shutdown_timeout(self) -> int:
-        """uvicorn's ``--timeout-graceful-shutdown``: how long a worker waits for the requests in flight
-        once the drain is over. A request ends by REQUEST_TIMEOUT_SECONDS (503 request_timeout); the
-        second more lets that answer be written. Past it uvicorn cancels what is left."""
-        return math.ceil(self.REQUEST_TIMEOUT_SECONDS) + 1
-
-    def shutdown_seconds(self, service: str) -> int:
-        """The longest a replica of ``service`` takes from SIGTERM to the exit of its whole process tree:
-        what Railway's ``drainingSeconds`` (SIGTERM to SIGKILL) must allow.
-
-        * API: the drain (API_DRAIN_SECONDS), then the requests in flight
-          (``api_graceful_shutdown_timeout``), then the lifespan closes the pools;
-        * worker: Celery's soft shutdown (CELERY_SOFT_SHUTDOWN_TIMEOUT, only when a task is running),
-          then the cold shutdown cancels what still runs, hands its messages back and closes the pools.
-
-        SHUTDOWN_MARGIN_SECONDS covers the closing and the exit (figures measured in
-        docs/connection-pool-guide.md, "What each service does in a deploy window").
-        """
-        if topology.service(service).is_worker:
-            work = self.CELERY_SOFT_SHUTDOWN_TIMEOUT
-        else:
-            work = self.API_DRAIN_SECONDS + self.api_graceful_shutdown_timeout
-        return math.ceil(work + self.SHUTDOWN_MARGIN_SECONDS)
-
-    @property
-    def celery_visibility_timeout(self) -> int:
-        """Seconds after which Redis hands an unacknowledged message to another worker.
-
-        Only the late-acknowledged services depend on it: one of their messages stays unacknowledged
-        while the worker holds it for a retry countdown (at most ``topology.RETRY_COUNTDOWN_MAX``)
-        and while it runs (at most its service's hard time limit); 10% of that limit more covers the
-        pool's scheduling and the kill at the hard limit. Any shorter and a slow but alive task would
-        be started a second time; any longer and the tasks of a worker that died without restoring
-        them (SIGKILL, OOM, a crash during a Redis outage) wait that much longer for another worker.
-        """
-        limits = [p.time_limit for p in sizing.fleet(self) if p.service.acks_late and p.time_limit]
-        longest = max(limits, default=0)
-        return longest + topology.RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
-
-    @property
-    def database_url(self) -> str:
-        """asyncpg URL for SQLAlchemy. Contains the password: never log it, use ``database_url_masked``."""
-        if self.DATABASE_URL is not None:
-            return to_asyncpg_url(self.DATABASE_URL.get_secret_value())
-        password = self.POSTGRES_PASSWORD.get_secret_value()
-        auth = quote(self.POSTGRES_USER, safe="")
-        if password:
-            auth += ":" + quote(password, safe="")
-        return (
-            f"postgresql+asyncpg://{auth}@{self.POSTGRES_HOST}:{self.POSTGRES_PORT}/"
-            f"{quote(self.POSTGRES_DB, safe='')}"
-        )
-
-    @property
-    def database_conninfo(self) -> str:
-        """libpq URL of the main database, for psycopg (the budget guard's one-off query)."""
-        return to_libpq_url(self.database_url)
-
-    @property
-    def checkpointer_conninfo(self) -> str:
-        """libpq URL for psycopg (the LangGraph checkpointer): its own database or the main one."""
-        if self.CHECKPOINTER_DATABASE_URL is not None:
-            return to_libpq_url(self.CHECKPOINTER_DATABASE_URL.get_secret_value())
-        return self.database_conninfo
-
-    @property
-    def llm_offline(self) -> bool:
-        return self.LLM_PROVIDER == "offline" or (
-            self.LLM_PROVIDER == "auto" and not self.LLM_API_KEY.get_secret_value()
-        )
-
-    @property
-    def database_url_masked(self) -> str:
-        return mask_url(self.database_url)
-
-    @property
-    def redis_url(self) -> str:
-        return self.REDIS_URL.get_secret_value()
-
-    @property
-    def redis_ssl_cert_reqs(self) -> str | None:
-        return redis_cert_reqs(self.redis_url)
-
-    def application_name(self, service: str | None = None) -> str:
-        """``<environment>.<service>``: what pg_stat_activity groups the server's connections by."""
-        return f"{self.ENVIRONMENT}.{service or self.SERVICE_TYPE}"
-
-    def secret_values(self) -> list[str]:
-        """Every secret string this process knows, for the log redactor."""
-        values: list[str] = []
-        for name in _SECRET_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                values.append(value.get_secret_value())
-        password = _url_password(self.database_url)
-        if password:
-            values.append(password)
-        return values
-
-
-def redis_cert_reqs(url: str) -> str | None:
-    """For a ``rediss://`` URL, its ``ssl_cert_reqs`` (required, optional, none; default required)."""
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    return parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0].lower().removeprefix("cert_")
-
-
-# The drivers a URL may name that each consumer accepts in place of its own. A URL naming any other
-# driver is returned as it is.
-_ASYNCPG_FROM = frozenset({"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"})
-_LIBPQ_FROM = frozenset({"postgres", "postgresql+asyncpg", "postgresql+psycopg"})
-
-
-def _with_driver(url: str, driver: str, replaced: frozenset[str]) -> str:
-    """``url`` naming ``driver`` when SQLAlchemy's parser (the engine's own) reads its driver as one of
-    ``replaced``; otherwise ``url`` unchanged.
-
-    Only the driver changes. ``render_as_string`` would re-encode the rest, and libpq reads the result
-    differently: it refuses the raw space a ``%20`` in a password or database name becomes, and takes a
-    ``+`` in a query value literally where SQLAlchemy's form encoding means a space.
-    """
-    from sqlalchemy.engine import make_url
-
-    current = make_url(url).drivername  # the URL's scheme, exactly as written
-    if current not in replaced:
-        return url
-    return driver + url[len(current) :]
-
-
-def to_asyncpg_url(url: str) -> str:
-    """Accept the ``postgres://`` / ``postgresql://`` forms PaaS hand out; SQLAlchemy needs the driver."""
-    return _with_driver(url, "postgresql+asyncpg", _ASYNCPG_FROM)
-
-
-def to_libpq_url(url: str) -> str:
-    """The URL as libpq (psycopg) reads it: ``postgresql://``, without a SQLAlchemy driver."""
-    return _with_driver(url, "postgresql", _LIBPQ_FROM)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is masked entirely
-        return "<unparsable url>"
-
-
-def _url_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).password  # type: ignore[return-value]
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _is_secret(annotation: object) -> bool:
-    return annotation is SecretStr or SecretStr in get_args(annotation)
-
-
-# Fields whose value is never echoed, not even in a validation message.
-_SECRET_FIELDS = frozenset(
-    name for name, field in Settings.model_fields.items() if _is_secret(field.annotation)
-)
-
-
-def _one_line(error: ValidationError) -> str:
-    """Turn pydantic's multi-line report into one line that names each variable and what is allowed."""
-    parts = []
-    for item in error.errors():
-        name = ".".join(str(p) for p in item["loc"]) or "settings"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["loc"] and name not in _SECRET_FIELDS and "input" in item:
-            parts.append(f"{name}={item['input']!r}: {message}")
-        else:
-            parts.append(f"{name}: {message}")
-    return "invalid configuration: " + "; ".join(parts)
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment (and ``ENV_FILE`` when set), or stop with one line naming the variable."""
-    env_file = os.environ.get("ENV_FILE") or None
-    if env_file is not None and not os.path.isfile(env_file):
-        # pydantic-settings skips a missing env file silently: every value in it would be lost unseen.
-        raise InvalidSettingsError(
-            f"ENV_FILE={env_file!r}: no such file (relative to {os.getcwd()}); fix the path or unset ENV_FILE"
-        )
-    try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
-    except ValidationError as exc:
-        raise InvalidSettingsError(_one_line(exc)) from None
-
-
-class _DeclaredSettings(Settings):
-    """Settings from the code's defaults and the values given, ignoring this process's environment."""
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[no-untyped-def,override]
-        return (init_settings,)
-
-
-def settings_from_mapping(values: Mapping[str, object]) -> Settings:
-    """The settings another process would get from ``values`` (its environment or an env file):
-    the budget CLI and the load harness compute budgets for processes other than themselves."""
-    known = {k: v for k, v in values.items() if k in Settings.model_fields}
-    try:
-        return _DeclaredSettings(**known)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise InvalidSettingsError(_one_line(exc)) from None
-
 
 @lru_cache
 def get_settings() -> Settings:
     """The process's settings, read once."""
-    return load_settings()
+    return Settings.load()

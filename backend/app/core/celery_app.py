@@ -21,7 +21,7 @@ modules and everything that enqueues import this one, so it must stay at the bot
 Delivery: content and workflow tasks are acknowledged late and rejected (so redelivered) when their
 child process dies, with prefetch 1 so a long task never sits behind another in a child's buffer. The
 messages of a worker that died are handed out again after the visibility timeout derived from the
-time limits (``Settings.celery_visibility_timeout``).
+time limits (``app.sizing.celery_visibility_timeout``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from app import sizing, topology
+from app.config import connections
 from app.config.settings import Settings, get_settings
 
 _SSL_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -42,7 +43,7 @@ WORKER_MODULES = ["app.worker.lifecycle", "app.worker.events"]
 
 def _ssl_options(settings: Settings) -> dict[str, Any] | None:
     """``rediss://...?ssl_cert_reqs=required`` (the managed-Redis URL form) -> redis-py SSL options."""
-    wanted = settings.redis_ssl_cert_reqs
+    wanted = connections.redis_ssl_cert_reqs(settings)
     return None if wanted is None else {"ssl_cert_reqs": _SSL_REQS[wanted]}
 
 
@@ -78,7 +79,7 @@ class QueueTaskOptions:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    url = settings.redis_url
+    url = connections.redis_url(settings)
     exchange = Exchange("roadmap", type="direct")
     prefix = {"global_keyprefix": settings.REDIS_KEY_PREFIX} if settings.REDIS_KEY_PREFIX else {}
     return {
@@ -107,7 +108,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # At SIGTERM (remapped to Celery's cold shutdown by the start command, app.topology) running
         # tasks get this long to finish; the rest are cancelled and their late-acknowledged messages
-        # go back to the queue (Settings.shutdown_seconds).
+        # go back to the queue (app.sizing.shutdown_seconds).
         "worker_soft_shutdown_timeout": settings.CELERY_SOFT_SHUTDOWN_TIMEOUT,
         # Recycle a child after many tasks: bounds slow leaks without touching the pool budget.
         "worker_max_tasks_per_child": 1000,
@@ -127,7 +128,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": 5,
         "broker_transport_options": {
             # Late-acknowledged messages of a worker that died are handed to another one after this.
-            "visibility_timeout": settings.celery_visibility_timeout,
+            "visibility_timeout": sizing.celery_visibility_timeout(settings),
             # Look for such messages every 10 s (kombu's unacked_restore_interval), not every 10th
             # look (100 s): redelivery is then bounded by the timeout plus 10 s. One indexed range
             # query per worker parent, under kombu's mutex.

@@ -3,7 +3,7 @@
 psycopg has no client-side statement deadline, and psycopg_pool's ``check`` and LangGraph's own calls
 have none either: against a server that stopped answering they would wait forever. So the pool's check
 is bounded, and every saver operation fails with ``CheckpointerTimeout`` once
-``Settings.checkpointer_operation_timeout`` has passed.
+``app.config.connections.checkpointer_operation_timeout`` has passed.
 """
 
 from __future__ import annotations

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 
+from app.config.connections import database_url
+from app.config.loading import secret_fields
 from app.config.settings import Settings
+from app.config.urls import url_password
 
 
 @dataclass
@@ -63,11 +67,23 @@ class SecretRedactor:
         return event_dict
 
 
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret string this process knows, for the redactor: each secret field's value, and the
+    database password alone (it may appear without the rest of its URL)."""
+    values = [
+        v.get_secret_value()
+        for n in secret_fields(Settings)
+        if isinstance(v := getattr(settings, n), SecretStr)
+    ]
+    password = url_password(database_url(settings))
+    return [v for v in values if v] + ([password] if password else [])
+
+
 def configure_logging(settings: Settings, service: str | None = None, *, force: bool = False) -> None:
     """Install the processors and the root handler (replacing, never adding: a second call leaves one
     handler). ``force``: loggers are not cached, so a later call takes effect for them too (tests
     switch formats)."""
-    redactor = SecretRedactor(settings.secret_values())
+    redactor = SecretRedactor(secret_values(settings))
     static = {"service": service or settings.SERVICE_TYPE, "environment": settings.ENVIRONMENT}
 
     def add_static(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:

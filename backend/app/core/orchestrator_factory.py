@@ -17,7 +17,7 @@ the factory builds its own ``AsyncConnectionPool``:
   LangGraph's own calls have none either: against a server that stopped answering they would wait
   forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``, in
   ``app.core.checkpointer_saver``) fails with ``CheckpointerTimeout`` once
-  ``Settings.checkpointer_operation_timeout`` has passed;
+  ``checkpointer_operation_timeout`` has passed;
 * a connection the server refuses for want of slots (53300) is counted in
   ``db_allocation_exhausted_total{service="<service>.langgraph"}``: the pool retries in the background
   and its callers only ever see a ``PoolTimeout``, so the connect itself is where the refusal shows.
@@ -39,10 +39,17 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from app import runtime
-from app.config.connections import libpq_params, refused_for_slots
+from app.config.connections import (
+    application_name,
+    checkpointer_conninfo,
+    checkpointer_operation_timeout,
+    libpq_params,
+    refused_for_slots,
+)
 from app.config.settings import Settings, get_settings
 from app.core import metrics
 from app.core.checkpointer_saver import BoundedPostgresSaver, bounded_check
+from app.topology import MIGRATE
 
 log = structlog.get_logger("app.orchestrator")
 T = TypeVar("T")
@@ -55,7 +62,7 @@ def checkpointer_service(service: str) -> str:
 
 
 def checkpointer_application_name(settings: Settings, service: str) -> str:
-    return settings.application_name(checkpointer_service(service))
+    return application_name(settings, checkpointer_service(service))
 
 
 def refusal_counting_connection(settings: Settings, service: str) -> type[psycopg.AsyncConnection[Any]]:
@@ -101,7 +108,7 @@ class OrchestratorFactory:
         self.service = service
         self.pool = self.build_pool(settings, service)
         self.saver = BoundedPostgresSaver(self.pool)  # type: ignore[arg-type]
-        self.saver.deadline = settings.checkpointer_operation_timeout(service)
+        self.saver.deadline = checkpointer_operation_timeout(settings, service)
 
     @staticmethod
     def build_pool(settings: Settings, service: str) -> AsyncConnectionPool:
@@ -113,7 +120,7 @@ class OrchestratorFactory:
         if settings.DB_BEHIND_PGBOUNCER:
             kwargs["prepare_threshold"] = None  # never prepare: PgBouncer transaction mode
         return AsyncConnectionPool(
-            conninfo=settings.checkpointer_conninfo,
+            conninfo=checkpointer_conninfo(settings),
             min_size=settings.LANGGRAPH_POOL_MIN_SIZE,
             max_size=settings.LANGGRAPH_POOL_MAX_SIZE,
             timeout=settings.LANGGRAPH_POOL_TIMEOUT,
@@ -205,9 +212,9 @@ async def setup_checkpointer_tables() -> None:
 
     settings = get_settings()
     async with await AsyncConnection.connect(
-        settings.checkpointer_conninfo,
+        checkpointer_conninfo(settings),
         autocommit=True,
         row_factory=dict_row,
-        **libpq_params(settings, "migrate"),
+        **libpq_params(settings, MIGRATE),
     ) as conn:
         await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import redis
 from redis.asyncio import Redis
 
 from app import runtime
+from app.config import connections
 from app.config.settings import get_settings
 
 
@@ -23,11 +24,11 @@ def _options() -> dict[str, Any]:
 
 
 def _build_async() -> Redis:
-    return Redis.from_url(get_settings().redis_url, health_check_interval=30, **_options())
+    return Redis.from_url(connections.redis_url(get_settings()), health_check_interval=30, **_options())
 
 
 def _build_sync() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, **_options())
+    return redis.Redis.from_url(connections.redis_url(get_settings()), **_options())
 
 
 async def _close_async(client: Redis) -> None:

@@ -7,9 +7,9 @@ closing the parent's sockets after fork, disposed at shutdown).
 Every connection sets ``application_name`` to ``<environment>.<service>``, so pg_stat_activity, the
 budget audit and the Prometheus labels all name the same services.
 
-Every connection also carries deadlines (``Settings.session_settings`` / ``command_timeout``): the
-server's ``statement_timeout`` and ``idle_in_transaction_session_timeout``, server-side TCP keepalives,
-and asyncpg's ``command_timeout``, the one that still fires when the server never answers. A statement
+Every connection also carries deadlines (``app.config.connections``): the server's ``statement_timeout``
+and ``idle_in_transaction_session_timeout``, server-side TCP keepalives, and asyncpg's
+``command_timeout``, the one that still fires when the server never answers. A statement
 that hits the client deadline leaves its connection mid-protocol, so ``install_timeout_invalidation``
 makes SQLAlchemy discard that connection instead of handing it out again.
 
@@ -32,12 +32,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from app import runtime
-from app.config.connections import asyncpg_connect_args, engine_url, libpq_params
+from app.config.connections import (
+    application_name,
+    asyncpg_connect_args,
+    database_conninfo,
+    database_url_masked,
+    engine_url,
+    libpq_params,
+)
 from app.config.settings import Settings, get_settings
 from app.core import metrics
 from app.db.errors import is_allocation_exhausted
 from app.db.liveness import install_idle_ping
 from app.db.pool_metrics import instrument_pool
+from app.sizing import pool_sizing
 
 log = structlog.get_logger("app.db")
 
@@ -87,7 +95,7 @@ def count_refusals(engine: AsyncEngine, settings: Settings, service: str) -> Non
 
 def build_engine(settings: Settings, service: str) -> AsyncEngine:
     """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
-    sizing = settings.pool(service)
+    sizing = pool_sizing(settings, service)
     if settings.DB_POOL_CLASS == "null":
         engine = build_unpooled_engine(settings, service)
     else:
@@ -114,11 +122,11 @@ def build_engine(settings: Settings, service: str) -> AsyncEngine:
     log.info(
         "db_engine_created",
         pool_service=service,
-        url=settings.database_url_masked,
+        url=database_url_masked(settings),
         pool_size=sizing.pool_size,
         max_overflow=sizing.max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
-        application_name=settings.application_name(service),
+        application_name=application_name(settings, service),
         pid=os.getpid(),
     )
     return engine
@@ -137,7 +145,7 @@ def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
 def direct_connection(settings: Settings, service: str) -> psycopg.Connection:
     """One synchronous autocommit connection for a one-off step (the budget guard, the migration
     lock): named like every other connection, bounded by DB_CONNECT_TIMEOUT, never pooled."""
-    return psycopg.connect(settings.database_conninfo, autocommit=True, **libpq_params(settings, service))
+    return psycopg.connect(database_conninfo(settings), autocommit=True, **libpq_params(settings, service))
 
 
 @dataclass(frozen=True)
@@ -191,7 +199,7 @@ class PoolSnapshot:
 def pool_snapshot() -> PoolSnapshot:
     state = process_engine()
     pool = state.engine.sync_engine.pool
-    sizing = state.settings.pool(state.service)
+    sizing = pool_sizing(state.settings, state.service)
     max_connections = sizing.max_connections
     if not hasattr(pool, "overflow"):  # NullPool (DB_POOL_CLASS=null): nothing pooled to report
         return PoolSnapshot(sizing.pool_size, 0, 0, sizing.max_overflow, max_connections, 0.0)

@@ -28,6 +28,7 @@ from app.config.settings import Settings
 from app.core import metrics
 from app.core.logging import LogRateLimiter
 from app.db.leak_sites import checkout_site
+from app.sizing import pool_sizing
 
 log = structlog.get_logger("app.db.pool")
 
@@ -130,13 +131,13 @@ def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> Po
     pool: Pool = engine.sync_engine.pool
     inst = PoolInstrumentation(
         service=service,
-        max_connections=settings.pool(service).max_connections,
+        max_connections=pool_sizing(settings, service).max_connections,
         high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
         critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
         limiter=LogRateLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
         leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
     )
-    sizing = settings.pool(service)
+    sizing = pool_sizing(settings, service)
     metrics.DB_POOL_SIZE.labels(service).set(sizing.pool_size)
     metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(sizing.max_connections)
     metrics.DB_POOL_IN_USE.labels(service).set(0)

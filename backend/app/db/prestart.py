@@ -31,12 +31,14 @@ from alembic.config import Config
 from sqlalchemy import text
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
+from app.config import connections
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db import connection_cap
 from app.db.engine import build_unpooled_engine, direct_connection
 from app.db.errors import is_database_misconfigured
+from app.topology import MIGRATE
 
 log = structlog.get_logger("app.prestart")
 
@@ -50,7 +52,7 @@ def alembic_config() -> Config:
 
 
 async def _ping() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -115,7 +117,7 @@ def migration_lock(timeout: float) -> Iterator[psycopg.Connection]:
             "prestart needs PostgreSQL directly (a session-level lock, CREATE INDEX CONCURRENTLY): run it "
             "with DATABASE_URL pointing at the server and DB_BEHIND_PGBOUNCER=false"
         )
-    with direct_connection(settings, "migrate") as conn:
+    with direct_connection(settings, MIGRATE) as conn:
         deadline = time.monotonic() + timeout
         waited = False
         locked = "SELECT pg_try_advisory_lock(%s)"
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings, service="migrate")
-    log.info("prestart_begin", database=settings.database_url_masked)
+    configure_logging(settings, service=MIGRATE)
+    log.info("prestart_begin", database=connections.database_url_masked(settings))
     wait_for_database(args.wait)
     with migration_lock(args.lock_timeout) as conn:
         before = schema_revision(conn)

@@ -15,7 +15,7 @@ and ``db_connection_hold_seconds`` would show seconds instead of milliseconds.
 
 Concepts that start or finish together are marked started and written together (``app.db.batch``:
 one statement per wave, not one per concept), and the task's concurrent checkouts are bounded below
-its pool's high-usage mark (``Settings.fan_out_checkouts``), so a wave of 15 concepts queues briefly
+its pool's high-usage mark (``app.sizing.fan_out_checkouts``), so a wave of 15 concepts queues briefly
 for a slot instead of filling a 10-connection pool.
 """
 
@@ -40,7 +40,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from app import runtime
+from app import runtime, sizing
 from app.config.settings import get_settings
 from app.core.celery_app import celery_app
 from app.db.batch import Coalescer
@@ -246,7 +246,7 @@ async def generate_content(
     run = _Run(asyncio.Semaphore(settings.CONCEPT_CONCURRENCY_LIMIT))
 
     started = time.perf_counter()
-    with limit_checkouts(settings.fan_out_checkouts(process_engine().service)):
+    with limit_checkouts(sizing.fan_out_checkouts(settings, process_engine().service)):
         results = await asyncio.gather(
             *(_generate_one(roadmap_id, topic, cid, title, llm, router, run) for cid, title in todo),
             return_exceptions=True,

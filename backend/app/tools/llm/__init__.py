@@ -8,9 +8,16 @@ from app.tools.llm.offline import OfflineLLM
 from app.tools.llm.openai_compatible import OpenAICompatibleLLM
 
 
+def _is_offline(settings: Settings) -> bool:
+    """``auto`` uses the OpenAI-compatible API when LLM_API_KEY is set, else the offline provider."""
+    return settings.LLM_PROVIDER == "offline" or (
+        settings.LLM_PROVIDER == "auto" and not settings.LLM_API_KEY.get_secret_value()
+    )
+
+
 def get_llm(settings: Settings | None = None) -> RoadmapLLM:
     settings = settings or get_settings()
-    if settings.llm_offline:
+    if _is_offline(settings):
         return OfflineLLM(latency=settings.LLM_OFFLINE_LATENCY)
     return OpenAICompatibleLLM(
         base_url=settings.LLM_BASE_URL,
