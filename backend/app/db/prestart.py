@@ -28,12 +28,14 @@ import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
 from sqlalchemy import text
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
+from app.config.connections import libpq_params
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
-from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db import connection_cap
 from app.db.engine import build_unpooled_engine, direct_connection
 from app.db.errors import is_database_misconfigured
@@ -159,6 +161,19 @@ def apply_connection_cap(conn: psycopg.Connection, settings: Settings) -> None:
         changed=[f"{c.target} {c.before} -> {c.after}" for c in changes],
         superuser_exempt=in_force.superuser,
     )
+
+
+async def setup_checkpointer_tables() -> None:
+    """Create/upgrade LangGraph's tables. Its migrations include CREATE INDEX CONCURRENTLY, which needs
+    autocommit: a single plain connection, closed afterwards."""
+    settings = get_settings()
+    async with await psycopg.AsyncConnection.connect(
+        settings.checkpointer_conninfo,
+        autocommit=True,
+        row_factory=dict_row,
+        **libpq_params(settings, "migrate"),
+    ) as conn:
+        await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
