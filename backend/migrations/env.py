@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from app.config.settings import get_settings
-from app.db.engine import build_unpooled_engine
+from app.db.engine import build_unpooled_engine, engine_options
 from app.db.models import Base, alembic_include_name
 
 target_metadata = Base.metadata
@@ -26,7 +26,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(engine_options(get_settings(), "migrate"))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

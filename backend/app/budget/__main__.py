@@ -36,7 +36,7 @@ from app.config.settings import (
 )
 from app.core.logging import configure_logging
 from app.db import connection_cap
-from app.db.engine import build_unpooled_engine
+from app.db.engine import build_unpooled_engine, engine_options
 from app.sizing import ServicePlan
 
 
@@ -240,7 +240,7 @@ def render_audit(audit: Audit) -> str:
 
 
 async def _audit(settings: Settings) -> Audit:
-    engine = build_unpooled_engine(settings, service="audit")
+    engine = build_unpooled_engine(engine_options(settings, "audit"))
     try:
         async with engine.connect() as conn:
             return await run_audit(conn, settings)

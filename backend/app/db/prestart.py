@@ -37,7 +37,7 @@ from app.config.connections import libpq_params
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.db import connection_cap
-from app.db.engine import build_unpooled_engine, direct_connection
+from app.db.engine import build_unpooled_engine, direct_connection, engine_options
 from app.db.errors import is_database_misconfigured
 
 log = structlog.get_logger("app.prestart")
@@ -52,7 +52,7 @@ def alembic_config() -> Config:
 
 
 async def _ping() -> None:
-    engine = build_unpooled_engine(get_settings(), service="migrate")
+    engine = build_unpooled_engine(engine_options(get_settings(), "migrate"))
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
