@@ -33,7 +33,7 @@ async def drive(url: str, pool: tuple[str, str, str], hold: float, seconds: floa
     from sqlalchemy import text
 
     from app.config.settings import Settings
-    from app.db.engine import build_engine
+    from app.db.engine import build_engine, engine_options
 
     size, overflow, timeout = pool
     settings = Settings.from_mapping({
@@ -41,7 +41,7 @@ async def drive(url: str, pool: tuple[str, str, str], hold: float, seconds: floa
         # The old pools had no request deadline; one above their 30 s keeps the settings valid.
         "REQUEST_TIMEOUT_SECONDS": float(timeout) + 30, "LOG_LEVEL": "WARNING",
     })  # fmt: skip
-    engine = build_engine(settings, "bench")  # not a topology service: the shared sizes apply
+    engine = build_engine(engine_options(settings, "bench"))  # not a topology service: the shared sizes apply
     statement = text("SELECT pg_sleep(:h)").bindparams(h=hold) if hold else text("SELECT 1")
     done = 0
     deadline = time.perf_counter() + seconds

@@ -30,7 +30,7 @@ from app.budget.model import budget_from_settings
 from app.config import connections
 from app.config.settings import Settings
 from app.db.connection_cap import expected_cap
-from app.db.engine import build_engine
+from app.db.engine import build_engine, engine_options
 from app.db.errors import is_allocation_exhausted
 from scripts.own_services import OwnPostgres, execute, free_port, running_api
 from tests.support.auth import auth
@@ -171,7 +171,7 @@ def _refused(environment: str, service: str) -> float:
 
 @asynccontextmanager
 async def _engines(settings: Settings, services: list[str]) -> AsyncIterator[list[AsyncEngine]]:
-    engines = [build_engine(settings, service) for service in services]
+    engines = [build_engine(engine_options(settings, service)) for service in services]
     try:
         yield engines
     finally:

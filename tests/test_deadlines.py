@@ -24,7 +24,7 @@ from app.config import connections
 from app.config.settings import get_settings
 from app.core.checkpointer_saver import CheckpointerTimeout
 from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
-from app.db.engine import build_unpooled_engine, get_engine, pool_snapshot
+from app.db.engine import build_unpooled_engine, engine_options, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
 from scripts.own_services import free_port, running_api
@@ -72,7 +72,7 @@ async def test_connections_carry_the_server_side_deadlines(test_db_name: str) ->
         "tcp_keepalives_idle": "30",
     }
 
-    migrate_engine = build_unpooled_engine(settings, "migrate")
+    migrate_engine = build_unpooled_engine(engine_options(settings, "migrate"))
     try:
         async with migrate_engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection

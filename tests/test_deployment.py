@@ -30,15 +30,15 @@ HTTP = "--http app.api.http_protocol:BoundedHttpToolsProtocol --timeout-keep-ali
 EXPECTED = {
     "production": {
         "api": f"{API} --workers 8 {HTTP} --timeout-graceful-shutdown 9",
-        "celery_logs": f"{CELERY} --queues=logs --concurrency=8 --hostname=logs@%h",
-        "celery_content": f"{CELERY} --queues=content_generation --concurrency=10 --hostname=content@%h",
-        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=6 --hostname=workflow@%h",
+        "celery_logs": f"{CELERY} --queues=logs --hostname=logs@%h",
+        "celery_content": f"{CELERY} --queues=content_generation --hostname=content@%h",
+        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --hostname=workflow@%h",
     },
     "development": {
         "api": f"{API} --workers 4 {HTTP} --timeout-graceful-shutdown 9",
-        "celery_logs": f"{CELERY} --queues=logs --concurrency=4 --hostname=logs@%h",
-        "celery_content": f"{CELERY} --queues=content_generation --concurrency=6 --hostname=content@%h",
-        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --concurrency=4 --hostname=workflow@%h",
+        "celery_logs": f"{CELERY} --queues=logs --hostname=logs@%h",
+        "celery_content": f"{CELERY} --queues=content_generation --hostname=content@%h",
+        "celery_workflow": f"{CELERY} --queues=roadmap_workflow --hostname=workflow@%h",
     },
 }
 
@@ -69,17 +69,26 @@ def test_dry_run_prints_the_guide_command(environment: str, service: str) -> Non
 
 
 def test_the_command_follows_the_settings_the_budget_reads() -> None:
-    """No defaults in the shell: the process count is the service's setting, the service an argument."""
-    result = entrypoint(ENVIRONMENT="development", CELERY_CONTENT_CONCURRENCY="3", DRY_RUN="1")
+    """No defaults in the shell: the API's process count is its setting, the service an argument. A
+    worker's child count is on no command line: its parent takes it from the plan (test_workers.py)."""
+    result = entrypoint(ENVIRONMENT="development", UVICORN_WORKERS="3", DRY_RUN="1")
     assert result.returncode != 0  # neither SERVICE_TYPE nor an argument
-    result = subprocess.run(
-        ["bash", str(ENTRYPOINT), "celery_content"],
-        env={"PATH": os.environ["PATH"], "ENVIRONMENT": "development", "CELERY_CONTENT_CONCURRENCY": "3",
-             "DRY_RUN": "1"},
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.stdout.split() == [*EXPECTED["development"]["celery_content"].split()[:-2],
-                                     "--concurrency=3", "--hostname=content@%h"]  # fmt: skip
+    base = {"PATH": os.environ["PATH"], "ENVIRONMENT": "development", "DRY_RUN": "1"}
+    commands = {
+        service: subprocess.run(
+            ["bash", str(ENTRYPOINT), service],
+            env={**base, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+        for service, extra in (
+            ("api", {"UVICORN_WORKERS": "3"}),
+            ("celery_content", {"CELERY_CONTENT_CONCURRENCY": "3"}),
+        )
+    }
+    assert "--workers 3" in " ".join(commands["api"])
+    assert commands["celery_content"] == EXPECTED["development"]["celery_content"].split()
 
 
 def test_port_is_honoured() -> None:

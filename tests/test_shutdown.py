@@ -3,7 +3,7 @@
 * API (``railway_entrypoint.sh api``, 2 uvicorn workers): a new connection is refused at once (not
   queued and reset), a request in flight still gets its 200, ``/health`` on a kept-alive connection
   says ``draining``, and the process tree exits well before ``sizing.shutdown_seconds(settings, "api")``.
-* Workers (``start_command``, the Railway start command): a task that fits the soft shutdown finishes
+* Workers (``app.start_commands``, the Railway start command): a task that fits the soft shutdown finishes
   where it runs; a longer one is handed back at once and finishes on another worker; each completes
   exactly once, and the stopped worker's tree exits within ``sizing.shutdown_seconds``.
 """
@@ -196,8 +196,9 @@ SOFT_SHUTDOWN = 3.0
 
 def start_production_worker(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The Railway start command of ``service``, with a node name of its own (two run side by side)."""
+    from app.start_commands import start_command
 
-    command = sizing.start_command(Settings.from_mapping(env), service)
+    command = start_command(Settings.from_mapping(env), service)
     command = [f"--hostname={log.stem}@%h" if a.startswith("--hostname=") else a for a in command]
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=BACKEND, env=env, stdout=out, stderr=subprocess.STDOUT)

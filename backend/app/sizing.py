@@ -1,10 +1,11 @@
-"""Each service of the topology as the settings size it: its replicas, processes, pools, start command
-and shutdown bound.
+"""Each service of the topology as the settings size it: its replicas, processes, pools and shutdown
+bound.
 
-The one place a service's plan is computed: the budget, ``--suggest``, the Celery configuration, the
-entrypoint's command, the Railway file and the docs tables all read ``plan`` / ``fleet``. It reads the
-settings by the variable names the topology gives (``<PREFIX>_DB_POOL_SIZE`` ...) through ``Sized``, and
-imports nothing from ``app.config``, which sits above it in the layer order.
+The one place a service's plan is computed: the budget, ``--suggest``, a worker's child count
+(``app.worker.lifecycle``), the start commands (``app.start_commands``), the Railway file and the docs
+tables all read ``plan`` / ``fleet``. It reads the settings by the variable names the topology gives
+(``<PREFIX>_DB_POOL_SIZE`` ...) through ``Sized``, and imports nothing from ``app.config``, which sits
+above it in the layer order.
 """
 
 from __future__ import annotations
@@ -158,32 +159,3 @@ def celery_visibility_timeout(settings: Sized) -> int:
     limits = [p.time_limit for p in fleet(settings) if p.service.acks_late and p.time_limit]
     longest = max(limits, default=0)
     return longest + RETRY_COUNTDOWN_MAX + math.ceil(longest * 0.1)
-
-
-def start_command(settings: Sized, name: str, *, port: str = "8000", loglevel: str = "INFO") -> list[str]:
-    """The command that starts one replica of ``name`` (uvicorn, or a Celery worker on its queue), its
-    process count from settings.
-
-    railway_entrypoint.sh execs exactly this (``python -m app.budget --command NAME``), so what the
-    shell starts and what the budget counts cannot disagree. A worker started by any other command
-    still gets its ``worker_concurrency`` from the same setting (app.core.celery_app).
-    """
-    p = plan(settings, name)
-    if not p.service.is_worker:
-        # uvicorn with a supervisor that refuses new connections at SIGTERM (app.api.server), and an HTTP
-        # protocol that bounds what a connection holds before its request is read (app.api.http_protocol).
-        return [
-            "python", "-m", "app.api.server", "app.main:app", "--host", "0.0.0.0", "--port", port,
-            "--workers", str(p.processes),
-            "--http", "app.api.http_protocol:BoundedHttpToolsProtocol",
-            "--timeout-keep-alive", str(settings.API_KEEP_ALIVE_SECONDS),
-            "--timeout-graceful-shutdown", str(api_graceful_shutdown_timeout(settings)),
-        ]  # fmt: skip
-    # Celery's SIGTERM is a warm shutdown that waits for every running task (up to its time limit, an
-    # hour for a workflow); remapped to the cold one, it waits CELERY_SOFT_SHUTDOWN_TIMEOUT, then
-    # hands the rest back. Read from the environment when Celery is imported, hence `env` here.
-    return [
-        "env", "REMAP_SIGTERM=SIGQUIT",
-        "celery", "-A", "app.core.celery_app", "worker", f"--loglevel={loglevel}",
-        f"--queues={p.service.queue}", f"--concurrency={p.processes}", f"--hostname={p.service.node}@%h",
-    ]  # fmt: skip

@@ -9,8 +9,8 @@ Each entry says what the rest of the code needs to know about it, and everything
   process counts from it;
 * Celery builds its queues, routes and per-queue task options from it, and a worker takes its
   ``worker_concurrency`` from its service's setting, whatever command started it;
-* ``python -m app.budget`` (model, guard, audit, ``--suggest``, ``--command``), the metric labels,
-  ``.railway/railway.py``, the docs tables, the load harness and the tests iterate over it.
+* ``python -m app.budget`` (model, guard, audit, ``--suggest``), ``app.start_commands``, the metric
+  labels, ``.railway/railway.py``, the docs tables, the load harness and the tests iterate over it.
 
 Adding a queue is one entry here plus its task module.
 

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from app.config import connections
 from app.config.settings import get_settings
-from app.db.engine import build_unpooled_engine
+from app.db.engine import build_unpooled_engine, engine_options
 from app.db.models import Base, alembic_include_name
 from app.topology import MIGRATE
 
@@ -28,7 +28,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
+    engine = build_unpooled_engine(engine_options(get_settings(), MIGRATE))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -6,9 +6,9 @@
 #   backend/scripts/railway_entrypoint.sh celery_content      # the same, as deploy/railway/*.json do it
 #   DRY_RUN=1 ...   prints the one command line it would exec, and exits 0
 #
-# The command and its process count come from the settings (python -m app.budget --command), the same
-# numbers the connection budget counts: production defaults, ENVIRONMENT=development for the
-# development profile, any variable set explicitly wins. No defaults live in this file.
+# The command comes from the settings (python -m app.start_commands), the same plan the connection
+# budget counts: production defaults, ENVIRONMENT=development for the development profile, any
+# variable set explicitly wins. No defaults live in this file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Run from a checkout, the project's virtualenv (./scripts/dev.sh creates .venv) provides python,
@@ -20,15 +20,18 @@ fi
 
 export SERVICE_TYPE="${1:-${SERVICE_TYPE:-}}"
 
+# The command to run, e.g. `celery -A app.core.celery_app worker ...`; exit 64 for an unknown service.
+line=$(python -m app.start_commands "$SERVICE_TYPE")
 if [ "${DRY_RUN:-0}" = "1" ]; then
-  exec python -m app.budget --command "$SERVICE_TYPE"
+  printf '%s\n' "$line"
+  exit 0
 fi
+eval "cmd=($line)"
 
 # The connection budget, checked once per service start against the allocation and the server's own
 # max_connections: DB_BUDGET_ENFORCEMENT=strict refuses here with one line naming the variables; warn
-# logs it once. On stdout: the command to run, e.g. `celery -A app.core.celery_app worker ...`.
-line=$(env -u PROMETHEUS_MULTIPROC_DIR python -m app.budget --guard --command "$SERVICE_TYPE")
-eval "cmd=($line)"
+# logs it once.
+env -u PROMETHEUS_MULTIPROC_DIR python -m app.budget --guard --service "$SERVICE_TYPE"
 export DB_BUDGET_CHECKED=1
 
 # One prometheus multiprocess folder per container, emptied at start: files of a previous run's

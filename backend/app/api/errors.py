@@ -12,8 +12,7 @@ Other database errors (a constraint violated, a bad query) are bugs or bad input
 they are logged with their traceback and answered with a generic 500 body that shows nothing of them.
 
 Invalid requests answer 422 without echoing what was sent (``input``): the client has it, an echoed
-``api_key`` is a secret in a response, and an echoed lone surrogate or NaN cannot even be encoded as
-JSON (the 422 itself became a 500).
+``api_key`` is a secret in a response, and an echoed lone surrogate or NaN cannot be encoded as JSON.
 """
 
 from __future__ import annotations

@@ -1,20 +1,15 @@
 """Per-user quotas on roadmap creation: a rate (ROADMAP_CREATE_RATE_LIMIT) and a cap on roadmaps in
-progress (ROADMAP_MAX_IN_PROGRESS). One user created 1,430 roadmaps in 5 s; each is minutes of LLM
-and search calls on the workers every user shares.
+progress (ROADMAP_MAX_IN_PROGRESS). Each roadmap is minutes of LLM and search calls on the workers
+every user shares.
 
-* The rate is counted in Redis by the ``limits`` library (a moving window, one atomic Lua script per
-  check), so every uvicorn worker and every replica shares one count per user. Over it: 429
-  ``rate_limited`` with ``Retry-After`` (when the oldest request in the window leaves it). It is a
-  dependency of the route (``CreateRateLimit``), checked before the body is parsed into a session.
-* The cap is counted in PostgreSQL, where the roadmaps are, in the creating transaction itself
-  (``claim_in_progress_slot``, after the insert): under a per-user transaction-scoped advisory lock,
-  so a second creation of the same user waits until the first commits or rolls back and then counts
-  it; concurrent requests cannot slip past the cap. Over it: 429 ``too_many_in_progress``, and the
-  transaction (roadmap, outbox message) rolls back. Other users are not serialised.
-* Redis unreachable or stalled: the rate is not counted (fail open, one warning a second). Creation
-  does not need Redis (its task waits in the outbox), so failing closed would turn a Redis outage into
-  a creation outage; the cap still bounds what one user can start. The check is bounded by
-  RATE_CHECK_TIMEOUT, so a stalled Redis costs a POST that long at most, not REDIS_TIMEOUT.
+* The rate is counted in Redis (``limits``, a moving window), so every process and replica shares one
+  count per user; over it, 429 ``rate_limited`` with ``Retry-After``. Checked before the body is parsed.
+* The cap is counted in PostgreSQL in the creating transaction, after the insert, under a per-user
+  lock (``RoadmapRepository.lock_owner``): concurrent creations cannot slip past it. Over it, 429
+  ``too_many_in_progress`` and the insert rolls back.
+* Redis unreachable or stalled (past RATE_CHECK_TIMEOUT): the rate is not counted. Creation does not
+  need Redis (its task waits in the outbox), so failing closed would turn a Redis outage into a
+  creation outage; the cap still bounds what one user can start.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import runtime
@@ -46,12 +40,6 @@ _unchecked = LogRateLimiter(interval=1.0)
 # Redis answers a rate check in well under a millisecond; past this it is stalled, and waiting longer
 # would only add to every POST's latency during the stall.
 RATE_CHECK_TIMEOUT = 0.25
-# pg_advisory_xact_lock(key1, key2): key1 names this lock's purpose (any constant no other lock of
-# this database uses), key2 the user.
-_QUOTA_LOCK_CLASS = 0x0C4EA7E
-_LOCK = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:owner))").bindparams(
-    lock_class=_QUOTA_LOCK_CLASS
-)
 
 
 class QuotaExceeded(Exception):
@@ -122,8 +110,9 @@ async def claim_in_progress_slot(session: AsyncSession, owner: str) -> None:
     insert back) when that makes more than ROADMAP_MAX_IN_PROGRESS of theirs in progress. The lock is
     held until the transaction ends, so the next creation of the same owner counts this one."""
     cap = get_settings().ROADMAP_MAX_IN_PROGRESS
-    await session.execute(_LOCK, {"owner": owner})
-    in_progress = await RoadmapRepository(session).count_in_progress(owner)
+    repo = RoadmapRepository(session)
+    await repo.lock_owner(owner)
+    in_progress = await repo.count_in_progress(owner)
     if in_progress > cap:  # this request's own roadmap included
         # No Retry-After: when one of them finishes is not known here.
         raise QuotaExceeded(

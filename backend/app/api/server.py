@@ -4,7 +4,7 @@
         --http app.api.http_protocol:BoundedHttpToolsProtocol --timeout-keep-alive 5 \
         --timeout-graceful-shutdown 9
 
-uvicorn's own CLI, config and servers (``app.sizing.start_command`` gives this line), with three
+uvicorn's own CLI, config and servers (``app.start_commands`` gives this line), with three
 changes to what happens at SIGTERM:
 
 * **New connections are refused at once.** uvicorn's supervisor binds the listening socket and every

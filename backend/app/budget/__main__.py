@@ -1,4 +1,4 @@
-"""``python -m app.budget``: the budget from the code's own numbers, suggestions, audit, start commands.
+"""``python -m app.budget``: the budget from the code's own numbers, suggestions, audit, start-up guard.
 
 python -m app.budget                              # the settings of this environment (env vars)
 python -m app.budget --environment development    # a profile, without this shell's variables
@@ -7,8 +7,7 @@ python -m app.budget --json                       # machine-readable; exit 1 whe
 python -m app.budget --suggest [--json]           # pool sizes that fit the allocation, the server and
                                                   # the deploy window (DB_BUDGET_DEPLOY_CASE)
 python -m app.budget --audit [--json]             # pg_stat_activity: this environment and the instance
-python -m app.budget --command api                # the start command of a service (railway_entrypoint.sh)
-python -m app.budget --guard [--command api]      # the start-up guard (exit 1 when strict refuses)
+python -m app.budget --guard [--service api]      # the start-up guard (exit 1 when strict refuses)
 python -m app.budget --pgbouncer                  # pgbouncer.ini caps for the allocation
 python -m app.budget --apply-cap [--dry-run]      # the server's CONNECTION LIMIT (DB_CONNECTION_CAP)
 
@@ -23,11 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shlex
 import sys
 
-from app import sizing, topology
 from app.budget.audit import Audit, run_audit
 from app.budget.guard import enforce_budget, probe_server_limits
 from app.budget.model import Budget, DeployWindow, Suggestion, budget_from_settings, guide_processes, suggest
@@ -35,10 +31,8 @@ from app.config.loading import InvalidSettingsError
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
 from app.db import connection_cap
-from app.db.engine import build_unpooled_engine
+from app.db.engine import build_unpooled_engine, engine_options
 from app.sizing import ServicePlan
-
-EXIT_USAGE = 64  # railway_entrypoint.sh's status for an unknown SERVICE_TYPE (sysexits EX_USAGE)
 
 
 def settings_for(environment: str | None, overrides: dict[str, str] | None = None) -> Settings:
@@ -241,7 +235,7 @@ def render_audit(audit: Audit) -> str:
 
 
 async def _audit(settings: Settings) -> Audit:
-    engine = build_unpooled_engine(settings, service="audit")
+    engine = build_unpooled_engine(engine_options(settings, "audit"))
     try:
         async with engine.connect() as conn:
             return await run_audit(conn, settings)
@@ -262,12 +256,6 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def _command(settings: Settings, service: str) -> str:
-    port = os.environ.get("PORT") or "8000"
-    loglevel = os.environ.get("CELERY_LOGLEVEL") or "INFO"
-    return shlex.join(sizing.start_command(settings, service, port=port, loglevel=loglevel))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--environment", choices=["development", "production"])
@@ -285,25 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--pgbouncer", action="store_true", help="pgbouncer.ini settings for the allocation")
     group.add_argument("--apply-cap", action="store_true", help="the allocation as CONNECTION LIMIT")
     parser.add_argument("--dry-run", action="store_true", help="with --apply-cap: only print the SQL")
-    parser.add_argument("--command", metavar="SERVICE", help="print the start command of SERVICE")
     parser.add_argument("--service", default=None, help="with --guard: the service being started")
     args = parser.parse_args(argv)
-    if args.command is not None and args.command not in topology.NAMES:
-        problem = "is not set" if not args.command else f"'{args.command}' is unknown"
-        print(f"SERVICE_TYPE {problem}; valid values: {', '.join(topology.NAMES)}", file=sys.stderr)
-        return EXIT_USAGE
     try:
         settings = settings_for(args.environment, _overrides(args.set))
         if args.guard:
-            service = args.command or args.service
-            configure_logging(settings, service=service)
-            enforce_budget(settings, service)
+            configure_logging(settings, service=args.service)
+            enforce_budget(settings, args.service)
     except InvalidSettingsError as exc:
         print(exc, file=sys.stderr)
         return 1
-    if args.command is not None:
-        print(_command(settings, args.command))
-        return 0
     if args.guard:
         return 0
     if args.pgbouncer:

@@ -1,15 +1,7 @@
 """The Celery application (``celery -A app.core.celery_app worker --queues=<queue>``): configuration only.
 
-Queues, routes and per-queue task options come from ``app.topology``: one worker service per queue,
-each with its own ``application_name``:
-
-=====================  ===========================================  ===========================
-queue                  tasks (routed by module)                     service / application_name
-=====================  ===========================================  ===========================
-``logs``               ``app.tasks.logs_tasks``                     ``<env>.celery_logs``
-``content_generation`` ``app.tasks.content_generation_tasks``       ``<env>.celery_content``
-``roadmap_workflow``   ``app.tasks.roadmap_workflow_tasks``         ``<env>.celery_workflow``
-=====================  ===========================================  ===========================
+Queues, routes (by task module) and per-queue task options come from ``app.topology``: one worker
+service per queue.
 
 The configuration is read from the settings when the app is first used (``add_defaults`` with a
 callable is Celery's lazy configuration), not when this module is imported. Everything a worker does
@@ -106,7 +98,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_track_started": True,
         "worker_prefetch_multiplier": 1,
-        # At SIGTERM (remapped to Celery's cold shutdown by the start command, app.topology) running
+        # At SIGTERM (remapped to Celery's cold shutdown by the start command, app.start_commands) running
         # tasks get this long to finish; the rest are cancelled and their late-acknowledged messages
         # go back to the queue (app.sizing.shutdown_seconds).
         "worker_soft_shutdown_timeout": settings.CELERY_SOFT_SHUTDOWN_TIMEOUT,

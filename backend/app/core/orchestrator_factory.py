@@ -1,40 +1,25 @@
-"""The LangGraph checkpointer and its psycopg connection pool, one per process.
+"""The LangGraph checkpointer's psycopg connection pool and its saver, one per process.
 
 LangGraph's ``AsyncPostgresSaver.from_conn_string`` opens connections with no pool settings at all, so
-the factory builds its own ``AsyncConnectionPool``:
-
-* ``min_size``, ``max_size`` and ``timeout`` from settings (LANGGRAPH_POOL_*), so a checkout fails fast
-  like the SQLAlchemy pool's does;
-* the connection options the saver needs: autocommit and dict rows; prepared statements off when the
-  database sits behind PgBouncer in transaction mode;
-* ``check=AsyncConnectionPool.check_connection``: a connection is verified before it is handed out, so a
-  server restart or an idle cut never surfaces as an error in a workflow step;
-* ``application_name = <environment>.<service>.langgraph``: pg_stat_activity and the budget audit see
-  this pool apart from the service's SQLAlchemy pool;
-* the same deadlines as the SQLAlchemy connections (``app.config.connections.libpq_params``): connect_timeout,
-  TCP keepalives, and ``statement_timeout`` / ``idle_in_transaction_session_timeout`` through libpq's
-  ``options``. psycopg has no client-side statement deadline, and psycopg_pool's ``check`` and
-  LangGraph's own calls have none either: against a server that stopped answering they would wait
-  forever. So the check is bounded, and every saver operation (``BoundedPostgresSaver``, in
-  ``app.core.checkpointer_saver``) fails with ``CheckpointerTimeout`` once
-  ``checkpointer_operation_timeout`` has passed;
-* a connection the server refuses for want of slots (53300) is counted in
-  ``db_allocation_exhausted_total{service="<service>.langgraph"}``: the pool retries in the background
-  and its callers only ever see a ``PoolTimeout``, so the connect itself is where the refusal shows.
+the factory builds its own ``AsyncConnectionPool``: sized and timed by LANGGRAPH_POOL_*, with the
+saver's connection options (autocommit, dict rows, no prepared statements behind PgBouncer), the same
+deadlines as the SQLAlchemy connections (``app.config.connections.libpq_params``), a bounded check
+before each checkout, and ``application_name = <environment>.<service>.langgraph`` so the audit sees it
+apart. A connect the server refuses for want of slots (53300) is counted here: the pool retries in the
+background, so its callers would only ever see a ``PoolTimeout``.
 
 Like the SQLAlchemy engine it belongs to the process that uses it (``app.runtime``): a workflow worker
-child opens it explicitly (``open=False`` then ``await pool.open()``) on its first graph run and closes
-it at shutdown; an API process reports it as not opened.
+child opens it on its first graph run and closes it at shutdown; an API process never opens one. Its
+figures and gauges are ``app.core.checkpointer_metrics``'s; its tables are created by the prestart
+step (``app.db.prestart``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import structlog
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -48,11 +33,10 @@ from app.config.connections import (
 )
 from app.config.settings import Settings, get_settings
 from app.core import metrics
+from app.core.checkpointer_metrics import CheckpointerStats, stats_from_pool
 from app.core.checkpointer_saver import BoundedPostgresSaver, bounded_check
-from app.topology import MIGRATE
 
 log = structlog.get_logger("app.orchestrator")
-T = TypeVar("T")
 
 
 def checkpointer_service(service: str) -> str:
@@ -80,19 +64,6 @@ def refusal_counting_connection(settings: Settings, service: str) -> type[psycop
                 raise
 
     return RefusalCountingConnection
-
-
-@dataclass(frozen=True)
-class CheckpointerStats:
-    """What /health shows and what the gauges publish; ``opened`` is false where no graph ever ran."""
-
-    opened: bool
-    min_size: int
-    max_size: int
-    pool_size: int = 0
-    in_use: int = 0
-    available: int = 0
-    waiting: int = 0
 
 
 class OrchestratorFactory:
@@ -147,16 +118,9 @@ class OrchestratorFactory:
         await self.pool.close()
 
     def stats(self) -> CheckpointerStats:
-        raw = self.pool.get_stats()
-        size, available = raw.get("pool_size", 0), raw.get("pool_available", 0)
-        return CheckpointerStats(
-            opened=True,
-            min_size=self.settings.LANGGRAPH_POOL_MIN_SIZE,
-            max_size=self.settings.LANGGRAPH_POOL_MAX_SIZE,
-            pool_size=size,
-            in_use=size - available,
-            available=available,
-            waiting=raw.get("requests_waiting", 0),
+        settings = self.settings
+        return stats_from_pool(
+            self.pool.get_stats(), settings.LANGGRAPH_POOL_MIN_SIZE, settings.LANGGRAPH_POOL_MAX_SIZE
         )
 
     @classmethod
@@ -194,27 +158,3 @@ def checkpointer_stats() -> CheckpointerStats:
     return CheckpointerStats(
         opened=False, min_size=settings.LANGGRAPH_POOL_MIN_SIZE, max_size=settings.LANGGRAPH_POOL_MAX_SIZE
     )
-
-
-def publish_checkpointer_metrics(stats: CheckpointerStats, service: str) -> None:
-    """The checkpointer pool gauges (a workflow worker child publishes them after each task)."""
-    if not stats.opened:
-        return
-    metrics.LANGGRAPH_POOL_SIZE.labels(service).set(stats.pool_size)
-    metrics.LANGGRAPH_POOL_IN_USE.labels(service).set(stats.in_use)
-    metrics.LANGGRAPH_POOL_MAX.labels(service).set(stats.max_size)
-
-
-async def setup_checkpointer_tables() -> None:
-    """Create/upgrade LangGraph's tables (prestart step). Its migrations include CREATE INDEX
-    CONCURRENTLY, which needs autocommit: a single plain connection, closed afterwards."""
-    from psycopg import AsyncConnection
-
-    settings = get_settings()
-    async with await AsyncConnection.connect(
-        checkpointer_conninfo(settings),
-        autocommit=True,
-        row_factory=dict_row,
-        **libpq_params(settings, MIGRATE),
-    ) as conn:
-        await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]

@@ -1,15 +1,16 @@
 """The SQLAlchemy async engine (asyncpg): a settings-free factory, and this process's engine.
 
-``build_engine(settings, service)`` makes an engine for any service; ``get_engine()`` is this process's,
-built on first use and owned by ``app.runtime`` (made in the process that uses it, abandoned without
-closing the parent's sockets after fork, disposed at shutdown).
+``build_engine(options)`` makes an engine from plain values (``EngineOptions``); ``engine_options(settings,
+service)`` is the one place the settings are read for it. ``get_engine()`` is this process's, built on
+first use and owned by ``app.runtime`` (made in the process that uses it, abandoned without closing the
+parent's sockets after fork, disposed at shutdown).
 
 Every connection sets ``application_name`` to ``<environment>.<service>``, so pg_stat_activity, the
 budget audit and the Prometheus labels all name the same services.
 
-Every connection also carries deadlines (``app.config.connections``): the server's ``statement_timeout``
-and ``idle_in_transaction_session_timeout``, server-side TCP keepalives, and asyncpg's
-``command_timeout``, the one that still fires when the server never answers. A statement
+Every connection also carries deadlines (``app.config.connections``, in the connect arguments): the
+server's ``statement_timeout`` and ``idle_in_transaction_session_timeout``, server-side TCP keepalives,
+and asyncpg's ``command_timeout``, the one that still fires when the server never answers. A statement
 that hits the client deadline leaves its connection mid-protocol, so ``install_timeout_invalidation``
 makes SQLAlchemy discard that connection instead of handing it out again.
 
@@ -44,7 +45,7 @@ from app.config.settings import Settings, get_settings
 from app.core import metrics
 from app.db.errors import is_allocation_exhausted
 from app.db.liveness import install_idle_ping
-from app.db.pool_metrics import instrument_pool
+from app.db.pool_metrics import UsageAlerts, instrument_pool
 from app.sizing import pool_sizing
 
 log = structlog.get_logger("app.db")
@@ -81,11 +82,11 @@ def install_timeout_invalidation(engine: AsyncEngine) -> None:
                 driver.terminate()
 
 
-def count_refusals(engine: AsyncEngine, settings: Settings, service: str) -> None:
+def count_refusals(engine: AsyncEngine, environment: str, service: str) -> None:
     """Count every connection attempt the server refuses with 53300, through SQLAlchemy's
     ``handle_error``, which sees a failed pool connect before any caller does."""
     # Created now, at 0: increase() over a series that appears with its first refusal misses that one.
-    refused = metrics.DB_ALLOCATION_EXHAUSTED.labels(settings.ENVIRONMENT, service)
+    refused = metrics.DB_ALLOCATION_EXHAUSTED.labels(environment, service)
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def _refused(context: ExceptionContext) -> None:
@@ -93,52 +94,98 @@ def count_refusals(engine: AsyncEngine, settings: Settings, service: str) -> Non
             refused.inc()
 
 
-def build_engine(settings: Settings, service: str) -> AsyncEngine:
-    """A pooled engine sized from settings, instrumented unless DB_POOL_METRICS_ENABLED is false."""
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything the engine factory needs, as plain values."""
+
+    url: str
+    url_masked: str  # for the log
+    environment: str
+    service: str
+    application_name: str
+    connect_args: dict[str, Any]
+    pooled: bool  # False: NullPool (DB_POOL_CLASS=null)
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    ping_timeout: float
+    ping_idle_seconds: float | None = None  # validate after this much idle (app.db.liveness); None: never
+    alerts: UsageAlerts | None = None  # pool metrics and usage events; None: not instrumented
+
+
+def engine_options(settings: Settings, service: str) -> EngineOptions:
+    """The settings, read once, as the factory's arguments for ``service``."""
     sizing = pool_sizing(settings, service)
-    if settings.DB_POOL_CLASS == "null":
-        engine = build_unpooled_engine(settings, service)
+    return EngineOptions(
+        url=engine_url(settings),
+        url_masked=database_url_masked(settings),
+        environment=settings.ENVIRONMENT,
+        service=service,
+        application_name=application_name(settings, service),
+        connect_args=asyncpg_connect_args(settings, service),
+        pooled=settings.DB_POOL_CLASS != "null",
+        pool_size=sizing.pool_size,
+        max_overflow=sizing.max_overflow,
+        pool_timeout=settings.DB_POOL_TIMEOUT,
+        pool_recycle=settings.DB_POOL_RECYCLE,
+        ping_idle_seconds=settings.DB_POOL_PING_IDLE_SECONDS if settings.DB_POOL_PRE_PING else None,
+        ping_timeout=settings.DB_CONNECT_TIMEOUT,
+        alerts=UsageAlerts(
+            high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
+            critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
+            log_interval=settings.DB_POOL_USAGE_LOG_INTERVAL,
+            leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
+        )
+        if settings.DB_POOL_METRICS_ENABLED
+        else None,
+    )
+
+
+def build_engine(options: EngineOptions) -> AsyncEngine:
+    """A pooled engine of ``options.service``, instrumented unless ``options.alerts`` is None."""
+    service = options.service
+    if not options.pooled:
+        engine = build_unpooled_engine(options)
     else:
         engine = create_async_engine(
-            engine_url(settings),
-            pool_size=sizing.pool_size,
-            max_overflow=sizing.max_overflow,
-            pool_timeout=settings.DB_POOL_TIMEOUT,
-            pool_recycle=settings.DB_POOL_RECYCLE,
+            options.url,
+            pool_size=options.pool_size,
+            max_overflow=options.max_overflow,
+            pool_timeout=options.pool_timeout,
+            pool_recycle=options.pool_recycle,
             # Validation is app.db.liveness's: after an idle spell only, not on every checkout.
             pool_pre_ping=False,
             # Which idle connection is reused (waiters are served by the pool's queue either way):
             # FIFO rotates through all of them, so none sits idle long enough for a NAT or the
             # server to drop it unnoticed.
             pool_use_lifo=False,
-            connect_args=asyncpg_connect_args(settings, service),
+            connect_args=options.connect_args,
         )
-        if settings.DB_POOL_PRE_PING:
-            install_idle_ping(engine, settings.DB_POOL_PING_IDLE_SECONDS, settings.DB_CONNECT_TIMEOUT)
-        count_refusals(engine, settings, service)
+        if options.ping_idle_seconds is not None:
+            install_idle_ping(engine, options.ping_idle_seconds, options.ping_timeout)
+        count_refusals(engine, options.environment, service)
     install_timeout_invalidation(engine)
-    if settings.DB_POOL_METRICS_ENABLED:
-        instrument_pool(engine, service, settings)
+    if options.alerts is not None:
+        instrument_pool(engine, service, options.pool_size, options.max_overflow, options.alerts)
     log.info(
         "db_engine_created",
         pool_service=service,
-        url=database_url_masked(settings),
-        pool_size=sizing.pool_size,
-        max_overflow=sizing.max_overflow,
-        pool_timeout=settings.DB_POOL_TIMEOUT,
-        application_name=application_name(settings, service),
+        url=options.url_masked,
+        pool_size=options.pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=options.pool_timeout,
+        application_name=options.application_name,
         pid=os.getpid(),
     )
     return engine
 
 
-def build_unpooled_engine(settings: Settings, service: str) -> AsyncEngine:
+def build_unpooled_engine(options: EngineOptions) -> AsyncEngine:
     """For one-shot tools (migrations, CLIs): no pool to size, nothing left open afterwards."""
-    engine = create_async_engine(
-        engine_url(settings), poolclass=NullPool, connect_args=asyncpg_connect_args(settings, service)
-    )
+    engine = create_async_engine(options.url, poolclass=NullPool, connect_args=options.connect_args)
     install_timeout_invalidation(engine)
-    count_refusals(engine, settings, service)
+    count_refusals(engine, options.environment, options.service)
     return engine
 
 
@@ -150,18 +197,21 @@ def direct_connection(settings: Settings, service: str) -> psycopg.Connection:
 
 @dataclass(frozen=True)
 class ProcessEngine:
-    """This process's engine, with the service and settings it was sized from."""
+    """This process's engine, with the options it was built from."""
 
-    service: str
-    settings: Settings
+    options: EngineOptions
     engine: AsyncEngine
     sessionmaker: async_sessionmaker
 
+    @property
+    def service(self) -> str:
+        return self.options.service
+
 
 def _build_process_engine() -> ProcessEngine:
-    settings, service = get_settings(), runtime.current().service
-    engine = build_engine(settings, service)
-    return ProcessEngine(service, settings, engine, async_sessionmaker(engine, expire_on_commit=False))
+    options = engine_options(get_settings(), runtime.current().service)
+    engine = build_engine(options)
+    return ProcessEngine(options, engine, async_sessionmaker(engine, expire_on_commit=False))
 
 
 async def _dispose(state: ProcessEngine) -> None:
@@ -199,8 +249,8 @@ class PoolSnapshot:
 def pool_snapshot() -> PoolSnapshot:
     state = process_engine()
     pool = state.engine.sync_engine.pool
-    sizing = pool_sizing(state.settings, state.service)
-    max_connections = sizing.max_connections
+    sizing = state.options
+    max_connections = sizing.pool_size + sizing.max_overflow
     if not hasattr(pool, "overflow"):  # NullPool (DB_POOL_CLASS=null): nothing pooled to report
         return PoolSnapshot(sizing.pool_size, 0, 0, sizing.max_overflow, max_connections, 0.0)
     checked_out = min(pool.checkedout(), max_connections)

@@ -1,17 +1,9 @@
 """Validate a pooled connection at checkout only when it has been idle: pre-ping's safety, not its price.
 
-SQLAlchemy's ``pool_pre_ping`` pings on *every* checkout, and for asyncpg outside autocommit that ping
-is three round trips (BEGIN, ``;``, ROLLBACK): under load it cost more than the query it protected.
-Like HikariCP's ``aliveBypassWindowMs`` (500 ms), a connection returned to the pool less than
-``DB_POOL_PING_IDLE_SECONDS`` ago was alive a moment ago and is handed out as is; an older one gets one
-round trip (``;`` in the simple-query protocol: no prepared statement, so safe behind PgBouncer in
-transaction mode) and, if that fails, is replaced through SQLAlchemy's documented pessimistic
-mechanism: raising ``DisconnectionError`` from a ``checkout`` listener makes the pool discard the
-connection and check out another (up to three times).
-
-A connection that dies inside the window (a server restart, ``pg_terminate_backend``) fails its first
-statement instead; SQLAlchemy then invalidates every connection of the pool opened before that moment,
-and reads are retried once on a fresh connection (``app.db.session.read``), so a client sees no error.
+``pool_pre_ping`` costs asyncpg three round trips on *every* checkout. Like HikariCP's
+``aliveBypassWindowMs``, a connection returned less than ``DB_POOL_PING_IDLE_SECONDS`` ago is handed
+out as is; an older one gets one ``;`` and, if that fails, ``DisconnectionError`` makes the pool
+replace it (SQLAlchemy's pessimistic recipe).
 """
 
 from __future__ import annotations

@@ -24,11 +24,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
-from app.config.settings import Settings
 from app.core import metrics
 from app.core.logging import LogRateLimiter
 from app.db.leak_sites import checkout_site
-from app.sizing import pool_sizing
 
 log = structlog.get_logger("app.db.pool")
 
@@ -127,19 +125,31 @@ class PoolInstrumentation:
             )
 
 
-def instrument_pool(engine: AsyncEngine, service: str, settings: Settings) -> PoolInstrumentation:
+@dataclass(frozen=True)
+class UsageAlerts:
+    """When a pool's usage is logged (DB_POOL_*_USAGE_RATIO, at most once per log interval per level)
+    and after how long a held connection is reported as a suspected leak (0: never)."""
+
+    high_ratio: float
+    critical_ratio: float
+    log_interval: float
+    leak_threshold: float
+
+
+def instrument_pool(
+    engine: AsyncEngine, service: str, pool_size: int, max_overflow: int, alerts: UsageAlerts
+) -> PoolInstrumentation:
     pool: Pool = engine.sync_engine.pool
     inst = PoolInstrumentation(
         service=service,
-        max_connections=pool_sizing(settings, service).max_connections,
-        high_ratio=settings.DB_POOL_HIGH_USAGE_RATIO,
-        critical_ratio=settings.DB_POOL_CRITICAL_USAGE_RATIO,
-        limiter=LogRateLimiter(settings.DB_POOL_USAGE_LOG_INTERVAL),
-        leak_threshold=settings.DB_LEAK_DETECTION_THRESHOLD,
+        max_connections=pool_size + max_overflow,
+        high_ratio=alerts.high_ratio,
+        critical_ratio=alerts.critical_ratio,
+        limiter=LogRateLimiter(alerts.log_interval),
+        leak_threshold=alerts.leak_threshold,
     )
-    sizing = pool_sizing(settings, service)
-    metrics.DB_POOL_SIZE.labels(service).set(sizing.pool_size)
-    metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(sizing.max_connections)
+    metrics.DB_POOL_SIZE.labels(service).set(pool_size)
+    metrics.DB_POOL_MAX_CONNECTIONS.labels(service).set(pool_size + max_overflow)
     metrics.DB_POOL_IN_USE.labels(service).set(0)
     metrics.DB_POOL_OPEN.labels(service).set(0)
     # Exported at 0 from the start, so rate(db_pool_connection_timeouts_total[5m]) has a baseline.

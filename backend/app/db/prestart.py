@@ -28,15 +28,17 @@ import psycopg
 import structlog
 from alembic import command
 from alembic.config import Config
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
 from sqlalchemy import text
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_incrementing
 
 from app.config import connections
+from app.config.connections import libpq_params
 from app.config.settings import Settings, get_settings
 from app.core.logging import configure_logging
-from app.core.orchestrator_factory import setup_checkpointer_tables
 from app.db import connection_cap
-from app.db.engine import build_unpooled_engine, direct_connection
+from app.db.engine import build_unpooled_engine, direct_connection, engine_options
 from app.db.errors import is_database_misconfigured
 from app.topology import MIGRATE
 
@@ -52,7 +54,7 @@ def alembic_config() -> Config:
 
 
 async def _ping() -> None:
-    engine = build_unpooled_engine(get_settings(), service=MIGRATE)
+    engine = build_unpooled_engine(engine_options(get_settings(), MIGRATE))
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -161,6 +163,19 @@ def apply_connection_cap(conn: psycopg.Connection, settings: Settings) -> None:
         changed=[f"{c.target} {c.before} -> {c.after}" for c in changes],
         superuser_exempt=in_force.superuser,
     )
+
+
+async def setup_checkpointer_tables() -> None:
+    """Create/upgrade LangGraph's tables. Its migrations include CREATE INDEX CONCURRENTLY, which needs
+    autocommit: a single plain connection, closed afterwards."""
+    settings = get_settings()
+    async with await psycopg.AsyncConnection.connect(
+        connections.checkpointer_conninfo(settings),
+        autocommit=True,
+        row_factory=dict_row,
+        **libpq_params(settings, MIGRATE),
+    ) as conn:
+        await AsyncPostgresSaver(conn).setup()  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,10 +40,10 @@ from app.config.settings import get_settings
 from app.core.checkpointer_saver import BoundedPostgresSaver, CheckpointerTimeout
 from app.core.deadline import run_within
 from app.core.metrics import DATA_OLDEST_ROW_AGE, DATA_TABLE_BYTES, RETENTION_ROWS_DELETED
-from app.db.models import IN_PROGRESS_SQL
 from app.db.session import autocommit, safe_session
 from app.messaging.names import RELEASE_CHECKPOINTS
 from app.messaging.send import send_by_name
+from app.repositories.roadmaps import RoadmapRepository
 
 log = structlog.get_logger("app.retention")
 
@@ -66,12 +66,6 @@ _PURGE_TASK_LOGS = text(
     " DELETE FROM task_logs t USING doomed WHERE t.id = doomed.id"
 )
 _DELETE_EVENTS = text("DELETE FROM task_logs WHERE task_id = ANY(CAST(:ids AS text[]))")
-# Of the given thread ids, the roadmaps that still need their thread: in progress, or finished less
-# than the retention window ago. Every other id (finished long enough, or no roadmap) is released.
-_KEEP = text(
-    f"SELECT id::text FROM roadmaps WHERE id = ANY(:ids)"
-    f" AND (status IN {IN_PROGRESS_SQL} OR updated_at > now() - make_interval(secs => :seconds))"
-)
 # The next page of thread ids in LangGraph's tables, each scanned by its primary key (thread_id first).
 _THREAD_PAGE = " UNION ".join(
     f"(SELECT DISTINCT thread_id FROM {t} WHERE thread_id > %(after)s ORDER BY thread_id LIMIT %(n)s)"
@@ -157,8 +151,7 @@ async def _threads_to_keep(thread_ids: Sequence[str], seconds: int) -> set[str]:
     if not ids:
         return set()
     async with autocommit() as conn:
-        rows = await conn.execute(_KEEP, {"ids": ids, "seconds": seconds})
-        return {r[0] for r in rows}
+        return await RoadmapRepository(conn).keeping_threads(ids, seconds)
 
 
 async def _thread_rows(saver: BoundedPostgresSaver, thread_ids: list[str]) -> dict[str, int]:
@@ -196,7 +189,8 @@ async def release_threads(
     seconds: int | None = None,
     reason: str = "retention",
 ) -> CheckpointSweep:
-    """Release the threads of ``thread_ids`` that nothing can need any more (see _KEEP); keep the rest."""
+    """Release the threads of ``thread_ids`` that nothing can need any more (finished long enough ago, or
+    no roadmap: ``RoadmapRepository.keeping_threads``); keep the rest."""
     settings = get_settings()
     seconds = settings.CHECKPOINT_RETENTION_SECONDS if seconds is None else seconds
     sweep = CheckpointSweep(threads_seen=len(thread_ids))

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     RowMapping,
     Select,
     String,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
     update,
     values,
 )
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db.models import (
     IN_PROGRESS,
+    IN_PROGRESS_SQL,
     UNFINISHED_CONCEPT,
     Concept,
     ConceptStatus,
@@ -57,7 +60,19 @@ _IN_PROGRESS_OF_OWNER = (
     select(func.count()).select_from(_ROADMAPS).where(_OWNED, _ROADMAPS.c.status.in_(IN_PROGRESS))
 )
 _VIEW_OWNED = _VIEW.where(_OWNED)
+# pg_advisory_xact_lock(key1, key2): key1 names the creation quota's lock (a constant no other lock of
+# this database uses), key2 the owner.
+_QUOTA_LOCK_CLASS = 0x0C4EA7E
+_LOCK_OWNER = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:owner))").bindparams(
+    lock_class=_QUOTA_LOCK_CLASS
+)
 _COUNT = select(func.count()).select_from(_ROADMAPS)
+# Of the given ids (checkpoint thread ids), the roadmaps that still need their thread: in progress, or
+# finished less than the retention window ago.
+_KEEPING_THREADS = text(
+    f"SELECT id::text FROM roadmaps WHERE id = ANY(:ids)"
+    f" AND (status IN {IN_PROGRESS_SQL} OR updated_at > now() - make_interval(secs => :seconds))"
+)
 _COUNT_OWNED = _COUNT.where(_OWNED)
 
 
@@ -94,6 +109,16 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class Stalled:
+    """A roadmap the watchdog claimed: how it stood, and how many of its concepts are unfinished."""
+
+    roadmap_id: str
+    status: str
+    redispatches: int
+    unfinished: int
+
+
+@dataclass(frozen=True)
 class RoadmapView:
     """A roadmap as the API reads it: its own columns and its concepts in order."""
 
@@ -108,6 +133,11 @@ class RoadmapRepository:
 
     def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
+
+    async def lock_owner(self, owner: str) -> None:
+        """Serialise ``owner``'s roadmap creations until this transaction ends (the in-progress cap):
+        a second creation waits for the first to commit or roll back, then counts it."""
+        await self.session.execute(_LOCK_OWNER, {"owner": owner})
 
     async def count_in_progress(self, owner: str) -> int:
         """``owner``'s roadmaps still in progress (the creation quota's cap): one index-only count."""
@@ -202,6 +232,57 @@ class RoadmapRepository:
         await self.session.execute(
             update(Roadmap).where(Roadmap.id == roadmap_id).values(status=status, error=error)
         )
+
+    async def claim_stalled(self, stall_seconds: int, limit: int) -> list[Stalled]:
+        """Roadmaps in progress whose row and concepts have not changed for ``stall_seconds``, claimed:
+        one more re-dispatch counted and ``updated_at`` bumped in the same statement (``FOR UPDATE SKIP
+        LOCKED``), so concurrent watchdogs never claim one twice and the next look waits a stall period.
+        A roadmap whose task still waits in the outbox is waiting for the broker, not stalled."""
+        last_concept_change = (
+            select(func.max(Concept.updated_at))
+            .where(Concept.roadmap_id == Roadmap.id)
+            .correlate(Roadmap)
+            .scalar_subquery()
+        )
+        unfinished = (
+            select(func.count())
+            .where(Concept.roadmap_id == Roadmap.id, Concept.status.in_(UNFINISHED_CONCEPT))
+            .correlate(Roadmap)
+            .scalar_subquery()
+        )
+        awaiting_broker = (
+            select(OutboxMessage.id)
+            .where(OutboxMessage.args[0].astext == func.cast(Roadmap.id, String))
+            .correlate(Roadmap)
+            .exists()
+        )
+        stalled_before = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, stall_seconds)
+        stalled = (
+            select(Roadmap.id)
+            .where(
+                Roadmap.status.in_(IN_PROGRESS),
+                Roadmap.updated_at < stalled_before,
+                func.coalesce(last_concept_change, Roadmap.updated_at) < stalled_before,
+                ~awaiting_broker,
+            )
+            .order_by(Roadmap.updated_at)
+            .limit(limit)
+            .with_for_update(of=Roadmap, skip_locked=True)
+            .correlate(None)  # its own scan of roadmaps, not the UPDATE's row
+            .scalar_subquery()
+        )
+        rows = await self.session.execute(
+            update(Roadmap)
+            .where(Roadmap.id.in_(stalled))
+            .values(redispatches=Roadmap.redispatches + 1, updated_at=func.now())
+            .returning(Roadmap.id, Roadmap.status, Roadmap.redispatches, unfinished.cast(Integer))
+        )
+        return [Stalled(str(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
+
+    async def keeping_threads(self, ids: Sequence[uuid.UUID], seconds: int) -> set[str]:
+        """Of ``ids``, the roadmaps whose checkpoint thread retention must keep (see _KEEPING_THREADS)."""
+        rows = await self.session.execute(_KEEPING_THREADS, {"ids": list(ids), "seconds": seconds})
+        return {r[0] for r in rows}
 
     async def add_concepts(self, roadmap_id: uuid.UUID, titles: Sequence[str]) -> None:
         """Insert the planned concepts; a repeated plan (after a resume) inserts nothing twice."""

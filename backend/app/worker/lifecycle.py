@@ -22,9 +22,10 @@ from app import runtime, sizing, topology
 from app.budget.guard import enforce_budget
 from app.config.loading import InvalidSettingsError
 from app.config.settings import Settings, get_settings
+from app.core.checkpointer_metrics import publish_checkpointer_metrics
 from app.core.logging import configure_logging
 from app.core.metrics import mark_this_process_dead, serve_worker_metrics
-from app.core.orchestrator_factory import checkpointer_stats, publish_checkpointer_metrics
+from app.core.orchestrator_factory import checkpointer_stats
 
 log = structlog.get_logger("app.celery")
 WORKER_SERVICES = {s.name for s in topology.WORKERS}
