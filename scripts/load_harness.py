@@ -45,7 +45,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-from own_services import OwnPostgres, OwnRedis, free_port
+
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres
+from devkit.redis_server import OwnRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"

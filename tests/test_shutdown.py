@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from app.config.settings import settings_from_mapping
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BACKEND
 from tests.support.fault_proxy import FaultProxy, through
