@@ -72,11 +72,11 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
-from railway_config import RAILWAY_FILE, REFERENCED, compile_graph
 
 from devkit.pg_activity import Sampler
 from devkit.ports import free_port
 from devkit.postgres import OwnPostgres
+from devkit.railway_config import RAILWAY_FILE, REFERENCED, compile_graph
 from devkit.redis_server import OwnRedis
 from devkit.wrk import ensure_wrk, wrk_stage
 

@@ -19,7 +19,7 @@ from app import sizing, topology
 from app.config.settings import InvalidSettingsError, get_settings, load_settings, settings_from_mapping
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
-from scripts import railway_config
+from devkit import railway_config
 from tests.support.env import ROOT
 
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"
