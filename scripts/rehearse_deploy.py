@@ -73,6 +73,8 @@ import asyncpg
 import httpx
 import psutil
 
+from app import topology as app_topology  # every service, declared once
+from app.config.settings import Settings
 from devkit.pg_activity import Sampler
 from devkit.ports import free_port
 from devkit.postgres import OwnPostgres
@@ -82,10 +84,6 @@ from devkit.wrk import ensure_wrk, wrk_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
-sys.path.insert(0, str(BACKEND))
-
-from app import topology as app_topology  # noqa: E402 - every service, declared once
-from app.config.settings import Settings  # noqa: E402
 
 SERVICES = app_topology.NAMES
 PNG = ROOT / "docs" / "benchmarks" / "rehearse-deploy.png"
