@@ -21,7 +21,8 @@ import time
 
 import asyncpg
 import httpx
-from bench_server import api_server, bench_database, bench_headers
+
+from devkit.bench import api_server, bench_database, bench_headers
 
 
 async def measure(base: str, database_url: str, holders: int, extra: int) -> tuple[list[float], list[int]]:

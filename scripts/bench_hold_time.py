@@ -24,7 +24,8 @@ import statistics
 import time
 
 import structlog
-from bench_server import bench_database
+
+from devkit.bench import bench_database
 
 POOLS = {"old (2 + 2)": ("2", "2", "30"), "new (6 + 4)": ("6", "4", "5")}
 

@@ -3,7 +3,7 @@
 
     python scripts/bench_http_parser.py [--rounds 3 --seconds 8 --connections 64 --workers 1]
 
-The same app, a route that does nothing (``GET /health`` of scripts/bench_bare_app.py: no database, a
+The same app, a route that does nothing (``GET /health`` of devkit/bare_app.py: no database, a
 constant JSON body), so that the HTTP layer is most of what is measured, served by uvicorn with:
 
 * ``httptools``: uvicorn's default, unbounded (the baseline);
@@ -27,21 +27,14 @@ cost, the one thing that differs between the servers.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
-from bench_request_path import Run, ensure_wrk, wrk
-from bench_server import ADMIN_URL
-from own_services import free_port, wait_answering
+from devkit.bare_app import bare_server
+from devkit.bench import ADMIN_URL
+from devkit.wrk import Run, ensure_wrk, wrk
 
-SCRIPTS = Path(__file__).resolve().parent
 PROTOCOLS = {
     "httptools": ["--http", "httptools"],
     "h11": ["--http", "h11", "--h11-max-incomplete-event-size", "32768"],
@@ -58,27 +51,6 @@ HEADERS = [
     "X-Request-Id: 4f1c2d9e-8a7b-4c3d-9e2f-1a2b3c4d5e6f",
 ]
 LOADS = {"keep-alive": [], "close": ["Connection: close"]}
-
-
-@contextmanager
-def server(protocol: str, workers: int) -> Iterator[str]:
-    port = free_port()
-    # The bare app opens a 1-connection asyncpg pool at start; /health never uses it.
-    env = {**os.environ, "BARE_DATABASE_URL": ADMIN_URL}
-    with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench_bare_app:app", "--app-dir", str(SCRIPTS),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
-             "--log-level", "warning", *PROTOCOLS[protocol]],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_answering(base, proc, Path(log.name))
-            yield base
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
 
 
 def in_process(rounds: int) -> None:
@@ -177,7 +149,8 @@ def main() -> None:
     for round_no in range(1, args.rounds + 1):
         order = names if round_no % 2 else names[::-1]  # alternate, so drift hits every protocol alike
         for protocol in order:
-            with server(protocol, args.workers) as base:
+            # The bare app opens a 1-connection asyncpg pool at start; /health never uses it.
+            with bare_server(ADMIN_URL, args.workers, *PROTOCOLS[protocol]) as base:
                 for load, extra in LOADS.items():
                     headers = HEADERS + extra
                     wrk(binary, base + "/health", 2, args.connections, args.threads, headers)  # warm-up

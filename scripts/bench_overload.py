@@ -27,12 +27,12 @@ import asyncio
 import multiprocessing
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 
 from bench_request_path import seed
-from bench_server import BACKEND, api_server, bench_database, bench_headers
+
+from devkit.bench import api_server, bench_database, bench_headers
 
 PATH = "/api/v1/task-logs?limit=5"
 
@@ -148,7 +148,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    sys.path.insert(0, str(BACKEND))
     from app.config.settings import Settings
 
     production = Settings.from_mapping({"ENVIRONMENT": "production"})

@@ -15,7 +15,8 @@ import statistics
 import time
 
 import httpx
-from bench_server import api_server, bench_database, bench_headers
+
+from devkit.bench import api_server, bench_database, bench_headers
 
 PATH = "/api/v1/task-logs?limit=5"
 

@@ -11,12 +11,12 @@ alternate within each round (bare, minimal FastAPI, project, project with NullPo
 drift hits all alike; the figures are medians over the rounds. Printed:
 
 * project / bare on ``GET /api/v1/task-logs?limit=5`` and ``GET /api/v1/roadmaps/{id}`` (30 concepts);
-* project / minimal FastAPI (``bench_fastapi_app.py``: FastAPI, asyncpg and pydantic, the same two
+* project / minimal FastAPI (``devkit/fastapi_app.py``: FastAPI, asyncpg and pydantic, the same two
   queries, response model shape and auth dependency shape) on task logs, and minimal FastAPI / bare;
 * pooled / NullPool through HTTP (the project with ``DB_POOL_CLASS=null``).
 
 The project runs with production settings (pool 6 + 4, pre-ping, pool metrics and the hold-time
-histogram on), LOG_LEVEL=WARNING and no access log, as bench_server.api_server starts it; requests
+histogram on), LOG_LEVEL=WARNING and no access log, as devkit.bench.api_server starts it; requests
 carry a bearer token (the owner's; an admin's for task logs, which only admins read) so each route
 answers as it would in production.
 """
@@ -27,79 +27,16 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import resource
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
-from bench_server import BACKEND, api_server, bench_database
-from own_services import free_port, wait_answering
 
-SCRIPTS = Path(__file__).resolve().parent
-JWT_SECRET = "bench-request-path-" + "x" * 32
+from devkit.bare_app import bare_server
+from devkit.bench import JWT_SECRET, api_server, bench_database, bench_token
+from devkit.wrk import Run, ensure_wrk, wrk
+
 OWNER = "bench-owner"
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("[bench] installing wrk (Debian package)", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
-        found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("wrk is not installed: apt-get install wrk (Debian/Ubuntu) or brew install wrk")
-    return found
-
-
-@dataclass
-class Run:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    non_2xx: int
-    errors: int
-    generator_cpu: float  # wrk's CPU time / (wall time x cores)
-
-
-def _ms(text: str) -> float:
-    match = re.match(r"([\d.]+)(us|ms|s|m)$", text)
-    if match is None:
-        raise ValueError(f"unexpected wrk latency {text!r}")
-    value, unit = match.groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
-
-
-def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, headers: list[str]) -> Run:
-    """One wrk run, with the CPU share wrk itself took (the generator must not be the bottleneck)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    header_args = [arg for header in headers for arg in ("-H", header)]
-    out = subprocess.run(
-        [binary, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", *header_args, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)) else 0
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Run(rps, p50, p99, non_2xx, errors, cpu / (wall * (os.cpu_count() or 1)))
 
 
 async def seed(url: str) -> str:
@@ -128,27 +65,6 @@ async def seed(url: str) -> str:
         await conn.close()
 
 
-@contextmanager
-def bare_server(database_url: str, workers: int, module: str = "bench_bare_app") -> Iterator[str]:
-    """``module``'s app: bench_bare_app (Starlette) or bench_fastapi_app (FastAPI, task logs only)."""
-    port = free_port()
-    env = {**os.environ, "BARE_DATABASE_URL": database_url, "JWT_SECRET_KEY": JWT_SECRET}
-    with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"{module}:app", "--app-dir", str(SCRIPTS),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
-             "--log-level", "warning"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_answering(base, proc, Path(log.name))
-            yield base
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-
-
 def report(round_no: int, name: str, path_name: str, run: Run) -> None:
     print(
         f"round {round_no} {name:<9}{path_name:<10}{run.rps:9.1f} req/s  p50 {run.p50_ms:7.1f} ms  "
@@ -159,7 +75,6 @@ def report(round_no: int, name: str, path_name: str, run: Run) -> None:
 
 
 def main() -> None:
-    sys.path.insert(0, str(BACKEND))
     from app.config.settings import Settings
 
     production = Settings.from_mapping({"ENVIRONMENT": "production"})
@@ -171,13 +86,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=production.UVICORN_WORKERS)
     args = parser.parse_args()
     binary = ensure_wrk()
-    os.environ["JWT_SECRET_KEY"] = JWT_SECRET
-    from app.core.security import create_token
-
-    signing = Settings.from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
     tokens = {
-        "task-logs": create_token(OWNER, "admin", settings=signing),
-        "roadmap": create_token(OWNER, "user", settings=signing),
+        "task-logs": bench_token(OWNER, "admin", secret=JWT_SECRET),
+        "roadmap": bench_token(OWNER, "user", secret=JWT_SECRET),
     }
     results: dict[tuple[str, str], list[Run]] = {}
     with bench_database() as url:
@@ -185,7 +96,7 @@ def main() -> None:
         paths = {"task-logs": "/api/v1/task-logs?limit=5", "roadmap": f"/api/v1/roadmaps/{roadmap_id}"}
         servers = {
             "bare": lambda: bare_server(url, args.workers),
-            "FastAPI": lambda: bare_server(url, args.workers, "bench_fastapi_app"),
+            "FastAPI": lambda: bare_server(url, args.workers, app="devkit.fastapi_app:app"),
             "project": lambda: api_server(url, workers=args.workers, JWT_SECRET_KEY=JWT_SECRET),
             "NullPool": lambda: api_server(
                 url, workers=args.workers, JWT_SECRET_KEY=JWT_SECRET, DB_POOL_CLASS="null"

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from bench_server import api_server, bench_database, bench_headers, use_in_this_process
+from devkit.bench import api_server, bench_database, bench_headers, use_in_this_process
 
 TABLES = (
     "checkpoints",

@@ -16,7 +16,8 @@ import os
 import uuid
 
 import structlog
-from bench_server import bench_database, use_in_this_process
+
+from devkit.bench import bench_database, use_in_this_process
 
 
 async def one_run(concepts: int, latency: float) -> object:

@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 
-from bench_server import bench_database, use_in_this_process
+from devkit.bench import bench_database, use_in_this_process
 
 
 async def scenario(searches: int, concurrency: int, credits: int, use_cache: bool) -> tuple:

@@ -31,7 +31,10 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from app.config import connections
+from app.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = {"localhost", "127.0.0.1", "::1", ""}
@@ -65,13 +68,9 @@ def _host(host: str | None) -> str:
 
 
 def database_of(env: dict[str, str]) -> tuple[str, str]:
-    """(server, database name) the settings would connect to, as the registry keys them."""
-    url = env.get("DATABASE_URL")
-    if url:
-        parts = urlsplit(url)
-        return f"{_host(parts.hostname)}:{parts.port or 5432}", parts.path.lstrip("/") or "postgres"
-    server = f"{_host(env.get('POSTGRES_HOST', 'localhost'))}:{env.get('POSTGRES_PORT', '5432')}"
-    return server, env.get("POSTGRES_DB", "roadmap_dev")
+    """(server, database name) the settings connect to, as the registry keys them."""
+    parts = urlsplit(connections.database_conninfo(Settings.from_mapping(env)))
+    return f"{_host(parts.hostname)}:{parts.port or 5432}", unquote(parts.path.lstrip("/")) or "postgres"
 
 
 def redis_of(env: dict[str, str]) -> tuple[str, int]:

@@ -8,9 +8,9 @@
 What it does, all on loopback, every process it starts stopped at the end:
 
 1. its own PostgreSQL (max_connections=400, like the managed instance) and Redis, on free ports;
-2. the four services exactly as production starts them (backend/scripts/railway_entrypoint.sh) with
-   the production defaults: API with 8 uvicorn workers, Celery at concurrency 8 / 10 / 6; offline LLM
-   and search providers with simulated latency;
+2. every service of app.topology exactly as production starts them (backend/scripts/railway_entrypoint.sh),
+   sized by their plans (app.sizing) under the production profile: API with 8 uvicorn workers, Celery at
+   concurrency 8 / 10 / 6; offline LLM and search providers with simulated latency;
 3. load in stages of rising concurrency, past saturation: reads (roadmap list and detail, with a
    bearer token) driven by wrk, a C load generator, whose own CPU share is reported so a reader can
    see it was not the bottleneck; and a bounded number of roadmap creations from this process, each
@@ -29,39 +29,41 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-from own_services import OwnPostgres, OwnRedis, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-BACKEND = ROOT / "backend"
-sys.path.insert(0, str(BACKEND))
+from app import topology
+from app.budget.model import budget_from_settings
+from app.config.settings import Settings
+from app.sizing import ServicePlan
+from devkit.api import BACKEND
+from devkit.bench import bench_token
+from devkit.pg_activity import Sampler
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres
+from devkit.redis_server import OwnRedis
+from devkit.wrk import StageResult, wrk_stage
 
-from app import sizing as app_sizing  # noqa: E402
-from app import topology as app_topology  # noqa: E402 - every service, declared once
-from app.config.settings import Settings  # noqa: E402
-
-SERVICES = app_topology.NAMES
-WORKER_SERVICES = tuple(s.name for s in app_topology.WORKERS)
+ROOT = BACKEND.parent
+SERVICES = topology.NAMES
 JWT_SECRET = "load-harness-secret-" + "x" * 32
 
 
 @dataclass(frozen=True)
-class Profile:
+class Load:
+    """The load of one run (the services' settings are the production profile's, plus ``VARIANTS``)."""
+
     stages: tuple[int, ...]  # concurrent clients per stage
     stage_seconds: float
     roadmaps: int  # creations in all, spread over the stages
@@ -70,20 +72,21 @@ class Profile:
     settle_seconds: float  # after the load, waiting for roadmaps to finish
 
 
-PROFILES = {
-    "full": Profile((4, 16, 64, 160, 320), 20.0, 20, 30, 1.0, 120.0),
-    "ci": Profile((4, 32, 128), 6.0, 6, 10, 0.2, 45.0),
-    "compare": Profile((16, 64, 160), 10.0, 8, 30, 1.0, 60.0),
+LOADS = {
+    "full": Load((4, 16, 64, 160, 320), 20.0, 20, 30, 1.0, 120.0),
+    "ci": Load((4, 32, 128), 6.0, 6, 10, 0.2, 45.0),
+    "compare": Load((16, 64, 160), 10.0, 8, 30, 1.0, 60.0),
 }
 
+API = topology.service("api")
 VARIANTS = {
     "this project": {},
     "guide's old pools (2 + 2, 30 s timeout)": {
         "DB_POOL_SIZE": "2",
         "DB_MAX_OVERFLOW": "2",
         # the API too: 2 + 2 as the guide had it, not the fixed-size pool of the same maximum
-        "API_DB_POOL_SIZE": "2",
-        "API_DB_MAX_OVERFLOW": "2",
+        API.pool_size_var: "2",
+        API.max_overflow_var: "2",
         "DB_POOL_TIMEOUT": "30",
         # Nor did the guide's stack bound a request: its waits must be able to reach the 30 s.
         "REQUEST_TIMEOUT_SECONDS": "60",
@@ -93,210 +96,78 @@ VARIANTS = {
 }
 
 
-@dataclass
-class Topology:
-    """The four services, started through the production entrypoint."""
+def start_services(
+    plans: list[ServicePlan], env: dict[str, str], metrics_ports: dict[str, int], folder: Path
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Each service through the production entrypoint; returns once the API answers and every worker
+    consumes (its `` ready.`` line)."""
+    procs = {}
+    for plan in plans:
+        name = plan.name
+        log = (folder / f"{name}.log").open("wb")
+        procs[name] = subprocess.Popen(
+            ["bash", str(BACKEND / "scripts" / "railway_entrypoint.sh")],
+            env={**env, "SERVICE_TYPE": name, "PROMETHEUS_MULTIPROC_DIR": str(folder / f"prom-{name}"),
+                 "WORKER_METRICS_PORT": str(metrics_ports.get(name, 0))},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
-    env: dict[str, str]
-    api_port: int
-    metrics_ports: dict[str, int]
-    folder: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self) -> None:
-        for service in SERVICES:
-            env = {
-                **self.env,
-                "SERVICE_TYPE": service,
-                "PROMETHEUS_MULTIPROC_DIR": str(self.folder / f"prom-{service}"),
-                "WORKER_METRICS_PORT": str(self.metrics_ports.get(service, 0)),
-            }
-            log = (self.folder / f"{service}.log").open("wb")
-            self.procs[service] = subprocess.Popen(
-                ["bash", str(BACKEND / "scripts" / "railway_entrypoint.sh")],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 180
-        while True:
-            ready = self._api_ready() and all(
-                " ready." in (self.folder / f"{s}.log").read_text(errors="replace") for s in WORKER_SERVICES
-            )
-            if ready:
-                return
-            for service, proc in self.procs.items():
-                if proc.poll() is not None:
-                    tail = (self.folder / f"{service}.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{service} exited:\n{tail}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the topology did not start within 180 s")
-            time.sleep(0.5)
-
-    def _api_ready(self) -> bool:
+    def up(plan: ServicePlan) -> bool:
+        if plan.service.is_worker:
+            return " ready." in (folder / f"{plan.name}.log").read_text(errors="replace")
         try:
-            return httpx.get(f"http://127.0.0.1:{self.api_port}/health", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{env['PORT']}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    deadline = time.monotonic() + 180
+    while not all(up(plan) for plan in plans):
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                tail = (folder / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited:\n{tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the topology did not start within 180 s")
+        time.sleep(0.5)
+    return procs
 
 
-class Sampler(threading.Thread):
-    """pg_stat_activity every ``interval`` (100 ms), grouped by application_name (its own connection, not
-    counted)."""
-
-    def __init__(self, url: str, interval: float = 0.1) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.interval = interval
-        self.samples: list[tuple[float, dict[str, int]]] = []
-        self._halt = threading.Event()
-        self.t0 = time.monotonic()
-
-    def run(self) -> None:
-        asyncio.run(self._loop())
-
-    async def _loop(self) -> None:
-        conn = await asyncpg.connect(self.url, server_settings={"application_name": "harness.sampler"})
+def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs.values():
         try:
-            while not self._halt.is_set():
-                rows = await conn.fetch(
-                    "SELECT application_name, count(*) AS n FROM pg_stat_activity"
-                    " WHERE backend_type = 'client backend' AND application_name <> 'harness.sampler'"
-                    " GROUP BY 1"
-                )
-                self.samples.append(
-                    (time.monotonic() - self.t0, {r["application_name"]: r["n"] for r in rows})
-                )
-                await asyncio.sleep(self.interval)
-        finally:
-            await conn.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def service_of(application_name: str) -> str | None:
-    """production.celery_workflow.langgraph -> celery_workflow (the checkpointer counts for its service)."""
-    parts = application_name.split(".")
-    return parts[1] if len(parts) >= 2 and parts[0] == "production" and parts[1] in SERVICES else None
+def service_of(settings: Settings, application_name: str) -> str | None:
+    """The service whose connection this is: ``<environment>.<service>`` or below it (its checkpointer's)."""
+    for name in SERVICES:
+        own = settings.application_name(name)
+        if application_name == own or application_name.startswith(own + "."):
+            return name
+    return None
 
 
-@dataclass
-class StageResult:
-    concurrency: int
-    requests: int
-    seconds: float
-    statuses: dict[int, int]
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    generator_cpu: float = 0.0  # the load generator's CPU time / (wall time x cores)
-    socket_errors: dict[str, int] = field(default_factory=dict)  # wrk's connect / read / write / timeout
-
-    @property
-    def throughput(self) -> float:
-        return self.requests / self.seconds
-
-
-# wrk's Lua: a random read per request (the roadmap list, or one of the roadmaps created so far), with
-# the bearer token; per-status counts and latency percentiles printed at the end, since wrk itself only
-# counts "non-2xx".
-WRK_SCRIPT = """
-wrk.headers["Authorization"] = "Bearer %(token)s"
-local paths = {%(paths)s}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {}; math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
-function request() return wrk.format("GET", paths[math.random(#paths)]) end
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local total = {}
-  for _, thread in ipairs(threads) do
-    for status, n in pairs(thread:get("statuses")) do total[status] = (total[status] or 0) + n end
-  end
-  for status, n in pairs(total) do io.write(string.format("STATUS %%d %%d\\n", status, n)) end
-  local e = summary.errors
-  io.write(string.format("ERRORS %%d\\n", e.connect + e.read + e.write + e.timeout))
-  io.write(string.format("SOCKET %%d %%d %%d %%d\\n", e.connect, e.read, e.write, e.timeout))
-  io.write(string.format("LATENCY %%d %%d %%d\\n", latency:percentile(50), latency:percentile(95),
-                         latency:percentile(99)))
-end
-"""
-
-
-def wrk_binary() -> str:
-    found = shutil.which("wrk")
-    if found is None:
-        raise SystemExit("wrk is not installed: apt-get install wrk (scripts/test.sh installs it as root)")
-    return found
-
-
-async def wrk_stage(
-    base: str, concurrency: int, seconds: float, paths: list[str], token: str, folder: Path
-) -> StageResult:
-    """One stage of reads under wrk, a C load generator that is not the bottleneck; its CPU share is
-    measured from its own rusage."""
-    script = folder / f"stage-{concurrency}.lua"
-    script.write_text(WRK_SCRIPT % {"token": token, "paths": ", ".join(f'"{p}"' for p in paths)})
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        wrk_binary(), f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s",
-        "-s", str(script), base,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out = (await proc.communicate())[0].decode()
-    elapsed = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    statuses = {int(s): int(n) for s, n in re.findall(r"^STATUS (\d+) (\d+)$", out, re.M)}
-    errors = sum(int(n) for n in re.findall(r"^ERRORS (\d+)$", out, re.M))
-    if errors:
-        statuses[0] = errors  # no HTTP answer at all
-    latency = re.search(r"^LATENCY (\d+) (\d+) (\d+)$", out, re.M)
-    if latency is None:
-        raise RuntimeError(f"wrk gave no summary:\n{out[-2000:]}")
-    p50, p95, p99 = (int(v) / 1000 for v in latency.groups())  # microseconds -> ms
-    requests = sum(n for s, n in statuses.items() if s)
-    kinds = re.search(r"^SOCKET (\d+) (\d+) (\d+) (\d+)$", out, re.M)
-    counts = map(int, kinds.groups()) if kinds else ()
-    socket_errors = {k: n for k, n in zip(("connect", "read", "write", "timeout"), counts, strict=False) if n}
-    return StageResult(
-        concurrency, requests, elapsed, statuses, p50, p95, p99, cpu / (elapsed * (os.cpu_count() or 1)),
-        socket_errors,
-    )  # fmt: skip
-
-
-async def drive(
-    base: str, profile: Profile, token: str, t0: float, folder: Path
-) -> tuple[list[StageResult], list[str]]:
+async def drive(base: str, load: Load, token: str, folder: Path) -> tuple[list[StageResult], list[str]]:
     """Rising stages of reads under wrk; during each, a bounded number of roadmap creations (each runs
     the whole workflow and content generation) from this process."""
     created: list[str] = []
     stages: list[StageResult] = []
     headers = {"Authorization": f"Bearer {token}"}
-    creations_per_stage = max(1, profile.roadmaps // len(profile.stages))
+    creations_per_stage = max(1, load.roadmaps // len(load.stages))
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
 
         async def create(n: int) -> dict[int, int]:
             statuses: dict[int, int] = {}
             for _ in range(n):
                 try:
-                    body = {"topic": f"Load test {uuid.uuid4().hex[:6]}", "concept_count": profile.concepts}
+                    body = {"topic": f"Load test {uuid.uuid4().hex[:6]}", "concept_count": load.concepts}
                     response = await http.post("/api/v1/roadmaps", headers=headers, json=body)
                     status = response.status_code
                     if status == 202:
@@ -306,11 +177,11 @@ async def drive(
                 statuses[status] = statuses.get(status, 0) + 1
             return statuses
 
-        for concurrency in profile.stages:
-            to_create = min(creations_per_stage, profile.roadmaps - len(created))
+        for concurrency in load.stages:
+            to_create = min(creations_per_stage, load.roadmaps - len(created))
             paths = ["/api/v1/roadmaps?limit=20"] + [f"/api/v1/roadmaps/{rid}" for rid in created]
             stage, creations = await asyncio.gather(
-                wrk_stage(base, concurrency, profile.stage_seconds, paths, token, folder), create(to_create)
+                wrk_stage(base, concurrency, load.stage_seconds, paths, token, folder), create(to_create)
             )
             for status, n in creations.items():
                 stage.statuses[status] = stage.statuses.get(status, 0) + n
@@ -400,14 +271,15 @@ async def seed_keys(url: str) -> None:
         await conn.close()
 
 
-def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[str, Any]:
+def run_once(load: Load, overrides: dict[str, str], label: str) -> dict[str, Any]:
     pg = OwnPostgres(max_connections=400).start()
     redis = OwnRedis().start()
     folder = Path(tempfile.mkdtemp(prefix="load-"))
-    topology: Topology | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     sampler: Sampler | None = None
     try:
         url = pg.create_database("roadmap")
+        api_port = free_port()
         env = {
             # the production profile: none of this shell's settings leak into the topology
             **{k: v for k, v in os.environ.items() if k not in Settings.model_fields},
@@ -417,8 +289,9 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
             "DATABASE_URL": url,
             "REDIS_URL": redis.url,
             "JWT_SECRET_KEY": JWT_SECRET,
+            "PORT": str(api_port),
             "LLM_PROVIDER": "offline",
-            "LLM_OFFLINE_LATENCY": str(profile.llm_latency),
+            "LLM_OFFLINE_LATENCY": str(load.llm_latency),
             "SEARCH_PROVIDER": "offline",
             "SEARCH_OFFLINE_USES_KEYS": "true",
             "SEARCH_OFFLINE_LATENCY": "0.05",
@@ -429,141 +302,98 @@ def run_once(profile: Profile, overrides: dict[str, str], label: str) -> dict[st
             "ROADMAP_MAX_IN_PROGRESS": "10000",
             **overrides,
         }
-        subprocess.run(
-            [sys.executable, "-m", "app.db.prestart"],
-            cwd=BACKEND,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.run([sys.executable, "-m", "app.db.prestart"], cwd=BACKEND, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         # Tavily keys with plenty of credits, so the search router does its real work.
         asyncio.run(seed_keys(url))
-        api_port = free_port()
-        metrics_ports = {s: free_port() for s in WORKER_SERVICES}
-        topology = Topology({**env, "PORT": str(api_port)}, api_port, metrics_ports, folder)
-        plans = app_sizing.fleet(Settings.from_mapping(env))
+        # The services as they are started: their environment, not this process's.
+        settings = Settings.from_mapping(env)
+        budget = budget_from_settings(settings)
+        metrics_ports = {s.name: free_port() for s in topology.WORKERS}
         print(
             f"[{label}] starting PostgreSQL :{pg.port}, Redis :{redis.port}, API :{api_port}; "
-            + ", ".join(f"{p.name} {p.replicas} x {p.processes}" for p in plans),
+            + ", ".join(f"{p.name} {p.replicas} x {p.processes}" for p in budget.services),
             flush=True,
         )
         started = time.monotonic()
-        topology.start()
+        procs = start_services(budget.services, env, metrics_ports, folder)
         print(f"[{label}] topology up in {time.monotonic() - started:.1f} s", flush=True)
-
-        os.environ["JWT_SECRET_KEY"] = JWT_SECRET
-        from app.config.settings import get_settings
-        from app.core.security import create_token
-
-        get_settings.cache_clear()
-        token = create_token("load-harness", "user", settings=Settings.load(), expires_minutes=120)
+        token = bench_token("load-harness", "user", secret=JWT_SECRET, expires_minutes=120)
 
         sampler = Sampler(pg.admin_url)
         sampler.start()
         load_started = time.monotonic() - sampler.t0
-        stages, created = asyncio.run(
-            drive(f"http://127.0.0.1:{api_port}", profile, token, sampler.t0, folder)
-        )
+        stages, created = asyncio.run(drive(f"http://127.0.0.1:{api_port}", load, token, folder))
         load_ended = time.monotonic() - sampler.t0
-        roadmaps = asyncio.run(completed_roadmaps(url, created, profile.settle_seconds))
+        roadmaps = asyncio.run(completed_roadmaps(url, created, load.settle_seconds))
         settled = time.monotonic() - sampler.t0
         metrics = collect_metrics(api_port, metrics_ports)
         sampler.stop()
-        return report(
-            env,
-            label,
-            profile,
-            overrides,
-            sampler,
-            stages,
-            created,
-            roadmaps,
-            metrics,
-            (load_started, load_ended, settled),
-        )
+        budgets = {s.name: s.max_connections for s in budget.services}
+        peak, timeline = connections(settings, sampler)
+        result = {
+            "label": label,
+            "overrides": overrides,
+            "profile": load.__dict__,
+            "allocation": budget.allocation,
+            "budget_worst_case": budget.worst_case,
+            "budgets": budgets,
+            "peak_server_connections": peak,
+            "over_budget": {s: peak[s] for s in SERVICES if peak[s] > budgets[s]},
+            "over_allocation": peak["total"] > budget.allocation,
+            "stages": [{**s.__dict__, "throughput": round(s.throughput, 1)} for s in stages],
+            "responses_503": sum(s.statuses.get(503, 0) for s in stages),
+            "responses_5xx_other": sum(
+                v for s in stages for k, v in s.statuses.items() if k >= 500 and k != 503
+            ),
+            "transport_errors": sum(s.statuses.get(0, 0) for s in stages),
+            "pool_timeouts": metrics["pool_timeouts"],
+            "hold_p95_seconds": metrics["hold_p95_seconds"],
+            "roadmaps": {"created": len(created), **roadmaps},
+            "phases": {"load_start": load_started, "load_end": load_ended, "settled": settled},
+            "timeline": timeline,
+        }
+        report(result)
+        return result
     finally:
         # Each step on its own: one failing must not leave the others' processes running.
-        for cleanup in (
-            sampler.stop if sampler is not None else None,
-            topology.stop if topology is not None else None,
-            redis.stop,
-            pg.stop,
-        ):
-            if cleanup is None:
-                continue
+        for cleanup in (sampler.stop if sampler else None, lambda: stop_services(procs), redis.stop, pg.stop):
             try:
-                cleanup()
+                if cleanup is not None:
+                    cleanup()
             except Exception as exc:  # noqa: BLE001
-                print(f"cleanup {cleanup.__qualname__} failed: {exc!r}", file=sys.stderr)
+                print(f"cleanup failed: {exc!r}", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def report(
-    services_env: dict[str, str],
-    label: str,
-    profile: Profile,
-    overrides: dict[str, str],
-    sampler: Sampler,
-    stages: list[StageResult],
-    created: list[str],
-    roadmaps: dict[str, int],
-    metrics: dict[str, Any],
-    phases: tuple[float, float, float],
-) -> dict[str, Any]:
-    from app.budget.model import budget_from_settings
-
-    # The budget of the services as they were started: their environment, not this process's.
-    settings = Settings.from_mapping(services_env)
-    budget = budget_from_settings(settings)
-    budgets = {s.name: s.max_connections for s in budget.services}
-    peaks = dict.fromkeys(SERVICES, 0)
-    total_peak = 0
+def connections(settings: Settings, sampler: Sampler) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Peak server connections in total and per service, and the timeline they come from."""
+    peak = dict.fromkeys(["total", *SERVICES], 0)
     timeline = []
     for t, counts in sampler.samples:
-        per: dict[str, int] = dict.fromkeys(SERVICES, 0)
+        point = {"t": round(t, 2), "total": sum(counts.values()), **dict.fromkeys(SERVICES, 0)}
         for name, n in counts.items():
-            service = service_of(name)
+            service = service_of(settings, name)
             if service:
-                per[service] += n
-        total = sum(counts.values())
-        total_peak = max(total_peak, total)
-        for s in SERVICES:
-            peaks[s] = max(peaks[s], per[s])
-        timeline.append({"t": round(t, 2), "total": total, **per})
-    over = {s: peaks[s] for s in SERVICES if peaks[s] > budgets[s]}
-    result = {
-        "label": label,
-        "overrides": overrides,
-        "profile": profile.__dict__,
-        "allocation": budget.allocation,
-        "budget_worst_case": budget.worst_case,
-        "budgets": budgets,
-        "peak_server_connections": {"total": total_peak, **peaks},
-        "over_budget": over,
-        "over_allocation": total_peak > budget.allocation,
-        "stages": [{**s.__dict__, "throughput": round(s.throughput, 1)} for s in stages],
-        "responses_503": sum(s.statuses.get(503, 0) for s in stages),
-        "responses_5xx_other": sum(v for s in stages for k, v in s.statuses.items() if k >= 500 and k != 503),
-        "transport_errors": sum(s.statuses.get(0, 0) for s in stages),
-        "pool_timeouts": metrics["pool_timeouts"],
-        "hold_p95_seconds": metrics["hold_p95_seconds"],
-        "roadmaps": {"created": len(created), **roadmaps},
-        "phases": {"load_start": phases[0], "load_end": phases[1], "settled": phases[2]},
-        "timeline": timeline,
-    }
+                point[service] += n
+        peak = {k: max(v, point[k]) for k, v in peak.items()}
+        timeline.append(point)
+    return peak, timeline
+
+
+def report(result: dict[str, Any]) -> None:
+    label, peak, budgets = result["label"], result["peak_server_connections"], result["budgets"]
     print(
-        f"[{label}] peak server connections: total {total_peak} / allocation {budget.allocation}; "
-        + ", ".join(f"{s} {peaks[s]}/{budgets[s]}" for s in SERVICES),
+        f"[{label}] peak server connections: total {peak['total']} / allocation {result['allocation']}; "
+        + ", ".join(f"{s} {peak[s]}/{budgets[s]}" for s in SERVICES),
         flush=True,
     )
     print(
         f"[{label}] 503s {result['responses_503']}, other 5xx {result['responses_5xx_other']}, "
-        f"transport errors {result['transport_errors']}, pool timeouts {metrics['pool_timeouts']}, "
-        f"hold p95 {metrics['hold_p95_seconds']}, roadmaps {result['roadmaps']}",
+        f"transport errors {result['transport_errors']}, pool timeouts {result['pool_timeouts']}, "
+        f"hold p95 {result['hold_p95_seconds']}, roadmaps {result['roadmaps']}",
         flush=True,
     )
-    return result
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -613,14 +443,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run_once(PROFILES[args.profile], {}, f"production topology ({args.profile})")
+    result = run_once(LOADS[args.profile], {}, f"production topology ({args.profile})")
     (args.out / f"load-{args.profile}.json").write_text(json.dumps(result, indent=1))
     plot(result, args.out / f"load-{args.profile}.png")
     print(f"wrote {args.out / f'load-{args.profile}.json'} and .png")
     if args.compare:
         rows = []
         for label, overrides in VARIANTS.items():
-            r = run_once(PROFILES["compare"], overrides, label)
+            r = run_once(LOADS["compare"], overrides, label)
             rows.append(r)
         (args.out / "load-compare.json").write_text(json.dumps(rows, indent=1))
         base = rows[0]

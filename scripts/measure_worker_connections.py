@@ -17,18 +17,17 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import asyncpg
-from bench_server import BACKEND, REDIS_URL, bench_database
 
-sys.path.insert(0, str(BACKEND))
 from app import sizing, topology
 from app.config.settings import Settings
+from devkit.api import BACKEND
+from devkit.bench import REDIS_URL, bench_database
 
 
 async def count(url: str) -> dict[str, int]:

@@ -72,16 +72,18 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
-from load_harness import Sampler, wrk_binary, wrk_stage
-from own_services import OwnPostgres, OwnRedis, free_port
-from railway_config import RAILWAY_FILE, REFERENCED, compile_graph
+
+from app import topology as app_topology  # every service, declared once
+from app.config.settings import Settings
+from devkit.pg_activity import Sampler
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres
+from devkit.railway_config import RAILWAY_FILE, REFERENCED, compile_graph
+from devkit.redis_server import OwnRedis
+from devkit.wrk import ensure_wrk, wrk_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = ROOT / "backend"
-sys.path.insert(0, str(BACKEND))
-
-from app import topology as app_topology  # noqa: E402 - every service, declared once
-from app.config.settings import Settings  # noqa: E402
 
 SERVICES = app_topology.NAMES
 PNG = ROOT / "docs" / "benchmarks" / "rehearse-deploy.png"
@@ -1134,7 +1136,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.replot:
         return finish(json.loads(args.replot.read_text()), args)
-    wrk_binary()  # fails early with how to install it
+    ensure_wrk()  # fails early with how to install it
 
     SCALE_DOWN_ACTIVE.update(SCALE_DOWN)
     for pair in args.set:

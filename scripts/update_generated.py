@@ -5,7 +5,7 @@ python scripts/update_generated.py          # rewrite them
 python scripts/update_generated.py --check  # exit 1 if any is out of date (the tests do this)
 
 * docs/connection-pool-guide.md: the budget tables (python -m app.budget) and the Railway variables;
-* .railway/railway.py: Railway infrastructure as code for both environments (scripts/railway_config.py).
+* .railway/railway.py: Railway infrastructure as code for both environments (devkit/railway_config.py).
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import re
 import sys
 from pathlib import Path
 
+from app import sizing, topology
+from app.budget.__main__ import render, settings_for
+from app.budget.model import budget_from_settings
+from devkit import railway_config
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "connection-pool-guide.md"
-sys.path.insert(0, str(ROOT / "backend"))
-sys.path.insert(0, str(ROOT))
-
-from app import sizing, topology  # noqa: E402
-from app.budget.__main__ import render, settings_for  # noqa: E402
-from app.budget.model import budget_from_settings  # noqa: E402
-from scripts import railway_config  # noqa: E402
 
 
 def railway_variables() -> str:

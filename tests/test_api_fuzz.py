@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks
 
 from app.main import app
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
 

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from scripts.own_services import free_port, wait_answering
+from devkit.api import wait_answering
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BACKEND
 

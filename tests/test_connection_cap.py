@@ -32,7 +32,9 @@ from app.config.settings import Settings
 from app.db.connection_cap import expected_cap
 from app.db.engine import build_engine, engine_options
 from app.db.errors import is_allocation_exhausted
-from scripts.own_services import OwnPostgres, execute, free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres, execute
 from tests.support.auth import auth
 from tests.support.env import BACKEND, BASE_ENV
 from tests.support.workers import start_worker, wait_ready

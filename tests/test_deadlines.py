@@ -27,7 +27,8 @@ from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stat
 from app.db.engine import build_unpooled_engine, engine_options, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
 from app.db.session import read
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
 from tests.support.fault_proxy import FaultProxy, through

@@ -20,7 +20,7 @@ from app.config.loading import InvalidSettingsError
 from app.config.settings import Settings, get_settings
 from app.core.celery_app import TASK_MODULES, create_celery, queue_options
 from app.worker.lifecycle import service_for_queues
-from scripts import railway_config
+from devkit import railway_config
 from tests.support.env import ROOT
 
 ENTRYPOINT = ROOT / "backend" / "scripts" / "railway_entrypoint.sh"

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.browser import rendered_dom
 from tests.support.env import BASE_ENV
 

@@ -1,8 +1,8 @@
 """Faults: PostgreSQL restarted under load, every connection terminated, Redis restarted with tasks in
 flight (Redis stopped or stalled under POSTs, PostgreSQL cut mid-generation: test_outages.py).
 
-The restart and the Redis outage happen to private servers (scripts/own_services.py), never to the
-machine's shared ones.
+The restart and the Redis outage happen to private servers (devkit.postgres, devkit.redis_server),
+never to the machine's shared ones.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from celery import Celery
 from celery.result import AsyncResult
 from celery.states import READY_STATES
 
-from scripts.own_services import OwnPostgres, OwnRedis, free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres
+from devkit.redis_server import OwnRedis
 from tests.support.auth import auth
 from tests.support.workers import kill_quietly, start_worker, wait_ready
 

@@ -10,7 +10,8 @@ import httpx
 import psycopg
 import pytest
 
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.browser import OFFLINE
 from tests.support.env import BASE_ENV, TEST_DB

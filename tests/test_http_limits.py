@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.env import BACKEND
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("migrated_database")]

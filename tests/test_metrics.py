@@ -14,7 +14,8 @@ import pytest
 from app import sizing
 from app.config.settings import get_settings
 from app.core.metrics import sweep_dead_processes
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.metrics_text import sample
 

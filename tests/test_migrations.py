@@ -18,7 +18,7 @@ from app.config import connections
 from app.config.settings import get_settings
 from app.db.models import LANGGRAPH_TABLES, Base, alembic_include_name
 from app.db.prestart import alembic_config
-from scripts.own_services import execute
+from devkit.postgres import execute
 from tests.support.env import BACKEND
 
 pytestmark = pytest.mark.usefixtures("migrated_database")

@@ -1,7 +1,7 @@
 """Outages that heal themselves: Redis stopped or stalled under POSTs, PostgreSQL cut during content
-generation, a roadmap whose task was lost. Real servers of their own (scripts/own_services.py), real
-API and Celery workers; each test asserts the end state: every roadmap terminal, every concept
-written once, nothing lost, nothing duplicated, bounded latency.
+generation, a roadmap whose task was lost. Real servers of their own (devkit.postgres,
+devkit.redis_server), real API and Celery workers; each test asserts the end state: every roadmap
+terminal, every concept written once, nothing lost, nothing duplicated, bounded latency.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import asyncpg
 import httpx
 import pytest
 
-from scripts.own_services import OwnPostgres, OwnRedis, free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
+from devkit.postgres import OwnPostgres
+from devkit.redis_server import OwnRedis
 from tests.support.auth import auth
 from tests.support.workers import Worker, start_worker, wait_ready
 

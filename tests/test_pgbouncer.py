@@ -22,7 +22,7 @@ import pytest
 
 from app.config import connections
 from app.config.settings import get_settings
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
 from tests.support.system_tools import require

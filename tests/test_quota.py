@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from app.config.settings import get_settings
-from scripts.own_services import free_port, running_api
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BASE_ENV
 

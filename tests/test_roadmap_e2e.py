@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.metrics_text import sample
 from tests.support.workers import Worker, running_workers

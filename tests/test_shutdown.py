@@ -27,7 +27,7 @@ import pytest
 
 from app import sizing
 from app.config.settings import Settings
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.env import BACKEND
 from tests.support.fault_proxy import FaultProxy, through

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from scripts.own_services import OwnPostgres, execute
+from devkit.postgres import OwnPostgres, execute
 from tests.support.env import ADMIN_URL, BACKEND, BASE_ENV, REDIS_URL, TEST_DB
 
 

