@@ -51,9 +51,8 @@ def _iso(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
 
 
-async def task_logs(request: Request) -> Response:
-    limit = int(request.query_params.get("limit", 50))
-    offset = int(request.query_params.get("offset", 0))
+async def task_log_page(limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+    """The two queries of the project's task-log page (shared with devkit.fastapi_app)."""
     assert POOL is not None
     async with POOL.acquire() as conn:
         rows = await conn.fetch(
@@ -62,7 +61,13 @@ async def task_logs(request: Request) -> Response:
             limit,
             offset,
         )
-        total = await conn.fetchval("SELECT count(*) FROM task_logs")
+        return rows, await conn.fetchval("SELECT count(*) FROM task_logs")
+
+
+async def task_logs(request: Request) -> Response:
+    limit = int(request.query_params.get("limit", 50))
+    offset = int(request.query_params.get("offset", 0))
+    rows, total = await task_log_page(limit, offset)
     items = [{**dict(r), "created_at": _iso(r["created_at"])} for r in rows]
     return JSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
 

@@ -1,7 +1,7 @@
-"""FastAPI's own pace for scripts/bench_request_path.py: the framework, asyncpg and pydantic, no project.
+"""FastAPI's own pace for scripts/bench_request_path.py: FastAPI, asyncpg and pydantic only.
 
 ``GET /api/v1/task-logs`` as a minimal FastAPI app would write it: the same two queries (rows and count)
-on an asyncpg pool of 10 per worker, the same response model shape, validated query parameters, and
+on an asyncpg pool of 10 per worker, the same response model, validated query parameters, and
 an auth dependency of the same shape (HTTPBearer, an HS256 token verified with PyJWT, an admin check).
 The gap between the project and this app is what the project adds between FastAPI and asyncpg; the
 gap between this app and devkit/bare_app.py is FastAPI's. Run by the benchmark, never deployed:
@@ -11,51 +11,19 @@ gap between this app and devkit/bare_app.py is FastAPI's. Run by the benchmark, 
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Any
 
-import asyncpg
 import jwt
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 
-POOL: asyncpg.Pool | None = None
+# The response model is the project's own (a plain pydantic model), so the two apps serialise the same
+# shape; the pool and the two queries are the bare app's.
+from app.schemas.task_logs import TaskLogOut, TaskLogPage
+from devkit.bare_app import lifespan, task_log_page
+
 SECRET = os.environ.get("JWT_SECRET_KEY", "")
-
-
-class TaskLog(BaseModel):
-    id: int
-    task_id: str | None
-    task_name: str
-    queue: str | None
-    event: str
-    level: str
-    payload: dict[str, Any]
-    created_at: datetime
-
-
-class TaskLogPage(BaseModel):
-    items: list[TaskLog]
-    total: int
-    limit: int
-    offset: int
-
-
-async def _init(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-@asynccontextmanager
-async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    global POOL
-    POOL = await asyncpg.create_pool(os.environ["BARE_DATABASE_URL"], min_size=1, max_size=10, init=_init)
-    yield
-    await POOL.close()
 
 
 async def admin(
@@ -81,16 +49,8 @@ async def task_logs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> TaskLogPage:
-    assert POOL is not None
-    async with POOL.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT id, task_id, task_name, queue, event, level, payload, created_at FROM task_logs"
-            " ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
-            limit,
-            offset,
-        )
-        total = await conn.fetchval("SELECT count(*) FROM task_logs")
-    return TaskLogPage(items=[TaskLog(**dict(r)) for r in rows], total=total, limit=limit, offset=offset)
+    rows, total = await task_log_page(limit, offset)
+    return TaskLogPage(items=[TaskLogOut(**dict(r)) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @app.get("/health")
