@@ -148,7 +148,7 @@ def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 def service_of(settings: Settings, application_name: str) -> str | None:
     """The service whose connection this is: ``<environment>.<service>`` or below it (its checkpointer's)."""
     for name in SERVICES:
-        own = settings.application_name(name)
+        own = application_name(settings, name)
         if application_name == own or application_name.startswith(own + "."):
             return name
     return None

@@ -44,39 +44,62 @@ def windows(
     return seen
 
 
-def test_starts_at_the_ceiling_and_stays_there_while_nothing_queues() -> None:
-    """A new process serves a burst: no slow start."""
+def queueing(
+    limit: GradientLimit, clock: Clock, count: int, service: float = 0.005, capacity: int = 4
+) -> list[int]:
+    """A saturated process that serves ``capacity`` requests at once: each admitted request takes
+    ``service`` seconds, and proportionally longer when more are admitted (processor sharing)."""
+    seen = []
+    for _ in range(count):
+        busy = limit.admitted
+        for _ in range(limit.window_samples):
+            limit.sample(service * max(1.0, busy / capacity), busy, admitted_with=busy)
+        clock.now += limit.window_seconds
+        seen.append(limit.admitted)
+    return seen
+
+
+def test_starts_at_the_ceiling_and_stays_there_under_light_load() -> None:
+    """A new process serves a burst: no slow start; and light load never pins it for a probe."""
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock)
+    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=2)
     assert limit.admitted == 10
-    assert min(windows(limit, clock, 0.005, 200, admitted_with=1)) == 10
+    assert min(windows(limit, clock, 0.005, 400, in_flight=6, admitted_with=1)) == 10  # 20 s, ~8 probes
 
 
-def test_shrinks_when_latency_rises_past_the_tolerance_and_recovers_when_it_falls() -> None:
+def test_under_queueing_it_settles_where_latency_stays_within_the_tolerance() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=20, tolerance=1.5, clock=clock, probe_seconds=1e9)
+    limit = GradientLimit(ceiling=40, tolerance=2.0, clock=clock)
+    seen = queueing(limit, clock, 400)  # 20 s at saturation
+    settled = seen[-100:]
+    # Capacity 4: admitting 4 keeps the process busy; up to 2x the unqueued latency means about 8-9.
+    assert min(settled) >= 4 and max(settled) <= 12, settled
+    assert limit.rtt_noload == pytest.approx(0.005)
+
+
+def test_a_slower_baseline_is_not_taken_for_queueing() -> None:
+    """Every request takes 30 ms whatever the concurrency (a slower plan, a busier host): the limit
+    may dip, but the probe measures the new baseline and the limit returns to the ceiling."""
+    clock = Clock()
+    limit = GradientLimit(ceiling=20, clock=clock)
     windows(limit, clock, 0.005, 40, admitted_with=1)
-    assert limit.admitted == 20 and limit.rtt_noload == pytest.approx(0.005)
-    windows(limit, clock, 0.030, 100)  # queueing: six times the unloaded latency
-    assert limit.floor <= limit.admitted <= 3
-    windows(limit, clock, 0.005, 200)
-    assert limit.admitted == 20
+    seen = windows(limit, clock, 0.030, 200)
+    assert seen[-1] == 20 and limit.rtt_noload == pytest.approx(0.030)
 
 
 def test_does_not_grow_when_the_load_and_not_the_limit_kept_concurrency_low() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=1e9)
-    windows(limit, clock, 0.005, 40, admitted_with=1)
-    windows(limit, clock, 0.030, 100)
+    limit = GradientLimit(ceiling=40, clock=clock)
+    queueing(limit, clock, 200)
     low = limit.admitted
-    windows(limit, clock, 0.005, 100, in_flight=0)
-    assert low < 10 and limit.admitted == low
+    windows(limit, clock, 0.005, 100, in_flight=0, admitted_with=3)
+    assert low < 40 and limit.admitted == low
 
 
 def test_a_database_failure_cuts_the_limit_whatever_the_latency() -> None:
     clock = Clock()
     limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=1e9)
-    windows(limit, clock, 0.005, 200)
+    windows(limit, clock, 0.005, 200, admitted_with=1)
     before = limit.limit
     for _ in range(limit.window_samples):
         limit.sample(0.001, 10, dropped=True)
@@ -86,43 +109,27 @@ def test_a_database_failure_cuts_the_limit_whatever_the_latency() -> None:
     assert before == 10 and limit.limit <= before * 0.9 + 1e-9
 
 
-def test_under_light_load_the_probe_never_pins_the_limit() -> None:
-    """Requests that found the process nearly idle measure the unloaded latency by themselves."""
+def test_under_overload_a_probe_pins_the_limit_for_one_window_only() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=2)
-    seen = windows(limit, clock, 0.005, 400, in_flight=6, admitted_with=1)  # 20 s, ~8 probes
-    assert min(seen) == 10
+    limit = GradientLimit(ceiling=40, clock=clock, probe_seconds=5)
+    queueing(limit, clock, 200)
+    seen = queueing(limit, clock, 400)  # 20 s: 3 or 4 regular probes, nobody admitted when idle
+    pinned = [i for i, n in enumerate(seen) if n == limit.probe_limit]
+    assert 2 <= len(pinned) <= 5, seen
+    assert all(seen[i + 1] > limit.probe_limit for i in pinned if i + 1 < len(seen))
 
 
-def test_under_overload_the_probe_pins_the_limit_for_one_window_and_learns_a_slower_baseline() -> None:
-    """After a lasting rise of the baseline (a slower plan) the limit recovers instead of staying down;
-    the pin costs one window per probe."""
+def test_requests_admitted_before_the_pin_do_not_count_as_unqueued() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=16, clock=clock, probe_seconds=5)
-    windows(limit, clock, 0.002, 60, admitted_with=1)
-    # Now every request takes 10 ms whatever the concurrency: nothing queues, the work got slower.
-    windows(limit, clock, 0.010, 20)
-    low = limit.admitted
-    windows(limit, clock, 0.010, 400)  # 20 s: several probes, no request admitted when idle
-    assert low < 16 and limit.admitted == 16
-    assert limit.rtt_noload == pytest.approx(0.010)
-    seen = windows(limit, clock, 0.010, 400)  # 20 s more: 3 or 4 probes, each pinning one window
-    assert 2 <= sum(1 for n in seen if n < 16) <= 5 and seen[-1] == 16
-
-
-def test_requests_admitted_before_the_pin_do_not_count_as_unloaded() -> None:
-    clock = Clock()
-    limit = GradientLimit(ceiling=16, clock=clock, probe_seconds=1)
-    for _ in range(40):  # overloaded from the start: the first probe pins
-        if windows(limit, clock, 0.004, 1)[-1] == limit.probe_limit:
-            break
+    limit = GradientLimit(ceiling=16, clock=clock)
+    windows(limit, clock, 0.004, 2)  # the first window closes at the ceiling: the probe pins
     assert limit.admitted == limit.probe_limit
     clock.now += 1.0
     for _ in range(limit.window_samples * 4):
         limit.sample(2.0, 16)  # begun 2 s ago, before the pin: ignored
     assert limit.admitted == limit.probe_limit
-    windows(limit, clock, 0.004, 2, in_flight=2)
-    assert limit.rtt_noload == pytest.approx(0.004)
+    windows(limit, clock, 0.004, 1, in_flight=2)
+    assert limit.rtt_noload == pytest.approx(0.004) and limit.admitted == 16
 
 
 @pytest.fixture(params=["static", "adaptive"])

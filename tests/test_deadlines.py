@@ -243,8 +243,9 @@ def test_health_answers_within_2s_every_time_under_a_stall(
         while (status := http.get("/health").status_code) != 200 and time.monotonic() < until:
             time.sleep(0.2)
         assert status == 200
-        # One probe at a time: the stall cost /health at most one connection, not one per call.
-        assert http.get("/health").json()["database"]["pool"]["checked_out"] == 0
+        # One probe at a time: the stall cost /health at most one connection, not one per call (the
+        # snapshot may be taken while this call's own probe holds one).
+        assert http.get("/health").json()["database"]["pool"]["checked_out"] <= 1
 
 
 @pytest.mark.parametrize("stalled_in", ["idle ping", "statement"])

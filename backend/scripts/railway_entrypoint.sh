@@ -3,7 +3,7 @@
 # Railway service per SERVICE_TYPE; the services are declared in app/topology.py.
 #
 #   SERVICE_TYPE=api|celery_logs|celery_content|celery_workflow  backend/scripts/railway_entrypoint.sh
-#   backend/scripts/railway_entrypoint.sh celery_content      # the same, as deploy/railway/*.json do it
+#   backend/scripts/railway_entrypoint.sh celery_content      # the same, as .railway/railway.py starts it
 #   DRY_RUN=1 ...   prints the one command line it would exec, and exits 0
 #
 # The command comes from the settings (python -m app.start_commands), the same plan the connection

@@ -37,12 +37,14 @@ class GradientLimit:
     """A concurrency limit from latency: ``limit * min(1, tolerance * rtt_noload / rtt) + 1``, smoothed.
 
     Latency is averaged over windows of at least ``window_seconds`` and ``window_samples`` requests.
-    ``rtt_noload`` is the lowest window seen, measured again every ``probe_seconds`` (jittered): as the
-    average of the requests admitted with at most ``probe_limit`` in flight since the last probe, or,
-    when overload left none, by pinning the limit there for one window (Envoy's minRTT window); only
-    requests admitted under the pin count. Without that, a baseline that rose (a slower plan, a busier
-    host) would read as queueing and hold the limit down for good. A window in which a request failed
-    for want of the database (a 503 of its own) cuts the limit by a tenth.
+    ``rtt_noload`` is the latency of a request that did not queue *under the current load*: uvicorn's
+    workers share the cores, so a busy host slows every request, and measured against an idle host's
+    latency that would read as queueing and shed work the host could do. It is measured every
+    ``probe_seconds`` (jittered) as the average of the requests admitted with at most ``probe_limit`` in
+    flight since the last probe or, when overload left none, by pinning the limit there for one window
+    (Envoy's minRTT window; only requests admitted under the pin count), and at once, by pinning, when
+    the limit has halved since (the load changed). A window in which a request failed for want of the
+    database (a 503 of its own) cuts the limit by a tenth.
     """
 
     def __init__(
@@ -50,7 +52,7 @@ class GradientLimit:
         *,
         ceiling: int,
         floor: int = 1,
-        tolerance: float = 1.5,
+        tolerance: float = 2.0,
         smoothing: float = 0.2,
         window_seconds: float = 0.05,
         window_samples: int = 8,
@@ -63,13 +65,12 @@ class GradientLimit:
         self.window_seconds, self.window_samples = window_seconds, window_samples
         self.probe_seconds, self.probe_limit = probe_seconds, max(self.floor, min(probe_limit, ceiling))
         self._clock = clock
-        # Optimistic, as a new process should serve a burst: the first probe, after a second, finds
-        # the unloaded latency, and the limit comes down from there if requests queue.
+        # Optimistic, as a new process should serve a burst; the first window measures the latency.
         self.limit = float(ceiling)
         self.rtt_noload: float | None = None
         self._pinned_since: float | None = None  # while the limit is pinned for a probe
-        self._restore = self.limit
-        self._next_probe = clock() + min(probe_seconds, 20 * window_seconds)
+        self._restore = self._probed_at = self.limit
+        self._next_probe = clock() + probe_seconds * (1 + random.random() / 2)
         self._low_total, self._low_count = 0.0, 0
         self._reset_window(clock())
 
@@ -99,18 +100,20 @@ class GradientLimit:
     def _update(self, rtt: float, peak: int, dropped: bool, now: float) -> None:
         if self._pinned_since is not None:
             self._pinned_since, self.rtt_noload, self.limit = None, rtt, self._restore
+            self._probed_at = self.limit
+            self._low_total, self._low_count = 0.0, 0  # the pin's own requests: measured already
             return
-        if now >= self._next_probe:
+        halved = self.limit < self._probed_at / 2
+        if now >= self._next_probe or halved or self.rtt_noload is None:
             self._next_probe = now + self.probe_seconds * (1 + random.random() / 2)
-            if self._low_count >= self.window_samples:
+            if self._low_count >= self.window_samples and not halved:
                 self.rtt_noload = self._low_total / self._low_count
+                self._probed_at = self.limit
             else:
                 self._pinned_since, self._restore = now, self.limit
                 self.limit = min(self.limit, float(self.probe_limit))
             self._low_total, self._low_count = 0.0, 0
             return
-        if self.rtt_noload is None or rtt < self.rtt_noload:
-            self.rtt_noload = rtt
         if dropped:
             self.limit = max(float(self.floor), self.limit * 0.9)
             return
@@ -128,7 +131,7 @@ class GradientLimit:
 
 
 class StaticLimit:
-    """A fixed limit (uvicorn's --limit-concurrency, per route class): the comparison's middle column."""
+    """A fixed limit, like uvicorn's --limit-concurrency but on the database routes only."""
 
     def __init__(self, limit: int) -> None:
         self.admitted = limit
@@ -215,21 +218,39 @@ class AdmissionControl:
         await send({"type": "http.response.body", "body": self._body})
 
 
+# Paths seen refused, and the route each would have reached: a refusal must stay cheap, and matching
+# walks every route. Bounded: cleared when full (paths carry ids).
+_routes: dict[tuple[str, str], object] = {}
+
+
 def _label_route(scope: Scope) -> None:
-    """The route the request would have reached, for http_requests_total's template label. The routers
-    carry their full prefix (app.api.routes), so an included router's own routes match as they are."""
+    """The route the request would have reached, for http_requests_total's template label."""
+    key = (scope.get("method", "GET"), scope["path"])
+    route = _routes.get(key)
+    if route is None:
+        route = _match(scope)
+        if len(_routes) >= 1024:
+            _routes.clear()
+        _routes[key] = route
+    if route is not False:
+        scope["route"] = route
+
+
+def _match(scope: Scope) -> object:
+    """The routers carry their full prefix (app.api.routes), so an included router's own routes match
+    as they are. False: no route (http_requests_total then says "unmatched")."""
     routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
     while routes:
         for route in routes:
             if route.matches(scope)[0] is Match.FULL:
                 inner = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
                 if inner is None:
-                    scope["route"] = route
-                    return
+                    return route
                 routes = inner.routes
                 break
         else:
-            return
+            break
+    return False
 
 
 def admission_limiter(pool_connections: int) -> GradientLimit | StaticLimit | None:

@@ -217,7 +217,7 @@ class Settings(ServiceSettings, LoadableSettings):
     # which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
     API_ADMISSION: Literal["adaptive", "static", "off"] = "adaptive"
     # Admitted requests may take this many times their unqueued latency before the limit shrinks.
-    API_ADMISSION_TOLERANCE: float = Field(1.5, ge=1.0, le=10.0)
+    API_ADMISSION_TOLERANCE: float = Field(2.0, ge=1.0, le=10.0)
     # --- shutdown: SIGTERM to exit, inside Railway's drainingSeconds (app.sizing.shutdown_seconds) ---
     # The API refuses new connections at SIGTERM and serves the open ones this much longer.
     API_DRAIN_SECONDS: float = Field(2.0, ge=0, le=60)
