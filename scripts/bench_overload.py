@@ -4,9 +4,10 @@
     python scripts/bench_overload.py [--seconds 10 --workers 8 --load 1,4,10]
 
 One migrated database (1,000 task events), the API with production settings and 8 uvicorn workers,
-``GET /api/v1/task-logs?limit=5`` with an admin's token (two queries per request). First the
-concurrency that saturates the API is found (the smallest at which throughput is within 5 % of the
-sweep's best); then each server runs at 1x, 4x and 10x that concurrency:
+``GET /api/v1/task-logs?limit=5`` with an admin's token (two queries per request). 1x is the
+concurrency that saturates the workers' pools (workers x the API's pool, 8 x 10): one more request and
+one waits in a pool's queue. ``--sweep`` also prints throughput against concurrency, where the CPU
+saturates (on 2 cores long before the pools do). Each server runs at 1x, 4x and 10x:
 
 * ``off``: no admission control, requests queue at the pool (today's behaviour before issue 18);
 * ``static``: a fixed limit per process, the pool's size (``API_ADMISSION=static``);
@@ -14,7 +15,8 @@ sweep's best); then each server runs at 1x, 4x and 10x that concurrency:
 
 The clients are closed-loop keep-alive connections in several processes (raw asyncio HTTP/1.1, so
 each request's status and latency are recorded; wrk reports neither by status), with a 10 s client
-timeout. ``--honour-retry-after`` makes a client that got 503 wait its Retry-After, as the API asks;
+timeout. ``--honour-retry-after`` makes a client that got 503 wait its Retry-After (0.5-1.5x, jittered),
+as the API asks;
 by default they retry at once, the harder case. Printed per server and load: goodput (2xx per second),
 p50/p99 of the 2xx, the share answered 503 at once (overloaded), the slowest rejection, other failures,
 and the clients' CPU share.
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -51,7 +54,11 @@ class Result:
         self.other += other.other
 
 
-async def _client(host: str, port: int, request: bytes, until: float, honour: bool, result: Result) -> None:
+async def _client(
+    host: str, port: int, request: bytes, measured_from: float, until: float, honour: bool, result: Result
+) -> None:
+    """One kept-alive connection, from the warm-up on; only requests begun after ``measured_from`` count,
+    so the figures never include the wave of connects that starts a run."""
     reader = writer = None
     while time.monotonic() < until:
         try:
@@ -66,20 +73,25 @@ async def _client(host: str, port: int, request: bytes, until: float, honour: bo
                 length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
                 body = await reader.readexactly(length)  # type: ignore[union-attr]
             elapsed = time.perf_counter() - started
-            if 200 <= status < 300:
+            if time.monotonic() - elapsed < measured_from:
+                pass
+            elif 200 <= status < 300:
                 result.ok.append(elapsed)
             elif status == 503 and b'"overloaded"' in body:
                 result.shed.append(elapsed)
-                if honour:
-                    retry_after = int(lower.split(b"retry-after:")[1].split(b"\r\n")[0])
-                    await asyncio.sleep(min(retry_after, until - time.monotonic()))
             else:
                 result.other += 1
+            if status == 503 and b'"overloaded"' in body and honour:
+                # With jitter, as a well-behaved client does: exact waits return as one wave.
+                retry_after = int(lower.split(b"retry-after:")[1].split(b"\r\n")[0])
+                wait = retry_after * random.uniform(0.5, 1.5)
+                await asyncio.sleep(max(0.0, min(wait, until - time.monotonic())))
             if b"connection: close" in lower:
                 writer.close()
                 writer = None
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
-            result.other += 1
+            if time.monotonic() >= measured_from:
+                result.other += 1
             if writer is not None:
                 writer.close()
             writer = None
@@ -91,18 +103,18 @@ def _load_process(args: tuple[str, int, bytes, int, float, float, bool], out: mu
     host, port, request, connections, warmup, seconds, honour = args
 
     async def run() -> Result:
-        start = time.monotonic()
-        warm = Result(warmup)
-        await asyncio.gather(
-            *(_client(host, port, request, start + warmup, honour, warm) for _ in range(connections))
-        )
+        measured_from = time.monotonic() + warmup
+        until = measured_from + seconds
         result = Result(seconds)
+        clients = (
+            _client(host, port, request, measured_from, until, honour, result) for _ in range(connections)
+        )
         before = resource.getrusage(resource.RUSAGE_SELF)
-        until = time.monotonic() + seconds
-        clients = (_client(host, port, request, until, honour, result) for _ in range(connections))
         await asyncio.gather(*clients)
         after = resource.getrusage(resource.RUSAGE_SELF)
+        # The warm-up's share too: an upper bound on what the clients took while measured.
         result.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        result.cpu *= seconds / (seconds + warmup)
         return result
 
     try:
@@ -148,6 +160,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
+    from app import sizing
     from app.config.settings import Settings
 
     production = Settings.from_mapping({"ENVIRONMENT": "production"})
@@ -156,7 +169,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=production.UVICORN_WORKERS)
     parser.add_argument("--load", default="1,4,10", help="multiples of the saturating concurrency")
-    parser.add_argument("--saturation", type=int, help="skip the sweep: this concurrency saturates")
+    parser.add_argument("--saturation", type=int, help="1x (default: workers x the API's pool)")
+    parser.add_argument("--sweep", action="store_true", help="print throughput against concurrency first")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--modes", default="off,static,adaptive")
     parser.add_argument("--honour-retry-after", action="store_true")
@@ -167,8 +181,9 @@ def main() -> None:
     rows: list[tuple[str, int, int, Result]] = []
     with bench_database() as url:
         asyncio.run(seed(url))
-        saturation = args.saturation
-        if saturation is None:
+        pool = sizing.pool_sizing(production, "api").max_connections
+        saturation = args.saturation or args.workers * pool
+        if args.sweep:
             with api_server(url, workers=args.workers, API_ADMISSION="off") as base:
                 best, sweep = 0.0, []
                 for concurrency in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64):
@@ -178,10 +193,11 @@ def main() -> None:
                     p99 = 1000 * pct(run.ok, 0.99)
                     print(f"sweep c={concurrency:<3} {rate:8.0f} 2xx/s  p99 {p99:6.1f} ms", flush=True)
                     best = max(best, rate)
-                saturation = next(c for c, rate in sweep if rate >= 0.95 * best)
+                knee = next(c for c, rate in sweep if rate >= 0.95 * best)
+                print(f"throughput within 5% of its best from {knee} connections", flush=True)
         clients = "honour" if args.honour_retry_after else "ignore"
-        print(f"\nsaturating concurrency: {saturation} ({args.workers} uvicorn workers, {cores} cores); "
-              f"clients {clients} Retry-After\n", flush=True)  # fmt: skip
+        print(f"\n1x = {saturation} connections ({args.workers} uvicorn workers x pool {pool}, {cores} "
+              f"cores); clients {clients} Retry-After\n", flush=True)  # fmt: skip
         for mode in args.modes.split(","):
             with api_server(url, workers=args.workers, API_ADMISSION=mode) as base:
                 load(base, headers, saturation, 3, 0, args.processes, False)  # warm every worker
@@ -193,7 +209,7 @@ def main() -> None:
                     report(mode, multiple, connections, run, cores)
     print()
     print("| admission | load | connections | goodput 2xx/s | p50 2xx ms | p99 2xx ms | shed |"
-          " slowest shed ms | failed | clients' CPU |")  # fmt: skip
+          " shed p50 / p99 / max ms | failed | clients' CPU |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, multiple, connections, run in rows:
         print(f"| {mode} | {multiple}x | {connections} | " + cells(run, cores))
@@ -214,7 +230,9 @@ def cells(run: Result, cores: int) -> str:
     total = len(run.ok) + len(run.shed) + run.other
     return (
         f"{len(run.ok) / run.seconds:.0f} | {1000 * pct(run.ok, 0.5):.1f} | {1000 * pct(run.ok, 0.99):.1f} | "
-        f"{100 * len(run.shed) / max(total, 1):.1f}% | {1000 * max(run.shed, default=0):.1f} | {run.other} | "
+        f"{100 * len(run.shed) / max(total, 1):.1f}% | {1000 * pct(run.shed, 0.5):.1f} / "
+        f"{1000 * pct(run.shed, 0.99):.1f} / "
+        f"{1000 * max(run.shed, default=float('nan')):.1f} | {run.other} | "
         f"{100 * run.cpu / (run.seconds * cores):.0f}% |"
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -17,118 +18,132 @@ from tests.support.metrics_text import sample
 
 
 class Clock:
+    """Monotonic and wall-clock time in one, advanced by hand."""
+
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def windows(
-    limit: GradientLimit,
-    clock: Clock,
-    rtt: float,
-    count: int,
-    in_flight: int | None = None,
-    admitted_with: int | None = None,
-) -> list[int]:
-    """``count`` windows of requests taking ``rtt`` each, at the limit's own concurrency by default;
-    the limit after each window."""
+def limiter(clock: Clock, **options: float) -> GradientLimit:
+    return GradientLimit(clock=clock, wall=clock, **options)  # type: ignore[arg-type]
+
+
+def run(limit: GradientLimit, clock: Clock, seconds: float, rtt: Callable[[int], float]) -> list[int]:
+    """A saturated process for ``seconds``: every admitted slot busy, each request taking ``rtt(n)`` with
+    ``n`` admitted; the limit after each window."""
     seen = []
-    for _ in range(count):
+    for _ in range(round(seconds / limit.window_seconds)):
         for _ in range(limit.window_samples):
-            busy = in_flight if in_flight is not None else limit.admitted
-            limit.sample(rtt, busy, admitted_with=admitted_with if admitted_with is not None else busy)
-        clock.now += limit.window_seconds
+            busy = limit.admitted
+            limit.sample(rtt(busy), busy)
+        clock.now += limit.window_seconds + 1e-6
         seen.append(limit.admitted)
     return seen
 
 
-def queueing(
-    limit: GradientLimit, clock: Clock, count: int, service: float = 0.005, capacity: int = 4
-) -> list[int]:
-    """A saturated process that serves ``capacity`` requests at once: each admitted request takes
-    ``service`` seconds, and proportionally longer when more are admitted (processor sharing)."""
-    seen = []
-    for _ in range(count):
-        busy = limit.admitted
-        for _ in range(limit.window_samples):
-            limit.sample(service * max(1.0, busy / capacity), busy, admitted_with=busy)
-        clock.now += limit.window_seconds
-        seen.append(limit.admitted)
-    return seen
+def until_pinned(limit: GradientLimit, clock: Clock, rtt: float) -> None:
+    """Runs windows across the next probe boundary, and stops as soon as the probe pinned the limit."""
+    clock.now = (clock.now // limit.probe_seconds + 1) * limit.probe_seconds - 0.1
+    for _ in range(10):
+        run(limit, clock, limit.window_seconds, lambda n: rtt)
+        if limit.admitted == limit.probe_limit:
+            return
+    raise AssertionError("no probe")
 
 
-def test_starts_at_the_ceiling_and_stays_there_under_light_load() -> None:
-    """A new process serves a burst: no slow start; and light load never pins it for a probe."""
+def queueing(service: float = 0.005, capacity: int = 4) -> Callable[[int], float]:
+    """Serves ``capacity`` requests at once; more admitted take proportionally longer (processor sharing)."""
+    return lambda n: service * max(1.0, n / capacity)
+
+
+def test_starts_at_the_ceiling_and_adapts_only_after_its_first_probe() -> None:
+    """A new process serves a burst: no slow start, and no verdict before a baseline was measured."""
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=2)
-    assert limit.admitted == 10
-    assert min(windows(limit, clock, 0.005, 400, in_flight=6, admitted_with=1)) == 10  # 20 s, ~8 probes
+    limit = limiter(clock, ceiling=20, probe_seconds=10)
+    assert limit.admitted == 20
+    seen = run(limit, clock, 5, queueing())
+    assert limit.rtt_noload is None and min(seen) == 20
 
 
 def test_under_queueing_it_settles_where_latency_stays_within_the_tolerance() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=40, tolerance=2.0, clock=clock)
-    seen = queueing(limit, clock, 400)  # 20 s at saturation
-    settled = seen[-100:]
-    # Capacity 4: admitting 4 keeps the process busy; up to 2x the unqueued latency means about 8-9.
+    limit = limiter(clock, ceiling=40, tolerance=2.0, probe_seconds=10)
+    seen = run(limit, clock, 40, queueing())
+    assert limit.rtt_noload == pytest.approx(0.005)  # the probe pinned it at one: no queueing
+    settled = [n for n in seen[-200:] if n > limit.probe_limit]  # the pinned windows aside
+    # Capacity 4 keeps the process busy; up to 2x the unqueued latency means about 8-9 admitted.
     assert min(settled) >= 4 and max(settled) <= 12, settled
-    assert limit.rtt_noload == pytest.approx(0.005)
 
 
 def test_a_slower_baseline_is_not_taken_for_queueing() -> None:
-    """Every request takes 30 ms whatever the concurrency (a slower plan, a busier host): the limit
-    may dip, but the probe measures the new baseline and the limit returns to the ceiling."""
+    """Every request takes 30 ms whatever the concurrency (a slower plan, a busier host): the next
+    probe measures the new baseline and the limit returns to the ceiling."""
     clock = Clock()
-    limit = GradientLimit(ceiling=20, clock=clock)
-    windows(limit, clock, 0.005, 40, admitted_with=1)
-    seen = windows(limit, clock, 0.030, 200)
+    limit = limiter(clock, ceiling=20, probe_seconds=10)
+    run(limit, clock, 15, lambda n: 0.005)
+    seen = run(limit, clock, 30, lambda n: 0.030)
     assert seen[-1] == 20 and limit.rtt_noload == pytest.approx(0.030)
+
+
+def test_probes_happen_at_the_same_instants_in_every_process() -> None:
+    """Processes sharing the cores pin together, so each measures an unloaded host."""
+    clock = Clock()
+    a, b = limiter(clock, ceiling=20, probe_seconds=10), limiter(clock, ceiling=20, probe_seconds=10)
+    pinned_a, pinned_b = [], []
+    for _ in range(round(35 / a.window_seconds)):
+        for limit, pinned in ((a, pinned_a), (b, pinned_b)):
+            for _ in range(limit.window_samples):
+                limit.sample(0.005, limit.admitted)
+            pinned.append(limit.admitted == limit.probe_limit)
+        clock.now += a.window_seconds + 1e-6
+    starts = [i for i, p in enumerate(pinned_a) if p and (i == 0 or not pinned_a[i - 1])]
+    assert len(starts) == 3 and pinned_a == pinned_b
+    assert sum(pinned_a) <= 3 * 2  # a pin ends after one window's requests
+
+
+def test_a_pin_ends_after_its_time_even_without_requests() -> None:
+    clock = Clock()
+    limit = limiter(clock, ceiling=20, probe_seconds=10)
+    until_pinned(limit, clock, 0.005)
+    clock.now += limit.pin_seconds  # idle meanwhile
+    assert limit.admitted == 20
 
 
 def test_does_not_grow_when_the_load_and_not_the_limit_kept_concurrency_low() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=40, clock=clock)
-    queueing(limit, clock, 200)
+    limit = limiter(clock, ceiling=40, probe_seconds=10)
+    run(limit, clock, 15, queueing())
     low = limit.admitted
-    windows(limit, clock, 0.005, 100, in_flight=0, admitted_with=3)
+    for _ in range(100):
+        for _ in range(limit.window_samples):
+            limit.sample(0.005, 1)
+        clock.now += limit.window_seconds + 1e-6
     assert low < 40 and limit.admitted == low
 
 
 def test_a_database_failure_cuts_the_limit_whatever_the_latency() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=10, clock=clock, probe_seconds=1e9)
-    windows(limit, clock, 0.005, 200, admitted_with=1)
+    limit = limiter(clock, ceiling=10, probe_seconds=1e9)
     before = limit.limit
     for _ in range(limit.window_samples):
         limit.sample(0.001, 10, dropped=True)
-    clock.now += limit.window_seconds
+    clock.now += limit.window_seconds + 1e-6
     limit.sample(0.001, 10)
-    # The latency alone would have kept it at the ceiling.
     assert before == 10 and limit.limit <= before * 0.9 + 1e-9
-
-
-def test_under_overload_a_probe_pins_the_limit_for_one_window_only() -> None:
-    clock = Clock()
-    limit = GradientLimit(ceiling=40, clock=clock, probe_seconds=5)
-    queueing(limit, clock, 200)
-    seen = queueing(limit, clock, 400)  # 20 s: 3 or 4 regular probes, nobody admitted when idle
-    pinned = [i for i, n in enumerate(seen) if n == limit.probe_limit]
-    assert 2 <= len(pinned) <= 5, seen
-    assert all(seen[i + 1] > limit.probe_limit for i in pinned if i + 1 < len(seen))
 
 
 def test_requests_admitted_before_the_pin_do_not_count_as_unqueued() -> None:
     clock = Clock()
-    limit = GradientLimit(ceiling=16, clock=clock)
-    windows(limit, clock, 0.004, 2)  # the first window closes at the ceiling: the probe pins
-    assert limit.admitted == limit.probe_limit
-    clock.now += 1.0
+    limit = limiter(clock, ceiling=16, probe_seconds=10)
+    until_pinned(limit, clock, 0.004)
     for _ in range(limit.window_samples * 4):
         limit.sample(2.0, 16)  # begun 2 s ago, before the pin: ignored
-    assert limit.admitted == limit.probe_limit
-    windows(limit, clock, 0.004, 1, in_flight=2)
+    assert limit.admitted == limit.probe_limit and limit.rtt_noload is None
+    for _ in range(limit.window_samples):
+        limit.sample(0.004, 1)
     assert limit.rtt_noload == pytest.approx(0.004) and limit.admitted == 16
 
 

@@ -5,9 +5,10 @@ in the pool's queue (up to DB_POOL_TIMEOUT), and then every admitted request pay
 process limits the requests in flight on the routes that do database work, and answers one above the
 limit ``503 overloaded`` with Retry-After before it does anything else.
 
-The limit adapts, as a gradient limit (Netflix's concurrency-limits): it grows while admitted requests
-take at most API_ADMISSION_TOLERANCE times the latency measured without queueing, and shrinks in
-proportion when they take longer, so it settles where the process is busy but nothing queues. The pool
+The limit adapts, as a gradient limit (Netflix's concurrency-limits, Envoy's adaptive concurrency): it
+grows while admitted requests take at most API_ADMISSION_TOLERANCE times the latency measured without
+queueing, and shrinks in proportion when they take longer, so it settles where the host is busy but
+nothing queues. The pool
 less one connection is its ceiling: more admitted requests could only wait there, and the connection
 left over serves ``/health``, ``/metrics`` and the admin routes, which are never shed (an operator must
 see an overloaded service).
@@ -16,7 +17,6 @@ see an overloaded service).
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 
@@ -37,14 +37,14 @@ class GradientLimit:
     """A concurrency limit from latency: ``limit * min(1, tolerance * rtt_noload / rtt) + 1``, smoothed.
 
     Latency is averaged over windows of at least ``window_seconds`` and ``window_samples`` requests.
-    ``rtt_noload`` is the latency of a request that did not queue *under the current load*: uvicorn's
-    workers share the cores, so a busy host slows every request, and measured against an idle host's
-    latency that would read as queueing and shed work the host could do. It is measured every
-    ``probe_seconds`` (jittered) as the average of the requests admitted with at most ``probe_limit`` in
-    flight since the last probe or, when overload left none, by pinning the limit there for one window
-    (Envoy's minRTT window; only requests admitted under the pin count), and at once, by pinning, when
-    the limit has halved since (the load changed). A window in which a request failed for want of the
-    database (a 503 of its own) cuts the limit by a tenth.
+    ``rtt_noload``, the latency of a request that does not queue, is measured by a probe (Envoy's
+    minRTT window): the limit is pinned at ``probe_limit`` until ``window_samples`` requests admitted
+    under the pin have ended, or ``pin_seconds`` passed, and their average is the new baseline. Probes
+    run at the same wall-clock instants in every process (each ``probe_seconds`` boundary): uvicorn's
+    workers share the cores, so one process pinning alone would measure the latency the others' load
+    imposes, and the limits would settle where the host is oversubscribed. Until its first probe a
+    process admits up to its ceiling. A window in which a request failed for want of the database (a
+    503 of its own) cuts the limit by a tenth.
     """
 
     def __init__(
@@ -56,38 +56,42 @@ class GradientLimit:
         smoothing: float = 0.2,
         window_seconds: float = 0.05,
         window_samples: int = 8,
-        probe_seconds: float = 30.0,
-        probe_limit: int = 2,
+        probe_seconds: float = 10.0,
+        probe_limit: int = 1,
+        pin_seconds: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.ceiling, self.floor = ceiling, min(floor, ceiling)
         self.tolerance, self.smoothing = tolerance, smoothing
         self.window_seconds, self.window_samples = window_seconds, window_samples
         self.probe_seconds, self.probe_limit = probe_seconds, max(self.floor, min(probe_limit, ceiling))
-        self._clock = clock
-        # Optimistic, as a new process should serve a burst; the first window measures the latency.
+        self.pin_seconds = pin_seconds
+        self._clock, self._wall = clock, wall
+        # Optimistic, as a new process should serve a burst.
         self.limit = float(ceiling)
         self.rtt_noload: float | None = None
         self._pinned_since: float | None = None  # while the limit is pinned for a probe
-        self._restore = self._probed_at = self.limit
-        self._next_probe = clock() + probe_seconds * (1 + random.random() / 2)
-        self._low_total, self._low_count = 0.0, 0
+        self._restore = self.limit
+        self._probe_slot = self._slot()
+        self._pin_total, self._pin_count = 0.0, 0
         self._reset_window(clock())
+
+    def _slot(self) -> int:
+        return int(self._wall() // self.probe_seconds)
 
     def _reset_window(self, now: float) -> None:
         self._window_start, self._total, self._count, self._peak, self._dropped = now, 0.0, 0, 0, False
 
-    def sample(
-        self, rtt: float, in_flight: int, dropped: bool = False, admitted_with: int | None = None
-    ) -> None:
-        """One admitted request ended after ``rtt`` seconds; ``in_flight`` requests were admitted as it
-        ended, ``admitted_with`` (itself included) when it began."""
+    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
+        """One admitted request ended after ``rtt`` seconds, with ``in_flight`` requests admitted."""
         now = self._clock()
-        if self._pinned_since is not None and now - rtt < self._pinned_since:
-            return  # admitted before the pin: it says nothing about the unloaded latency
-        if admitted_with is not None and admitted_with <= self.probe_limit and not dropped:
-            self._low_total += rtt
-            self._low_count += 1
+        if self._pinned_since is not None:
+            if now - rtt >= self._pinned_since:  # admitted under the pin
+                self._pin_total += rtt
+                self._pin_count += 1
+            self._end_pin(now)
+            return
         self._total += rtt
         self._count += 1
         self._peak = max(self._peak, in_flight)
@@ -97,26 +101,28 @@ class GradientLimit:
         self._update(self._total / self._count, self._peak, self._dropped, now)
         self._reset_window(now)
 
-    def _update(self, rtt: float, peak: int, dropped: bool, now: float) -> None:
-        if self._pinned_since is not None:
-            self._pinned_since, self.rtt_noload, self.limit = None, rtt, self._restore
-            self._probed_at = self.limit
-            self._low_total, self._low_count = 0.0, 0  # the pin's own requests: measured already
+    def _end_pin(self, now: float) -> None:
+        assert self._pinned_since is not None
+        if self._pin_count < self.window_samples and now - self._pinned_since < self.pin_seconds:
             return
-        halved = self.limit < self._probed_at / 2
-        if now >= self._next_probe or halved or self.rtt_noload is None:
-            self._next_probe = now + self.probe_seconds * (1 + random.random() / 2)
-            if self._low_count >= self.window_samples and not halved:
-                self.rtt_noload = self._low_total / self._low_count
-                self._probed_at = self.limit
-            else:
-                self._pinned_since, self._restore = now, self.limit
-                self.limit = min(self.limit, float(self.probe_limit))
-            self._low_total, self._low_count = 0.0, 0
+        if self._pin_count:
+            self.rtt_noload = self._pin_total / self._pin_count
+        self._pinned_since, self.limit = None, self._restore
+        self._reset_window(now)
+
+    def _update(self, rtt: float, peak: int, dropped: bool, now: float) -> None:
+        slot = self._slot()
+        if slot != self._probe_slot:
+            self._probe_slot = slot
+            self._pinned_since, self._restore = now, self.limit
+            self._pin_total, self._pin_count = 0.0, 0
+            self.limit = min(self.limit, float(self.probe_limit))
             return
         if dropped:
             self.limit = max(float(self.floor), self.limit * 0.9)
             return
+        if self.rtt_noload is None:
+            return  # no baseline until the first probe
         if peak < self.limit / 2:
             return  # the load, not the limit, kept concurrency low: no evidence either way
         gradient = max(0.5, min(1.0, self.tolerance * self.rtt_noload / rtt))
@@ -127,6 +133,8 @@ class GradientLimit:
     @property
     def admitted(self) -> int:
         """How many requests may be in flight now."""
+        if self._pinned_since is not None:
+            self._end_pin(self._clock())  # a pin outlives its time only until the next request
         return max(self.floor, int(self.limit))
 
 
@@ -137,9 +145,7 @@ class StaticLimit:
         self.admitted = limit
         self.limit = float(limit)
 
-    def sample(
-        self, rtt: float, in_flight: int, dropped: bool = False, admitted_with: int | None = None
-    ) -> None:
+    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
         pass
 
 
@@ -184,7 +190,6 @@ class AdmissionControl:
             await self._reject(scope, send)
             return
         self.in_flight += 1
-        admitted_with = self.in_flight
         started = time.perf_counter()
         status = 500
 
@@ -201,7 +206,7 @@ class AdmissionControl:
             self.in_flight -= 1
             # A 503 from below is the database's trouble (pool exhausted, timeout): a signal to back off.
             rtt = time.perf_counter() - started
-            self.limiter.sample(rtt, in_flight, dropped=status == 503, admitted_with=admitted_with)
+            self.limiter.sample(rtt, in_flight, dropped=status == 503)
             self._publish()
 
     async def _reject(self, scope: Scope, send: Send) -> None:
