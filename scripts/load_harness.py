@@ -45,6 +45,7 @@ import httpx
 
 from app import topology
 from app.budget.model import budget_from_settings
+from app.config import connections as app_connections
 from app.config.settings import Settings
 from app.sizing import ServicePlan
 from devkit.api import BACKEND
@@ -148,7 +149,7 @@ def stop_services(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 def service_of(settings: Settings, application_name: str) -> str | None:
     """The service whose connection this is: ``<environment>.<service>`` or below it (its checkpointer's)."""
     for name in SERVICES:
-        own = application_name(settings, name)
+        own = app_connections.application_name(settings, name)
         if application_name == own or application_name.startswith(own + "."):
             return name
     return None
@@ -300,6 +301,9 @@ def run_once(load: Load, overrides: dict[str, str], label: str) -> dict[str, Any
             # One synthetic user creates every roadmap of the run: the per-user quota would refuse it.
             "ROADMAP_CREATE_RATE_LIMIT": "100000/minute",
             "ROADMAP_MAX_IN_PROGRESS": "10000",
+            # wrk retries a shed request at once: admission control would turn its stages into a retry
+            # storm and this run into a measure of that (bench_overload.py measures admission).
+            "API_ADMISSION": "off",
             **overrides,
         }
         subprocess.run([sys.executable, "-m", "app.db.prestart"], cwd=BACKEND, env=env, check=True,

@@ -148,8 +148,8 @@ async def test_leak_detection_names_where_a_long_held_connection_was_taken(
     assert len(leaks) == 1
     assert leaks[0]["log_level"] == "warning" and leaks[0]["threshold_seconds"] == 0.2
     assert leaks[0]["held_seconds"] >= 0.2
-    assert "test_pool.py" in leaks[0]["checked_out_at"]
-    assert "test_leak_detection_names_where" in leaks[0]["checked_out_at"]
+    assert "test_pool.py" in leaks[0]["held_by"]
+    assert "test_leak_detection_names_where" in leaks[0]["held_by"]
 
 
 @pytest.mark.parametrize(

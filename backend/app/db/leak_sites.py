@@ -1,18 +1,17 @@
-"""Where a pooled connection was asked for: the code behind a ``db_connection_leak_suspected`` event.
+"""Who holds a pooled connection too long: the code behind a ``db_connection_leak_suspected`` event.
 
-Walked on every checkout while leak detection is on (``DB_LEAK_DETECTION_THRESHOLD``), so it stops as
-soon as it has the caller's frames and remembers which files are machinery.
+A checkout records only its asyncio task (one call); the stack is walked when the leak timer fires,
+which is rare, instead of on every checkout, which cost 7% of a read's CPU. By then the task is
+suspended where it still holds the connection, so the event names that code: its await chain, from
+the task's coroutine down to the innermost awaitable, read through ``cr_await``.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
+import asyncio
 from types import CodeType, FrameType
 
-import greenlet
-
-# Frames from these files are the pool's own machinery, not the code that asked for a connection.
+# Frames from these files are the pool's own machinery, not the code that holds a connection.
 _MACHINERY = (
     "/sqlalchemy/",
     "/app/db/",
@@ -24,49 +23,43 @@ _MACHINERY = (
 )
 
 
-def _stack() -> Iterator[FrameType]:
-    """This thread's frames, newest first, through the greenlets SQLAlchemy's asyncio layer runs the
-    pool in: the code that awaited the connection is suspended in a parent greenlet."""
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-    current = greenlet.getcurrent().parent
-    while current is not None:
-        frame = current.gr_frame
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
-        current = current.parent
-
-
-# Whether a file is the pool's machinery, decided once per file name: the walk runs on every checkout
-# while leak detection is on, so each frame costs a dict lookup (str hashes are cached), not seven
-# substring searches.
-_is_machinery: dict[str, bool] = {}
-
-
 def _machinery(code: CodeType) -> bool:
     name = code.co_filename
-    known = _is_machinery.get(name)
-    if known is None:
-        known = _is_machinery[name] = "site-packages" in name or any(part in name for part in _MACHINERY)
-    return known
+    return "site-packages" in name or any(part in name for part in _MACHINERY)
 
 
-def checkout_site(depth: int = 3) -> str:
-    """Where the connection was asked for: the innermost run of frames outside the pool machinery.
+def _await_chain(task: asyncio.Task[object]) -> list[FrameType]:
+    """The frames of a suspended task, outermost first (``Task.get_stack`` gives only the outermost)."""
+    frames: list[FrameType] = []
+    awaitable: object = task.get_coro()
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return frames
 
-    The walk stops at the first machinery frame after that run (or at ``depth`` frames): past it lie
-    only the framework and the event loop, and walking them on every checkout cost more than the
-    query it watched.
-    """
+
+def current_holder() -> asyncio.Task[object] | None:
+    """What a checkout records: the task that asked (None outside a running loop)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def holder_site(task: asyncio.Task[object] | None, depth: int = 3) -> str:
+    """The innermost run of the holder's frames outside the pool machinery, innermost first."""
+    if task is None:
+        return "unknown"
+    if task.done():
+        return f"{task.get_coro().__qualname__} (finished without returning the connection)"  # type: ignore[union-attr]
     sites: list[str] = []
-    for frame in _stack():
+    for frame in reversed(_await_chain(task)):
         if not _machinery(frame.f_code):
             sites.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
             if len(sites) == depth:
                 break
         elif sites:
             break
-    return " <- ".join(sites) or "unknown"
+    return " <- ".join(sites) or f"{task.get_coro().__qualname__}"  # type: ignore[union-attr]

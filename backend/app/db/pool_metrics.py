@@ -26,7 +26,7 @@ from sqlalchemy.pool import Pool
 
 from app.core import metrics
 from app.core.logging import LogRateLimiter
-from app.db.leak_sites import checkout_site
+from app.db.leak_sites import current_holder, holder_site
 
 log = structlog.get_logger("app.db.pool")
 
@@ -89,7 +89,7 @@ class PoolInstrumentation:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # a synchronous checkout (no loop to time it on): nothing to arm
-        site = checkout_site()
+        holder = current_holder()
         started = record.info[_CHECKOUT_AT]
 
         def suspect() -> None:
@@ -99,7 +99,7 @@ class PoolInstrumentation:
                     pool_service=self.service,
                     held_seconds=round(time.perf_counter() - started, 1),
                     threshold_seconds=self.leak_threshold,
-                    checked_out_at=site,
+                    held_by=holder_site(holder),
                 )
 
         record.info[_LEAK_TIMER] = loop.call_later(self.leak_threshold, suspect)
