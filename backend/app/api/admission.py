@@ -143,7 +143,6 @@ class StaticLimit:
 
     def __init__(self, limit: int) -> None:
         self.admitted = limit
-        self.limit = float(limit)
 
     def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
         pass

@@ -40,14 +40,6 @@ def _await_chain(task: asyncio.Task[object]) -> list[FrameType]:
     return frames
 
 
-def current_holder() -> asyncio.Task[object] | None:
-    """What a checkout records: the task that asked (None outside a running loop)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
 def holder_site(task: asyncio.Task[object] | None, depth: int = 3) -> str:
     """The innermost run of the holder's frames outside the pool machinery, innermost first."""
     if task is None:

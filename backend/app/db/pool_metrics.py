@@ -26,7 +26,7 @@ from sqlalchemy.pool import Pool
 
 from app.core import metrics
 from app.core.logging import LogRateLimiter
-from app.db.leak_sites import current_holder, holder_site
+from app.db.leak_sites import holder_site
 
 log = structlog.get_logger("app.db.pool")
 
@@ -89,7 +89,7 @@ class PoolInstrumentation:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # a synchronous checkout (no loop to time it on): nothing to arm
-        holder = current_holder()
+        holder = asyncio.current_task()  # the leak's holder: its stack is read only if the timer fires
         started = record.info[_CHECKOUT_AT]
 
         def suspect() -> None:
