@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import structlog
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config.settings import get_settings
 from app.core import metrics
@@ -42,9 +42,11 @@ class GradientLimit:
     under the pin have ended, or ``pin_seconds`` passed, and their average is the new baseline. Probes
     run at the same wall-clock instants in every process (each ``probe_seconds`` boundary): uvicorn's
     workers share the cores, so one process pinning alone would measure the latency the others' load
-    imposes, and the limits would settle where the host is oversubscribed. Until its first probe a
-    process admits up to its ceiling. A window in which a request failed for want of the database (a
-    503 of its own) cuts the limit by a tenth.
+    imposes, and the limits would settle where the host is oversubscribed. A process probes only if it
+    refused a request since the last boundary: a pin refuses what a healthy process would have served.
+    Without a baseline (before its first probe) the limit only grows, towards the ceiling. A failure of
+    the database is not a signal: its 503s are quick, shedding more would not help, and the ceiling
+    already keeps admitted requests from exhausting the pool; a slow database shows as latency.
     """
 
     def __init__(
@@ -75,15 +77,16 @@ class GradientLimit:
         self._restore = self.limit
         self._probe_slot = self._slot()
         self._pin_total, self._pin_count = 0.0, 0
+        self._refused = False  # since the last probe boundary
         self._reset_window(clock())
 
     def _slot(self) -> int:
         return int(self._wall() // self.probe_seconds)
 
     def _reset_window(self, now: float) -> None:
-        self._window_start, self._total, self._count, self._peak, self._dropped = now, 0.0, 0, 0, False
+        self._window_start, self._total, self._count, self._peak = now, 0.0, 0, 0
 
-    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
+    def sample(self, rtt: float, in_flight: int) -> None:
         """One admitted request ended after ``rtt`` seconds, with ``in_flight`` requests admitted."""
         now = self._clock()
         if self._pinned_since is not None:
@@ -95,11 +98,14 @@ class GradientLimit:
         self._total += rtt
         self._count += 1
         self._peak = max(self._peak, in_flight)
-        self._dropped |= dropped
         if now - self._window_start < self.window_seconds or self._count < self.window_samples:
             return
-        self._update(self._total / self._count, self._peak, self._dropped, now)
+        self._update(self._total / self._count, self._peak, now)
         self._reset_window(now)
+
+    def refused(self) -> None:
+        """A request was refused at the limit."""
+        self._refused = True
 
     def _end_pin(self, now: float) -> None:
         assert self._pinned_since is not None
@@ -110,22 +116,22 @@ class GradientLimit:
         self._pinned_since, self.limit = None, self._restore
         self._reset_window(now)
 
-    def _update(self, rtt: float, peak: int, dropped: bool, now: float) -> None:
+    def _update(self, rtt: float, peak: int, now: float) -> None:
         slot = self._slot()
         if slot != self._probe_slot:
             self._probe_slot = slot
-            self._pinned_since, self._restore = now, self.limit
-            self._pin_total, self._pin_count = 0.0, 0
-            self.limit = min(self.limit, float(self.probe_limit))
-            return
-        if dropped:
-            self.limit = max(float(self.floor), self.limit * 0.9)
-            return
-        if self.rtt_noload is None:
-            return  # no baseline until the first probe
+            refused, self._refused = self._refused, False
+            if refused:
+                self._pinned_since, self._restore = now, self.limit
+                self._pin_total, self._pin_count = 0.0, 0
+                self.limit = min(self.limit, float(self.probe_limit))
+                return
         if peak < self.limit / 2:
             return  # the load, not the limit, kept concurrency low: no evidence either way
-        gradient = max(0.5, min(1.0, self.tolerance * self.rtt_noload / rtt))
+        # No baseline yet: no evidence of queueing either.
+        gradient = 1.0
+        if self.rtt_noload is not None:
+            gradient = max(0.5, min(1.0, self.tolerance * self.rtt_noload / rtt))
         target = self.limit * gradient + 1
         new = self.limit * (1 - self.smoothing) + target * self.smoothing
         self.limit = max(float(self.floor), min(float(self.ceiling), new))
@@ -144,7 +150,10 @@ class StaticLimit:
     def __init__(self, limit: int) -> None:
         self.admitted = limit
 
-    def sample(self, rtt: float, in_flight: int, dropped: bool = False) -> None:
+    def sample(self, rtt: float, in_flight: int) -> None:
+        pass
+
+    def refused(self) -> None:
         pass
 
 
@@ -190,25 +199,17 @@ class AdmissionControl:
             return
         self.in_flight += 1
         started = time.perf_counter()
-        status = 500
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_tracking)
+            await self.app(scope, receive, send)
         finally:
             in_flight = self.in_flight
             self.in_flight -= 1
-            # A 503 from below is the database's trouble (pool exhausted, timeout): a signal to back off.
             rtt = time.perf_counter() - started
-            self.limiter.sample(rtt, in_flight, dropped=status == 503)
+            self.limiter.sample(rtt, in_flight)
             self._publish()
 
     async def _reject(self, scope: Scope, send: Send) -> None:
+        self.limiter.refused()
         metrics.API_ADMISSION_REJECTED.labels(self._service).inc()
         _label_route(scope)
         if _rejections.allow("overloaded"):
