@@ -33,9 +33,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 
-from bench_request_path import seed
-
-from devkit.bench import api_server, bench_database, bench_headers
+from devkit.bench import api_server, bench_database, bench_headers, seed_reads
 
 PATH = "/api/v1/task-logs?limit=5"
 
@@ -180,7 +178,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     rows: list[tuple[str, int, int, Result]] = []
     with bench_database() as url:
-        asyncio.run(seed(url))
+        asyncio.run(seed_reads(url))
         pool = sizing.pool_sizing(production, "api").max_connections
         saturation = args.saturation or args.workers * pool
         if args.sweep:

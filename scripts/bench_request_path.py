@@ -25,44 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import uuid
-
-import asyncpg
 
 from devkit.bare_app import bare_server
-from devkit.bench import JWT_SECRET, api_server, bench_database, bench_token
+from devkit.bench import JWT_SECRET, OWNER, api_server, bench_database, bench_token, seed_reads
 from devkit.wrk import Run, ensure_wrk, wrk
-
-OWNER = "bench-owner"
-
-
-async def seed(url: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.executemany(
-            "INSERT INTO task_logs (task_id, task_name, queue, event, level, payload)"
-            " VALUES ($1, $2, 'logs', 'task_succeeded', 'info', $3::jsonb)",
-            [(str(uuid.uuid4()), "app.tasks.bench", json.dumps({"n": i, "runtime_seconds": 0.1}))
-             for i in range(1000)],
-        )  # fmt: skip
-        roadmap_id = uuid.uuid4()
-        await conn.execute(
-            "INSERT INTO roadmaps (id, topic, status, requested_concepts, owner)"
-            " VALUES ($1, 'Connection pooling', 'completed', 30, $2)",
-            roadmap_id, OWNER,
-        )  # fmt: skip
-        await conn.executemany(
-            "INSERT INTO concepts (id, roadmap_id, position, title, status, attempts, content)"
-            " VALUES ($1, $2, $3, $4, 'completed', 1, $5)",
-            [(uuid.uuid4(), roadmap_id, i, f"Concept #{i}", f"Content of concept {i}. " * 40)
-             for i in range(30)],
-        )  # fmt: skip
-        return str(roadmap_id)
-    finally:
-        await conn.close()
 
 
 def report(round_no: int, name: str, path_name: str, run: Run) -> None:
@@ -92,7 +60,7 @@ def main() -> None:
     }
     results: dict[tuple[str, str], list[Run]] = {}
     with bench_database() as url:
-        roadmap_id = asyncio.run(seed(url))
+        roadmap_id = asyncio.run(seed_reads(url))
         paths = {"task-logs": "/api/v1/task-logs?limit=5", "roadmap": f"/api/v1/roadmaps/{roadmap_id}"}
         servers = {
             "bare": lambda: bare_server(url, args.workers),

@@ -6,6 +6,7 @@ Loopback only; every process and database it creates is removed on exit.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from devkit.api import BACKEND, running_api
 from devkit.ports import free_port
@@ -95,3 +98,34 @@ def use_in_this_process(database_url: str) -> None:
         LOG_LEVEL="WARNING",
         ENVIRONMENT="production",
     )
+
+
+# The owner of the seeded roadmap: its bench token reads it.
+OWNER = "bench-owner"
+
+
+async def seed_reads(url: str) -> str:
+    """What the read benchmarks read: 1,000 task events and a roadmap of 30 concepts (its id)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            "INSERT INTO task_logs (task_id, task_name, queue, event, level, payload)"
+            " VALUES ($1, $2, 'logs', 'task_succeeded', 'info', $3::jsonb)",
+            [(str(uuid.uuid4()), "app.tasks.bench", json.dumps({"n": i, "runtime_seconds": 0.1}))
+             for i in range(1000)],
+        )  # fmt: skip
+        roadmap_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO roadmaps (id, topic, status, requested_concepts, owner)"
+            " VALUES ($1, 'Connection pooling', 'completed', 30, $2)",
+            roadmap_id, OWNER,
+        )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO concepts (id, roadmap_id, position, title, status, attempts, content)"
+            " VALUES ($1, $2, $3, $4, 'completed', 1, $5)",
+            [(uuid.uuid4(), roadmap_id, i, f"Concept #{i}", f"Content of concept {i}. " * 40)
+             for i in range(30)],
+        )  # fmt: skip
+        return str(roadmap_id)
+    finally:
+        await conn.close()
