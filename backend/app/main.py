@@ -11,6 +11,7 @@ shutdown and tells prometheus-client the process is gone.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -46,6 +47,10 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         max_overflow=sizing.pool_sizing(settings).max_overflow,
         pool_timeout=settings.DB_POOL_TIMEOUT,
     )
+    # Everything imported and built so far lives as long as the process: moved out of the collector's
+    # reach, a full collection no longer walks it. Walking it stalled the event loop for tens of
+    # milliseconds every few seconds under load (one worker: p99 82 ms, 17 ms frozen; bench_request_path).
+    gc.freeze()
     jobs = background.start(settings)
     try:
         yield
@@ -67,9 +72,9 @@ def create_app() -> FastAPI:
     # page (locals, SQL parameters). Errors are logged instead (app.api.errors.internal_error).
     # /docs and /redoc from assets the app serves itself (fastapi-offline ships Swagger UI and ReDoc):
     # FastAPI's defaults load them from a CDN, a blank page without the internet.
-    app = FastAPIOffline(
-        title=settings.PROJECT_NAME, lifespan=lifespan, max_body_size=settings.MAX_REQUEST_BODY_BYTES
-    )
+    # No max_body_size: MAX_REQUEST_BODY_BYTES is the HTTP protocol's (app.api.http_protocol), which
+    # refuses a body before the app runs and costs a request without one nothing.
+    app = FastAPIOffline(title=settings.PROJECT_NAME, lifespan=lifespan)
     # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
     # Next: a request refused for overload costs no routing, authentication or database round trip.

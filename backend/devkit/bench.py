@@ -70,7 +70,8 @@ def bench_database() -> Iterator[str]:
 
 @contextmanager
 def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]:
-    """A real ``uvicorn app.main:app`` on a free loopback port; yields its base URL."""
+    """The API as production starts it (its server and HTTP protocol) on a free loopback port; yields its
+    base URL."""
     with tempfile.TemporaryDirectory(prefix="prom-") as prom:
         full_env = {
             **os.environ,
@@ -85,7 +86,7 @@ def api_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]
             "API_ADMISSION": "off",
             **env,
         }
-        with running_api(full_env, free_port(), workers=workers) as base:
+        with running_api(full_env, free_port(), workers=workers, production=True) as base:
             yield base
 
 
