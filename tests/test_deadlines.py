@@ -26,6 +26,7 @@ from app.core.checkpointer_saver import CheckpointerTimeout
 from app.core.orchestrator_factory import OrchestratorFactory, checkpointer_stats
 from app.db.engine import build_unpooled_engine, engine_options, get_engine, pool_snapshot
 from app.db.errors import is_database_timeout, is_database_unavailable
+from app.db.reader import driver_statement
 from app.db.session import read
 from devkit.api import running_api
 from devkit.ports import free_port
@@ -102,12 +103,12 @@ async def test_statement_timeout_is_a_clean_server_side_cancel(short_deadlines: 
     connection that stays usable, classified as a database timeout."""
     started = time.perf_counter()
     with pytest.raises(exc.DBAPIError) as caught:
-        await read(lambda db: db.execute(text("SELECT pg_sleep(3)")))
+        await read(lambda db: db.value(driver_statement(text("SELECT pg_sleep(3)")), {}))
     elapsed = time.perf_counter() - started
     assert 0.9 < elapsed < 1.5, elapsed
     assert is_database_unavailable(caught.value) and is_database_timeout(caught.value)
     assert not caught.value.connection_invalidated
-    assert (await read(lambda db: db.execute(text("SELECT 1")))).scalar() == 1
+    assert await read(lambda db: db.value(driver_statement(text("SELECT 1")), {})) == 1
     assert pool_snapshot().checked_out == 0
 
 
@@ -130,7 +131,7 @@ async def test_a_command_timeout_discards_its_connection(
     proxy.stall()
     started = time.perf_counter()
     with pytest.raises(TimeoutError) as caught:
-        await read(lambda db: db.execute(text("SELECT 2")))
+        await read(lambda db: db.value(driver_statement(text("SELECT 2")), {}))
     elapsed = time.perf_counter() - started
     assert 1.4 < elapsed < 1.9, elapsed  # no graceful close waiting on the stalled server afterwards
     assert is_database_unavailable(caught.value) and is_database_timeout(caught.value)
@@ -138,7 +139,7 @@ async def test_a_command_timeout_discards_its_connection(
     assert stalled.is_closed()  # discarded, not pooled in an unknown state
 
     proxy.restore()
-    after = (await read(lambda db: db.execute(text("SELECT pg_backend_pid()")))).scalar()
+    after = await read(lambda db: db.value(driver_statement(text("SELECT pg_backend_pid()")), {}))
     assert after != before  # a fresh connection, and no "another operation is in progress"
     assert pool.checkedout() == 0
 

@@ -4,14 +4,15 @@
   on error and always returns the connection to the pool, which makes leaks impossible by construction.
 * ``autocommit()``: a connection on which each statement commits by itself, for single statements
   (an atomic ``UPDATE ... RETURNING``) whose row locks should end with the statement.
-* ``read(query)``: one read on an ``autocommit()`` connection, for the request path's reads. A read
-  needs no BEGIN/COMMIT round trips, and the routes' reads are single statements, so a request costs
-  one round trip (behind PgBouncer in transaction mode a transaction is kept: see ``autocommit``). A
-  read that finds its connection dead (killed while pooled) runs once more on a fresh one: reads are
-  idempotent, and the pool has already replaced every connection older than the failure.
+* ``read(query)``: one read on a pooled connection, for the request path's reads, executed by asyncpg
+  (``app.db.reader``: SQLAlchemy's execution cost more than the driver's). A read needs no BEGIN/COMMIT
+  round trips, and the routes' reads are single statements, so a request costs one round trip (behind
+  PgBouncer in transaction mode a transaction is kept: see ``autocommit``). A read that finds its
+  connection dead (killed while pooled) runs once more on a fresh one: reads are idempotent, and the
+  pool has already replaced every connection older than the failure.
 * ``limit_checkouts(n)``: a bound on the sessions a task's own fan-out holds at once.
 
-``safe_session()`` and ``autocommit()`` are where a pool timeout surfaces, so this is where
+``safe_session()``, ``autocommit()`` and ``read()`` are where a pool timeout surfaces, so this is where
 ``db_pool_connection_timeouts_total`` is counted before the error travels on (the API turns it into a
 503, a Celery task into a retry).
 """
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.config.settings import get_settings
 from app.db.engine import get_engine, get_sessionmaker, process_engine
 from app.db.pool_metrics import record_pool_timeout
+from app.db.reader import Reader
 
 log = structlog.get_logger("app.db")
 
@@ -97,6 +99,16 @@ def _pool_timed_out() -> None:
 
 
 @asynccontextmanager
+async def _pooled() -> AsyncIterator[AsyncConnection]:
+    try:
+        async with _gated(), get_engine().connect() as conn:
+            yield conn
+    except exc.TimeoutError:
+        _pool_timed_out()
+        raise
+
+
+@asynccontextmanager
 async def autocommit() -> AsyncIterator[AsyncConnection]:
     """A pooled connection on which each statement commits by itself: for single statements (a read,
     an atomic ``UPDATE ... RETURNING``), no BEGIN/COMMIT round trips, and a row lock taken by the
@@ -104,24 +116,22 @@ async def autocommit() -> AsyncIterator[AsyncConnection]:
     # Behind PgBouncer in transaction mode a statement's parse and execute must share a transaction to
     # reach the same server connection: there the block runs in one, committed at its end.
     behind_pgbouncer = get_settings().DB_BEHIND_PGBOUNCER
-    try:
-        async with _gated(), get_engine().connect() as conn:
-            if not behind_pgbouncer:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
-            if behind_pgbouncer:
-                await conn.commit()
-    except exc.TimeoutError:
-        _pool_timed_out()
-        raise
+    async with _pooled() as conn:
+        if not behind_pgbouncer:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+        if behind_pgbouncer:
+            await conn.commit()
 
 
-async def read(query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """Run ``query`` on an autocommit connection; once more if that connection was dead."""
+async def read(query: Callable[[Reader], Awaitable[T]]) -> T:
+    """Run ``query`` on a pooled connection, its statements executed by asyncpg (``app.db.reader``);
+    once more if that connection was dead."""
+    transactional = get_settings().DB_BEHIND_PGBOUNCER
     for attempt in (1, 2):
         try:
-            async with autocommit() as conn:
-                return await query(conn)
+            async with _pooled() as conn:
+                return await query(await Reader.on(conn, transactional=transactional))
         except exc.DBAPIError as error:
             if attempt == 2 or not error.connection_invalidated:
                 raise

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -38,6 +39,7 @@ from app.db.models import (
     RoadmapStatus,
     TaskLog,
 )
+from app.db.reader import DriverStatement, Reader, driver_statement
 
 _ROADMAPS = Roadmap.__table__
 _CONCEPTS = Concept.__table__
@@ -45,11 +47,11 @@ _SUMMARY = [c for c in _ROADMAPS.c if c.name != "owner"]
 # The detail's concept columns, prefixed so they do not collide with the roadmap's own.
 _CONCEPT_FIELDS = ("id", "position", "title", "status", "attempts", "content", "error")
 _CONCEPT_COLUMNS = [_CONCEPTS.c[name].label(f"concept_{name}") for name in _CONCEPT_FIELDS]
-# The API's reads, built once (see TaskLogRepository): a roadmap with its concepts in one LEFT JOIN;
-# a page with the total as an uncorrelated subquery. Each exists for every owner (admins) and for one
-# owner, a bind parameter (users see their own only): one statement either way, and the per-owner
-# page is served by ix_roadmaps_owner_created_at.
-_VIEW = (
+# The API's reads, built and compiled for asyncpg once (see TaskLogRepository): a roadmap with its
+# concepts in one LEFT JOIN; a page with the total as an uncorrelated subquery. Each exists for every
+# owner (admins) and for one owner, a bind parameter (users see their own only): one statement either
+# way, and the per-owner page is served by ix_roadmaps_owner_created_at.
+_ONE = (
     select(*_SUMMARY, _ROADMAPS.c.owner, *_CONCEPT_COLUMNS)
     .select_from(_ROADMAPS.outerjoin(_CONCEPTS, _CONCEPTS.c.roadmap_id == _ROADMAPS.c.id))
     .where(_ROADMAPS.c.id == bindparam("roadmap_id"))
@@ -59,7 +61,8 @@ _OWNED = _ROADMAPS.c.owner == bindparam("owner")
 _IN_PROGRESS_OF_OWNER = (
     select(func.count()).select_from(_ROADMAPS).where(_OWNED, _ROADMAPS.c.status.in_(IN_PROGRESS))
 )
-_VIEW_OWNED = _VIEW.where(_OWNED)
+_VIEW = driver_statement(_ONE)
+_VIEW_OWNED = driver_statement(_ONE.where(_OWNED))
 # pg_advisory_xact_lock(key1, key2): key1 names the creation quota's lock (a constant no other lock of
 # this database uses), key2 the owner.
 _QUOTA_LOCK_CLASS = 0x0C4EA7E
@@ -76,8 +79,8 @@ _KEEPING_THREADS = text(
 _COUNT_OWNED = _COUNT.where(_OWNED)
 
 
-def _page(count: Select[Any], *where: ColumnElement[bool]) -> Select[Any]:
-    return (
+def _page(count: Select[Any], *where: ColumnElement[bool]) -> DriverStatement:
+    return driver_statement(
         select(*_SUMMARY, count.scalar_subquery().label("total"))
         .where(*where)
         .order_by(_ROADMAPS.c.created_at.desc(), _ROADMAPS.c.id)
@@ -88,6 +91,8 @@ def _page(count: Select[Any], *where: ColumnElement[bool]) -> Select[Any]:
 
 _PAGE = _page(_COUNT)
 _PAGE_OWNED = _page(_COUNT_OWNED, _OWNED)
+_COUNT_ALL_READ = driver_statement(_COUNT)
+_COUNT_OWNED_READ = driver_statement(_COUNT_OWNED)
 
 
 class EveryOwner:
@@ -128,8 +133,8 @@ class RoadmapView:
 
 
 class RoadmapRepository:
-    """ORM for the workflow's writes; Core statements for the API's reads (one round trip each), so
-    the read methods work on a read connection as well as on a session."""
+    """ORM for the workflow's writes, on a session (an instance); the API's reads, one round trip each,
+    on a ``read()`` connection (static methods)."""
 
     def __init__(self, session: AsyncSession | AsyncConnection) -> None:
         self.session = session
@@ -200,13 +205,14 @@ class RoadmapRepository:
     async def get(self, roadmap_id: uuid.UUID) -> Roadmap | None:
         return await self.session.get(Roadmap, roadmap_id)  # type: ignore[union-attr]
 
-    async def view(self, roadmap_id: uuid.UUID, *, owner: str | EveryOwner) -> RoadmapView | None:
+    @staticmethod
+    async def view(reader: Reader, roadmap_id: uuid.UUID, *, owner: str | EveryOwner) -> RoadmapView | None:
         """The roadmap and its concepts in one statement (a LEFT JOIN, concepts in order); None when it
         does not exist or belongs to someone other than ``owner``: the caller cannot tell which."""
         statement, params = _VIEW, {"roadmap_id": roadmap_id}
         if not isinstance(owner, EveryOwner):
             statement, params = _VIEW_OWNED, {**params, "owner": owner}
-        rows = (await self.session.execute(statement, params)).mappings().all()
+        rows = await reader.rows(statement, params)
         if not rows:
             return None
         first = rows[0]
@@ -217,16 +223,19 @@ class RoadmapRepository:
         ]
         return RoadmapView({c.name: first[c.name] for c in _SUMMARY}, first["owner"], concepts)
 
-    async def list(self, *, owner: str | EveryOwner, limit: int, offset: int) -> tuple[list[RowMapping], int]:
+    @staticmethod
+    async def list(
+        reader: Reader, *, owner: str | EveryOwner, limit: int, offset: int
+    ) -> tuple[list[asyncpg.Record], int]:
         """A page of ``owner``'s roadmaps, newest first, and their total in one statement (see
         TaskLogRepository.list)."""
-        page, count, params = _PAGE, _COUNT, {"limit": limit, "offset": offset}
+        page, count, params = _PAGE, _COUNT_ALL_READ, {"limit": limit, "offset": offset}
         if not isinstance(owner, EveryOwner):
-            page, count, params = _PAGE_OWNED, _COUNT_OWNED, {**params, "owner": owner}
-        rows = (await self.session.execute(page, params)).mappings().all()
+            page, count, params = _PAGE_OWNED, _COUNT_OWNED_READ, {**params, "owner": owner}
+        rows = await reader.rows(page, params)
         if rows:
-            return list(rows), int(rows[0]["total"])
-        return [], 0 if offset == 0 else int(await self.session.scalar(count, params) or 0)
+            return rows, int(rows[0]["total"])
+        return [], 0 if offset == 0 else int(await reader.value(count, params) or 0)
 
     async def set_status(self, roadmap_id: uuid.UUID, status: str, error: str | None = None) -> None:
         await self.session.execute(

@@ -103,7 +103,7 @@ async def create_roadmap(
 @router.get("/{roadmap_id}", response_model=RoadmapDetail, responses=NOT_FOUND)
 async def get_roadmap(roadmap_id: uuid.UUID, user: CurrentUser) -> RoadmapDetail:
     owner = readable_by(user)
-    view = await read(lambda db: RoadmapRepository(db).view(roadmap_id, owner=owner))
+    view = await read(lambda db: RoadmapRepository.view(db, roadmap_id, owner=owner))
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
     counts: dict[str, int] = {}
@@ -120,7 +120,7 @@ async def list_roadmaps(
 ) -> RoadmapPage:
     """The caller's roadmaps (an admin's: everyone's), newest first."""
     owner = readable_by(user)
-    rows, total = await read(lambda db: RoadmapRepository(db).list(owner=owner, limit=limit, offset=offset))
+    rows, total = await read(lambda db: RoadmapRepository.list(db, owner=owner, limit=limit, offset=offset))
     return RoadmapPage(
         items=[RoadmapSummary.model_validate(dict(r)) for r in rows], total=total, limit=limit, offset=offset
     )

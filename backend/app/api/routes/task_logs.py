@@ -28,8 +28,6 @@ async def list_task_logs(
     task_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
 ) -> TaskLogPage:
     rows, total = await read(
-        lambda db: TaskLogRepository(db).list(limit=limit, offset=offset, task_id=task_id)
+        lambda db: TaskLogRepository.list(db, limit=limit, offset=offset, task_id=task_id)
     )
-    return TaskLogPage(
-        items=[TaskLogOut.model_validate(dict(row)) for row in rows], total=total, limit=limit, offset=offset
-    )
+    return TaskLogPage(items=[TaskLogOut(**row) for row in rows], total=total, limit=limit, offset=offset)
