@@ -25,7 +25,6 @@ from app import runtime, sizing
 from app.api import background
 from app.api.admission import AdmissionControl, admission_limiter
 from app.api.deadline import RequestDeadlineMiddleware
-from app.api.drain import ConnectionCloseWhileDraining
 from app.api.errors import install_error_handlers
 from app.api.metrics_middleware import HttpMetricsMiddleware
 from app.api.routes import API_V1, admin, fleet, health, metrics, roadmaps, task_logs
@@ -75,7 +74,7 @@ def create_app() -> FastAPI:
     # No max_body_size: MAX_REQUEST_BODY_BYTES is the HTTP protocol's (app.api.http_protocol), which
     # refuses a body before the app runs and costs a request without one nothing.
     app = FastAPIOffline(title=settings.PROJECT_NAME, lifespan=lifespan)
-    # Innermost of the three: its 503 still gets CORS headers and is counted by the metrics middleware.
+    # Innermost: its 503 still gets CORS headers and is counted by the metrics middleware.
     app.add_middleware(RequestDeadlineMiddleware)
     # Next: a request refused for overload costs no routing, authentication or database round trip.
     limiter = admission_limiter(sizing.pool_sizing(settings, "api").max_connections)
@@ -89,9 +88,9 @@ def create_app() -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    # Outermost: every answer is counted, the refusals of those inside it included. (Connection: close
+    # while draining is the HTTP protocol's: app.api.drain.)
     app.add_middleware(HttpMetricsMiddleware)
-    # Outermost: every response written while the process drains tells its client to go elsewhere.
-    app.add_middleware(ConnectionCloseWhileDraining)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -25,6 +25,9 @@ ever. 200 connections each sending 1 MB of headers and stopping took the API fro
   are complete, so it bounds nothing above. The count is ``server_state.connections``, the set the
   drain (app.api.server) waits on, so a refused connection leaves it when it closes, like any other.
 
+While the process drains (``app.api.drain``), every request read is its connection's last: answered with
+``Connection: close``, and the connection closed after it.
+
 Chosen over uvicorn's h11 protocol (``--http h11 --h11-max-incomplete-event-size``), which bounds the
 size but has no header deadline and costs throughput: scripts/bench_http_parser.py, figures in
 docs/benchmarks.md. Selected by the start command (``--http app.api.http_protocol:...``).
@@ -41,6 +44,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from app.api import drain
 from app.config.settings import get_settings
 
 
@@ -140,6 +144,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if name == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
                 self._stop_parser(413)
         super().on_headers_complete()
+        if drain.draining():
+            drain.close_after_response(self)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

@@ -70,7 +70,9 @@ class DrainingServer(Server):
     def _stop_listening(self) -> None:
         if drain.draining():
             return
-        drain.begin()  # first: the connections accepted below are answered with Connection: close
+        # First: the requests in flight, and the connections accepted below, are answered with
+        # Connection: close.
+        drain.begin(self.server_state.connections)
         loop = asyncio.get_running_loop()
         for server in self.servers:
             for listener in server.sockets:
