@@ -7,16 +7,18 @@ Both servers run the same number of uvicorn workers (production's UVICORN_WORKER
 same migrated database: 1,000 task events and a roadmap of 30 concepts. The load generator is wrk
 (Debian package ``wrk``, a C program: installed here with apt-get when we are root), not a Python
 client, and its own CPU share is printed so a reader can see it was not the bottleneck. Servers
-alternate within each round (bare, minimal FastAPI, project, project with NullPool), so the machine's
-drift hits all alike; the figures are medians over the rounds. Printed:
+alternate within each round (bare, minimal FastAPI, project, project with NullPool; reversed every other
+round), so the machine's drift hits all alike; the figures are medians over the rounds. Printed:
 
 * project / bare on ``GET /api/v1/task-logs?limit=5`` and ``GET /api/v1/roadmaps/{id}`` (30 concepts);
 * project / minimal FastAPI (``devkit/fastapi_app.py``: FastAPI, asyncpg and pydantic, the same two
-  queries, response model shape and auth dependency shape) on task logs, and minimal FastAPI / bare;
+  queries, response model shape and auth dependency shape) on task logs, also within each round (the
+  two ran back to back), and minimal FastAPI / bare;
 * pooled / NullPool through HTTP (the project with ``DB_POOL_CLASS=null``).
 
-The project runs with production settings (pool 6 + 4, pre-ping, pool metrics and the hold-time
-histogram on), LOG_LEVEL=WARNING and no access log, as devkit.bench.api_server starts it; requests
+The project runs as production starts it (the start command's server and bounded HTTP protocol) with
+production settings (the API's pool, idle validation, pool metrics and the hold-time histogram on),
+LOG_LEVEL=WARNING and no access log, as devkit.bench.api_server starts it; requests
 carry a bearer token (the owner's; an admin's for task logs, which only admins read) so each route
 answers as it would in production.
 """
@@ -73,7 +75,9 @@ def main() -> None:
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s, {args.workers} uvicorn "
               f"workers each, {args.rounds} rounds, {os.cpu_count()} cores", flush=True)  # fmt: skip
         for round_no in range(1, args.rounds + 1):
-            for name, start in servers.items():
+            # Reversed every other round, so a drift of the machine within a round favours no server.
+            order = list(servers.items())
+            for name, start in order if round_no % 2 else reversed(order):
                 with start() as base:
                     for path_name, path in paths.items():
                         if name in ("NullPool", "FastAPI") and path_name != "task-logs":
@@ -99,6 +103,12 @@ def main() -> None:
     project, minimal = median("project", "task-logs"), median("FastAPI", "task-logs")
     print(f"| project / minimal FastAPI, `GET {labels['task-logs']}` | {project:.0f} | {minimal:.0f} | "
           f"{project / minimal:.2f} |")  # fmt: skip
+    per_round = [
+        p.rps / m.rps
+        for p, m in zip(results[("project", "task-logs")], results[("FastAPI", "task-logs")], strict=True)
+    ]
+    print(f"| (project / minimal FastAPI within each round: {', '.join(f'{r:.2f}' for r in per_round)}; "
+          f"median {statistics.median(per_round):.2f}) | | | |")  # fmt: skip
     minimal_bare = minimal / median("bare", "task-logs")
     print(f"| minimal FastAPI / bare, `GET {labels['task-logs']}` | {minimal:.0f} | "
           f"{median('bare', 'task-logs'):.0f} | {minimal_bare:.2f} |")  # fmt: skip

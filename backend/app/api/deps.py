@@ -19,12 +19,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False)
 
 
-# Both are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
-# thread pool, and a thread hop on every authenticated request cost the read path about a quarter of
-# its throughput (bench_request_path.py). Verifying an HS256 token takes microseconds: the loop can.
-async def current_user(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+def _principal(credentials: HTTPAuthorizationCredentials | None) -> Principal:
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -39,7 +34,21 @@ async def current_user(
         ) from None
 
 
-async def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+# Both are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
+# thread pool, and a thread hop on every authenticated request cost the read path about a quarter of
+# its throughput (bench_request_path.py). Verifying an HS256 token takes microseconds: the loop can.
+# Each depends on the bearer scheme itself rather than one on the other: a level of dependencies is
+# solved, cached and scope-checked by FastAPI on every request.
+async def current_user(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    return _principal(credentials)
+
+
+async def admin_user(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    user = _principal(credentials)
     if user.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin role is required")
     return user

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +35,16 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            counter, latency = _series(scope.get("method", "GET"), template, status)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)
+
+
+@functools.cache
+def _series(method: str, template: str, status: int) -> tuple[Any, Any]:
+    """The two series of a (method, route, status), looked up once: ``labels()`` validates and locks on
+    every call. Bounded like the labels themselves (route templates, not paths; httptools' methods)."""
+    return (
+        metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+        metrics.HTTP_LATENCY.labels(method, template),
+    )
