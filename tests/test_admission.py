@@ -5,14 +5,19 @@ while /health and the admin routes are never shed."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
 from app.api.admission import GradientLimit
+from devkit.api import running_api
+from devkit.ports import free_port
 from tests.support.auth import auth
 from tests.support.metrics_text import sample
 
@@ -205,3 +210,118 @@ def _admission(app: object) -> object:
     while not isinstance(layer, AdmissionControl):
         layer = layer.app
     return layer
+
+
+def _exchange(sock: socket.socket, request: bytes, answers: int = 1) -> list[bytes]:
+    """Send ``request`` (one or more pipelined requests) and read ``answers`` whole responses."""
+    sock.sendall(request)
+    data = b""
+    responses: list[bytes] = []
+    while len(responses) < answers:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)  # fmt: skip
+        if sep and length is not None and len(rest) >= length:
+            responses.append(head + sep + rest[:length])
+            data = rest[length:]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(responses)} answers: {data!r}"
+        data += chunk
+    return responses
+
+
+@pytest.mark.slow
+def test_the_production_server_refuses_as_the_headers_end_and_keeps_the_connection(
+    subprocess_env: dict[str, str], tmp_path: Path, migrated_database: str
+) -> None:
+    """With the start command's protocol, a refusal is written as the request's headers end (no ASGI
+    request): 503 overloaded, Retry-After, counted, and the kept-alive connection goes on serving,
+    pipelined answers in order. A request with a body still reaches the app, which refuses it there."""
+    import psycopg
+
+    env = {**subprocess_env, "API_ADMISSION": "static", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    port = free_port()
+    token = auth("admin")["Authorization"]
+    read = f"GET /api/v1/task-logs?limit=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n".encode()
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with (
+        running_api(env, port, production=True) as base,
+        psycopg.connect(migrated_database) as lock,
+        concurrent.futures.ThreadPoolExecutor(2) as threads,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        lock.execute("LOCK TABLE task_logs IN ACCESS EXCLUSIVE MODE")  # psycopg: inside a transaction
+        admitted = [threads.submit(httpx.get, f"{base}/api/v1/task-logs?limit=1", headers=auth("admin"),
+                                   timeout=30) for _ in range(2)]  # fmt: skip
+        deadline = time.monotonic() + 10
+        while (
+            "api_admission_limit" not in (metrics := httpx.get(f"{base}/metrics").text)
+            or sample(metrics, "db_pool_connections_in_use", service="api") < 2
+        ):
+            assert time.monotonic() < deadline, "the two reads never held their connections"
+            time.sleep(0.05)
+
+        started = time.perf_counter()
+        refused, healthy = _exchange(sock, read + health, answers=2)
+        elapsed = time.perf_counter() - started
+        assert refused.startswith(b"HTTP/1.1 503"), refused
+        assert b"retry-after: " in refused.lower() and b'"reason": "overloaded"' in refused
+        assert healthy.startswith(b"HTTP/1.1 200"), healthy  # same connection, in order
+        assert elapsed < 0.5
+        with_body = httpx.post(f"{base}/api/v1/roadmaps", json={"topic": "x"}, headers=auth(), timeout=10)
+        assert with_body.status_code == 503 and with_body.json()["reason"] == "overloaded"
+
+        lock.rollback()
+        assert [f.result().status_code for f in admitted] == [200, 200]
+        (after,) = _exchange(sock, read)  # the refused request's connection serves the next one
+        assert after.startswith(b"HTTP/1.1 200"), after
+        text = httpx.get(f"{base}/metrics").text
+    assert sample(text, "api_admission_rejected_total", service="api") >= 2
+    assert sample(text, "http_requests_total", method="GET", route="/api/v1/task-logs", status="503") >= 1
+
+
+async def test_the_protocol_refuses_before_the_request_reaches_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the limit, the refusal is written by the HTTP protocol as the headers end: the ASGI app never
+    sees the refused request, and sees the next one pipelined on the same connection."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from app.api import admission
+    from app.api.admission import AdmissionControl, StaticLimit
+    from app.api.http_protocol import BoundedHttpToolsProtocol
+
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setattr(admission, "_current", None)
+    control = AdmissionControl(app, StaticLimit(1), prefix="/api/v1/", exempt="/api/v1/admin")
+    control.in_flight = 1  # one request in flight: at the limit
+    config = Config(app, http=BoundedHttpToolsProtocol, log_level="warning", lifespan="off")
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: BoundedHttpToolsProtocol(config, state, {}, loop), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /api/v1/task-logs HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        first = await reader.readuntil(b"}")  # the refusal's JSON body
+        second = await asyncio.wait_for(reader.readuntil(b"ok"), 5)
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    assert first.startswith(b"HTTP/1.1 503") and b'"reason": "overloaded"' in first, first
+    assert second.lstrip().startswith(b"HTTP/1.1 200"), second
+    assert seen == ["/health"]  # the refused request never became an ASGI request

@@ -24,6 +24,7 @@ import structlog
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.metrics_middleware import http_series
 from app.config.settings import get_settings
 from app.core import metrics
 from app.core.logging import LogRateLimiter
@@ -183,6 +184,12 @@ class AdmissionControl:
         ]
         self._published = -1
         self._publish()
+        self._routes_app: object = None  # the application, for the early refusals' route labels
+        # Early refusals carry no CORS headers (CORSMiddleware is not on their way): with CORS, a
+        # browser must see the 503, so every refusal then takes the ASGI way.
+        self._early = not get_settings().CORS_ORIGINS
+        global _current
+        _current = self
 
     def _publish(self) -> None:
         admitted = self.limiter.admitted
@@ -192,6 +199,8 @@ class AdmissionControl:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _sheddable(scope["path"], self.prefix, self.exempt):
+            if scope["type"] == "lifespan":
+                self._routes_app = scope.get("app")
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limiter.admitted:
@@ -209,18 +218,68 @@ class AdmissionControl:
             self._publish()
 
     async def _reject(self, scope: Scope, send: Send) -> None:
+        self._refused(scope["path"])
+        _label_route(scope)
+        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
+
+    def _refused(self, path: str) -> None:
         self.limiter.refused()
         metrics.API_ADMISSION_REJECTED.labels(self._service).inc()
-        _label_route(scope)
         if _rejections.allow("overloaded"):
             log.warning(
                 "request_rejected_overloaded",
-                path=scope["path"],
+                path=path,
                 in_flight=self.in_flight,
                 limit=self.limiter.admitted,
             )
-        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
-        await send({"type": "http.response.body", "body": self._body})
+
+    def refuse_early(self, method: str, path: str) -> list[tuple[bytes, bytes]] | None:
+        """The refusal's headers if a request for ``path`` is to be refused now, before it becomes an
+        ASGI request; counted as the ASGI way counts it (the latency histogram sees 0). None: it goes on
+        to the app (which may still refuse it, if others were admitted meanwhile)."""
+        if not self._early or self.in_flight < self.limiter.admitted:
+            return None
+        if not _sheddable(path, self.prefix, self.exempt):
+            return None
+        self._refused(path)
+        scope: Scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": "",
+            "app": self._routes_app,
+        }
+        _label_route(scope)
+        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        counter, latency = http_series(method, template, 503)
+        counter.inc()
+        latency.observe(0.0)
+        return self._headers
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+
+_current: AdmissionControl | None = None
+
+
+def overloaded() -> bool:
+    """Whether this process is at its limit: the HTTP protocol's check on every request, so cheap."""
+    control = _current
+    return control is not None and control.in_flight >= control.limiter.admitted
+
+
+def early_refusal(method: str, path: str) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+    """For the HTTP protocol (app.api.http_protocol), as a request's headers end: the 503 to write at
+    once, or None. A refusal written there costs no asyncio task, no ASGI stack, and no wait behind
+    the event loop's next round of callbacks, which under overload is most of a refusal's time."""
+    control = _current
+    if control is None:
+        return None
+    headers = control.refuse_early(method, path)
+    return None if headers is None else (headers, control.body)
 
 
 # Paths seen refused, and the route each would have reached: a refusal must stay cheap, and matching

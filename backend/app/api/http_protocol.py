@@ -38,13 +38,14 @@ from __future__ import annotations
 import asyncio
 from itertools import chain
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.api import drain
+from app.api import admission, drain
 from app.config.settings import get_settings
 
 
@@ -77,6 +78,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._read_bytes = 0  # of the read being parsed
         self._header_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None
+        self._shed = False  # the request being read was refused by admission control (its rest ignored)
 
     # --- connection -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -140,18 +142,35 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             size = len(self.url) + 4 * len(headers) + sum(map(len, chain.from_iterable(headers)))
             if size > self._max_header_bytes:
                 self._stop_parser(431)
+        has_body = False
         for name, value in headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body_bytes:
-                self._stop_parser(413)
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self._max_body_bytes:
+                    self._stop_parser(413)
+                has_body = has_body or value != b"0"
+            elif name == b"transfer-encoding":
+                has_body = True
+        if admission.overloaded() and not has_body and self._refuse_overloaded():
+            return
         super().on_headers_complete()
         if drain.draining():
             drain.close_after_response(self)
 
     def on_body(self, body: bytes) -> None:
+        if self._shed:
+            return
         self._body_bytes += len(body)
         if self._body_bytes > self._max_body_bytes:
             self._stop_parser(413)
         super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._shed:
+            self._shed = False
+            if not self.transport.is_closing():
+                self.on_response_complete()  # uvicorn's: arm the keep-alive timer, read on
+            return
+        super().on_message_complete()
 
     def on_message_begin(self) -> None:
         # The first byte of a request. Marked here rather than when the previous request ended, so that
@@ -162,6 +181,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._raw_header_bytes = self._read_bytes
         self._body_bytes = 0
+        # A request pipelined after a refused one: the keep-alive timer its refusal armed stops here.
+        self._unset_keepalive_if_required()
+
+    # --- overload -------------------------------------------------------------------------------------
+    def _refuse_overloaded(self) -> bool:
+        """Admission control's refusal (app.api.admission), written as the headers end when the process
+        is at its limit: no asyncio task, no ASGI stack, no wait for the event loop's next round. Only for
+        a request without a body (its bytes are all read) and not pipelined behind a response still
+        being written (answers stay in order); any other goes on to the app, which refuses it there."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            return False
+        raw_path = self.url.partition(b"?")[0].decode("latin-1")
+        path = unquote(raw_path) if "%" in raw_path else raw_path
+        refusal = admission.early_refusal(self.parser.get_method().decode("ascii"), path)
+        if refusal is None:
+            return False
+        headers, body = refusal
+        keep_alive = self.parser.should_keep_alive() and not drain.draining()
+        content = [STATUS_LINE[503]]
+        for name, value in [*self.server_state.default_headers, *headers]:
+            content += [name, b": ", value, b"\r\n"]
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += [b"\r\n", body]
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self._shed = True
+        return True
 
     # --- bounds ---------------------------------------------------------------------------------------
     def _stop_parser(self, status: int) -> None:

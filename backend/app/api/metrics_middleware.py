@@ -35,13 +35,13 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            counter, latency = _series(scope.get("method", "GET"), template, status)
+            counter, latency = http_series(scope.get("method", "GET"), template, status)
             counter.inc()
             latency.observe(time.perf_counter() - started)
 
 
 @functools.cache
-def _series(method: str, template: str, status: int) -> tuple[Any, Any]:
+def http_series(method: str, template: str, status: int) -> tuple[Any, Any]:
     """The two series of a (method, route, status), looked up once: ``labels()`` validates and locks on
     every call. Bounded like the labels themselves (route templates, not paths; httptools' methods)."""
     return (
