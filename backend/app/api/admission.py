@@ -12,6 +12,10 @@ nothing queues. The pool
 less one connection is its ceiling: more admitted requests could only wait there, and the connection
 left over serves ``/health``, ``/metrics`` and the admin routes, which are never shed (an operator must
 see an overloaded service).
+
+The middleware (``AdmissionControl``) counts what is in flight and is the authority. At the limit, the
+HTTP protocol asks ``early_refusal`` as each request's headers end and writes the refusal itself: under
+overload most of a refusal's time went to waiting for its asyncio task and the ASGI stack.
 """
 
 from __future__ import annotations
