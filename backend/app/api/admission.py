@@ -28,7 +28,7 @@ import structlog
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.metrics_middleware import http_series
+from app.api import metrics_middleware
 from app.config.settings import get_settings
 from app.core import metrics
 from app.core.logging import LogRateLimiter
@@ -207,7 +207,7 @@ class AdmissionControl:
                 self._routes_app = scope.get("app")
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limiter.admitted:
+        if self.at_limit():
             await self._reject(scope, send)
             return
         self.in_flight += 1
@@ -238,13 +238,14 @@ class AdmissionControl:
                 limit=self.limiter.admitted,
             )
 
-    def refuse_early(self, method: str, path: str) -> list[tuple[bytes, bytes]] | None:
-        """The refusal's headers if a request for ``path`` is to be refused now, before it becomes an
-        ASGI request; counted as the ASGI way counts it (the latency histogram sees 0). None: it goes on
-        to the app (which may still refuse it, if others were admitted meanwhile)."""
-        if not self._early or self.in_flight < self.limiter.admitted:
-            return None
-        if not _sheddable(path, self.prefix, self.exempt):
+    def at_limit(self) -> bool:
+        return self.in_flight >= self.limiter.admitted
+
+    def refuse_early(self, method: str, path: str) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+        """The refusal (headers, body) if a request for ``path`` is to be refused now, before it becomes
+        an ASGI request; counted as the ASGI way counts it (the latency histogram sees 0). None: it goes
+        on to the app (which may still refuse it, if others were admitted meanwhile)."""
+        if not self._early or not self.at_limit() or not _sheddable(path, self.prefix, self.exempt):
             return None
         self._refused(path)
         scope: Scope = {
@@ -255,15 +256,8 @@ class AdmissionControl:
             "app": self._routes_app,
         }
         _label_route(scope)
-        template = getattr(scope.get("route"), "path", None) or "unmatched"
-        counter, latency = http_series(method, template, 503)
-        counter.inc()
-        latency.observe(0.0)
-        return self._headers
-
-    @property
-    def body(self) -> bytes:
-        return self._body
+        metrics_middleware.observe(method, scope.get("route"), 503, 0.0)
+        return self._headers, self._body
 
 
 _current: AdmissionControl | None = None
@@ -271,19 +265,14 @@ _current: AdmissionControl | None = None
 
 def overloaded() -> bool:
     """Whether this process is at its limit: the HTTP protocol's check on every request, so cheap."""
-    control = _current
-    return control is not None and control.in_flight >= control.limiter.admitted
+    return _current is not None and _current.at_limit()
 
 
 def early_refusal(method: str, path: str) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
     """For the HTTP protocol (app.api.http_protocol), as a request's headers end: the 503 to write at
     once, or None. A refusal written there costs no asyncio task, no ASGI stack, and no wait behind
     the event loop's next round of callbacks, which under overload is most of a refusal's time."""
-    control = _current
-    if control is None:
-        return None
-    headers = control.refuse_early(method, path)
-    return None if headers is None else (headers, control.body)
+    return None if _current is None else _current.refuse_early(method, path)
 
 
 # Paths seen refused, and the route each would have reached: a refusal must stay cheap, and matching

@@ -33,15 +33,18 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            counter, latency = http_series(scope.get("method", "GET"), template, status)
-            counter.inc()
-            latency.observe(time.perf_counter() - started)
+            observe(scope.get("method", "GET"), scope.get("route"), status, time.perf_counter() - started)
+
+
+def observe(method: str, route: object, status: int, seconds: float) -> None:
+    """Count one answer under its route's template (``route``: the matched route, or None)."""
+    counter, latency = _series(method, getattr(route, "path", None) or "unmatched", status)
+    counter.inc()
+    latency.observe(seconds)
 
 
 @functools.cache
-def http_series(method: str, template: str, status: int) -> tuple[Any, Any]:
+def _series(method: str, template: str, status: int) -> tuple[Any, Any]:
     """The two series of a (method, route, status), looked up once: ``labels()`` validates and locks on
     every call. Bounded like the labels themselves (route templates, not paths; httptools' methods)."""
     return (

@@ -54,4 +54,4 @@ def holder_site(task: asyncio.Task[object] | None, depth: int = 3) -> str:
                 break
         elif sites:
             break
-    return " <- ".join(sites) or f"{task.get_coro().__qualname__}"  # type: ignore[union-attr]
+    return " <- ".join(sites) or task.get_coro().__qualname__  # type: ignore[union-attr]
