@@ -158,6 +158,69 @@ def test_requests_admitted_before_the_pin_do_not_count_as_unqueued() -> None:
     assert limit.rtt_noload == pytest.approx(0.004) and limit.admitted == 16
 
 
+def test_under_a_pin_the_edge_applies_only_requests_that_started_alone_measure_the_baseline() -> None:
+    """Behind an edge the pin is advisory: the edge hears of it at its next agent-check, so for a
+    moment the process still admits more; a request that started with others in flight is queued."""
+    clock = Clock()
+    limit = limiter(clock, ceiling=16, probe_seconds=10)
+    until_pinned(limit, clock, 0.004)
+    clock.now += 0.05
+    for _ in range(limit.window_samples * 4):
+        limit.sample(0.040, 6, started_with=6)  # begun under the pin, but behind five others
+    assert limit.admitted == limit.probe_limit and limit.rtt_noload is None
+    for _ in range(limit.window_samples):
+        limit.sample(0.004, 1, started_with=1)
+    assert limit.rtt_noload == pytest.approx(0.004) and limit.admitted == 16
+
+
+async def test_behind_an_edge_a_process_never_refuses_and_reports_reaching_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """API_ADMISSION=edge: the edge refuses; the process admits what it is sent (a refusal written
+    here would wait for a core), and a process that reached its limit asks for a probe at the next
+    boundary, as one that refused would."""
+    from app.api import admission
+    from app.api.admission import AdmissionControl
+
+    release = asyncio.Event()
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
+        reached.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    class Recording(GradientLimit):
+        signalled = 0
+
+        def refused(self) -> None:
+            Recording.signalled += 1
+            super().refused()
+
+    limit = Recording(ceiling=2)
+    control = AdmissionControl(app, limit, prefix="/api/v1/", exempt="/api/v1/admin", enforce=False)
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/api/v1/task-logs", "root_path": ""}
+    calls = [asyncio.create_task(control(dict(scope), receive, send)) for _ in range(3)]
+    while len(reached) < 3:
+        await asyncio.sleep(0.001)
+    assert control.in_flight == 3 > limit.admitted  # admitted past its limit, none refused
+    assert not admission.overloaded()  # the HTTP protocol never refuses early either
+    assert admission.early_refusal("GET", "/api/v1/task-logs") is None
+    assert Recording.signalled >= 1
+    release.set()
+    await asyncio.gather(*calls)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 200, 200]
+
+
 @pytest.fixture(params=["static", "adaptive"])
 def admission(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     # The test pool holds 3: either limit admits two requests per process at first (the adaptive one
@@ -325,3 +388,65 @@ async def test_the_protocol_refuses_before_the_request_reaches_the_app(
     assert first.startswith(b"HTTP/1.1 503") and b'"reason": "overloaded"' in first, first
     assert second.lstrip().startswith(b"HTTP/1.1 200"), second
     assert seen == ["/health"]  # the refused request never became an ASGI request
+
+
+@pytest.mark.slow
+def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_health(
+    subprocess_env: dict[str, str], tmp_path: Path, migrated_database: str
+) -> None:
+    """API_ADMISSION=edge with the project's HAProxy configuration (deploy/haproxy/api-edge.cfg) in
+    front of the production server: the supervisor's agent reports the worker's limit, HAProxy admits
+    that many reads at once and answers the rest 503 overloaded with Retry-After itself, while /health
+    and the admin routes pass; the API refuses nothing."""
+    import psycopg
+
+    from devkit.edge import edge_url, running_edge
+    from tests.support.system_tools import require
+
+    require("haproxy", "haproxy")
+    agent = free_port()
+    env = {
+        **subprocess_env,
+        "API_ADMISSION": "edge",
+        "API_EDGE_AGENT_PORT": str(agent),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    port = free_port()
+    headers = auth("admin")
+    with (
+        running_api(env, port, production=True) as base,
+        running_edge(port, agent) as haproxy,
+        psycopg.connect(migrated_database) as lock,
+        concurrent.futures.ThreadPoolExecutor(3) as threads,
+    ):
+        edge = edge_url(haproxy)
+        # The test pool holds 3: the worker's limit starts at its ceiling, the pool less one.
+        with socket.create_connection(("127.0.0.1", agent), timeout=5) as sock:
+            assert sock.makefile("rb").readline() == b"maxconn:2\n"
+        time.sleep(0.3)  # the edge's first agent-checks (every 100 ms)
+        lock.execute("LOCK TABLE task_logs IN ACCESS EXCLUSIVE MODE")
+        read = f"{edge}/api/v1/task-logs?limit=1"
+        admitted = [threads.submit(httpx.get, read, headers=headers, timeout=30) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while sample(httpx.get(f"{base}/metrics").text, "db_pool_connections_in_use", service="api") < 2:
+            assert time.monotonic() < deadline, "the two reads never held their connections"
+            time.sleep(0.05)
+        queued = threads.submit(httpx.get, read, headers=headers, timeout=30)  # waits for a slot at the edge
+        time.sleep(0.1)
+
+        started = time.perf_counter()
+        refused = httpx.get(read, headers=headers, timeout=10)
+        elapsed = time.perf_counter() - started
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["reason"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
+        assert elapsed < 0.5
+        assert httpx.get(f"{edge}/health", timeout=10).status_code == 200  # never shed
+        admin = httpx.get(f"{edge}/api/v1/admin/tavily-keys", headers=headers, timeout=10)
+        assert admin.status_code == 200, admin.text
+
+        lock.rollback()
+        assert [f.result().status_code for f in admitted] == [200, 200]
+        assert queued.result().status_code in (200, 503)  # the edge's queue waits at most 1 s
+        assert httpx.get(read, headers=headers, timeout=10).status_code == 200
+        text = httpx.get(f"{base}/metrics").text
+    assert sample(text, "api_admission_rejected_total", service="api") == 0

@@ -195,6 +195,15 @@ def test_cross_field_rule_names_both_variables(
     assert f"{low[0]} ({low[1]}) must be <= {high[0]} ({high[1]})" in str(caught.value)
 
 
+def test_an_edge_without_its_agent_port_is_refused_at_start(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("API_ADMISSION", "edge")
+    with pytest.raises(InvalidSettingsError, match="API_EDGE_AGENT_PORT must be set") as caught:
+        Settings.load()
+    assert "\n" not in str(caught.value)
+    clean_env.setenv("API_EDGE_AGENT_PORT", "8001")
+    assert Settings.load().API_ADMISSION == "edge"
+
+
 def test_invalid_secret_is_named_but_not_echoed(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("DATABASE_URL", "mysql://admin:hunter2-secret@db/x")
     with pytest.raises(InvalidSettingsError) as caught:

@@ -79,7 +79,13 @@ def create_app() -> FastAPI:
     # Next: a request refused for overload costs no routing, authentication or database round trip.
     limiter = admission_limiter(sizing.pool_sizing(settings, "api").max_connections)
     if limiter is not None:
-        app.add_middleware(AdmissionControl, limiter=limiter, prefix=API_V1 + "/", exempt=API_V1 + "/admin")
+        app.add_middleware(
+            AdmissionControl,
+            limiter=limiter,
+            prefix=API_V1 + "/",
+            exempt=API_V1 + "/admin",
+            enforce=settings.API_ADMISSION != "edge",
+        )
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

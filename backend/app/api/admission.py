@@ -16,6 +16,11 @@ see an overloaded service).
 The middleware (``AdmissionControl``) counts what is in flight and is the authority. At the limit, the
 HTTP protocol asks ``early_refusal`` as each request's headers end and writes the refusal itself: under
 overload most of a refusal's time went to waiting for its asyncio task and the ASGI stack.
+
+Behind an edge (API_ADMISSION=edge, ``app.api.edge``) the process still computes its limit but does not
+refuse: the edge admits at most the processes' limits summed and refuses the rest.
+A refusal written here waits for its worker's turn on a core, which on a saturated host is most of
+its time (8 workers on 2 cores: tens of milliseconds); HAProxy's takes well under one.
 """
 
 from __future__ import annotations
@@ -91,11 +96,14 @@ class GradientLimit:
     def _reset_window(self, now: float) -> None:
         self._window_start, self._total, self._count, self._peak = now, 0.0, 0, 0
 
-    def sample(self, rtt: float, in_flight: int) -> None:
-        """One admitted request ended after ``rtt`` seconds, with ``in_flight`` requests admitted."""
+    def sample(self, rtt: float, in_flight: int, started_with: int = 1) -> None:
+        """One admitted request ended after ``rtt`` seconds, with ``in_flight`` requests admitted; it
+        started with ``started_with`` in flight (itself included). Under a pin that an edge enforces,
+        the process admits more than the pin for a moment (the edge hears of the pin at its next check),
+        so only a request that started within the pin measures the unqueued latency."""
         now = self._clock()
         if self._pinned_since is not None:
-            if now - rtt >= self._pinned_since:  # admitted under the pin
+            if now - rtt >= self._pinned_since and started_with <= self.probe_limit:
                 self._pin_total += rtt
                 self._pin_count += 1
             self._end_pin(now)
@@ -155,7 +163,7 @@ class StaticLimit:
     def __init__(self, limit: int) -> None:
         self.admitted = limit
 
-    def sample(self, rtt: float, in_flight: int) -> None:
+    def sample(self, rtt: float, in_flight: int, started_with: int = 1) -> None:
         pass
 
     def refused(self) -> None:
@@ -172,10 +180,21 @@ class AdmissionControl:
     HTTP metrics (under the route it would have taken)."""
 
     def __init__(
-        self, app: ASGIApp, limiter: GradientLimit | StaticLimit, *, prefix: str, exempt: str
+        self,
+        app: ASGIApp,
+        limiter: GradientLimit | StaticLimit,
+        *,
+        prefix: str,
+        exempt: str,
+        enforce: bool = True,
     ) -> None:
         self.app = app
         self.limiter = limiter
+        # enforce=False (behind an edge): never refuse; the limit is the edge's to apply. The edge admits
+        # the processes' limits summed but cannot choose the process (uvicorn's workers share one
+        # socket), so one may briefly get more than its own: those wait at the pool, as a refusal
+        # written here would take longer than the wait (the module's docstring).
+        self.enforce = enforce
         self.prefix, self.exempt = prefix, exempt
         self.in_flight = 0
         self._service = "api"
@@ -211,6 +230,10 @@ class AdmissionControl:
             await self._reject(scope, send)
             return
         self.in_flight += 1
+        if not self.enforce and self.in_flight >= self.limiter.admitted:
+            # At its limit: the edge holds the demand beyond it, which this process never sees.
+            self.limiter.refused()
+        started_with = self.in_flight
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
@@ -218,7 +241,7 @@ class AdmissionControl:
             in_flight = self.in_flight
             self.in_flight -= 1
             rtt = time.perf_counter() - started
-            self.limiter.sample(rtt, in_flight)
+            self.limiter.sample(rtt, in_flight, started_with)
             self._publish()
 
     async def _reject(self, scope: Scope, send: Send) -> None:
@@ -239,7 +262,7 @@ class AdmissionControl:
             )
 
     def at_limit(self) -> bool:
-        return self.in_flight >= self.limiter.admitted
+        return self.enforce and self.in_flight >= self.limiter.admitted
 
     def refuse_early(self, method: str, path: str) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
         """The refusal (headers, body) if a request for ``path`` is to be refused now, before it becomes
@@ -319,4 +342,5 @@ def admission_limiter(pool_connections: int) -> GradientLimit | StaticLimit | No
         return None
     if settings.API_ADMISSION == "static":
         return StaticLimit(ceiling)
+    # "adaptive", and "edge" (the same limit, applied by the edge: AdmissionControl(enforce=False)).
     return GradientLimit(ceiling=ceiling, tolerance=settings.API_ADMISSION_TOLERANCE)

@@ -21,6 +21,8 @@ changes to what happens at SIGTERM:
   and the lifespan closes the pools.
 * **The tree exits in time.** The supervisor kills a worker still alive one second before
   ``app.sizing.shutdown_seconds`` (Railway's drainingSeconds), then exits itself.
+
+With API_ADMISSION=edge the supervisor also answers HAProxy's agent-check (``app.api.edge``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from uvicorn.supervisors import multiprocess
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from app import sizing
-from app.api import drain
+from app.api import drain, edge
 from app.config.settings import get_settings
 
 
@@ -169,6 +171,9 @@ class DrainingMultiprocess(Multiprocess):
 
 
 def main() -> None:
+    settings = get_settings()
+    if settings.API_ADMISSION == "edge":
+        edge.start_agent(settings)
     # uvicorn builds its servers from these module-level names and offers no other hook; every CLI
     # option still goes through uvicorn's own parser and run(). (The package's ``uvicorn.main``
     # attribute is the CLI function, which hides the module of the same name.)

@@ -214,8 +214,11 @@ class Settings(ServiceSettings, LoadableSettings):
     # pool still answers as such.
     REQUEST_TIMEOUT_SECONDS: float = Field(8.0, gt=0, le=600)
     # Admission control on the database routes (app.api.admission): "adaptive" finds the concurrency at
-    # which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool.
-    API_ADMISSION: Literal["adaptive", "static", "off"] = "adaptive"
+    # which requests stop queueing, "static" admits the pool's size, "off" leaves the queue to the pool,
+    # "edge" computes the adaptive limit and leaves the refusing to an HAProxy in front (app.api.edge).
+    API_ADMISSION: Literal["adaptive", "static", "edge", "off"] = "adaptive"
+    # With API_ADMISSION=edge: where the API's supervisor answers HAProxy's agent-check with the limit.
+    API_EDGE_AGENT_PORT: int = Field(0, ge=0, le=65535)
     # Admitted requests may take this many times their unqueued latency before the limit shrinks.
     API_ADMISSION_TOLERANCE: float = Field(2.0, ge=1.0, le=10.0)
     # --- shutdown: SIGTERM to exit, inside Railway's drainingSeconds (app.sizing.shutdown_seconds) ---
@@ -333,6 +336,8 @@ class Settings(ServiceSettings, LoadableSettings):
                 f"REQUEST_TIMEOUT_SECONDS ({self.REQUEST_TIMEOUT_SECONDS:g}) must be > DB_POOL_TIMEOUT "
                 f"({self.DB_POOL_TIMEOUT:g}) and HEALTH_CHECK_TIMEOUT ({self.HEALTH_CHECK_TIMEOUT:g})"
             )
+        if self.API_ADMISSION == "edge" and not self.API_EDGE_AGENT_PORT:
+            raise ValueError("API_EDGE_AGENT_PORT must be set (1-65535) when API_ADMISSION=edge")
         if self.DB_ADMIN_RESERVE >= self.DB_CONNECTION_BUDGET:
             raise ValueError(
                 f"DB_ADMIN_RESERVE ({self.DB_ADMIN_RESERVE}) must be < "
