@@ -173,12 +173,35 @@ def test_under_a_pin_the_edge_applies_only_requests_that_started_alone_measure_t
     assert limit.rtt_noload == pytest.approx(0.004) and limit.admitted == 16
 
 
-async def test_behind_an_edge_a_process_never_refuses_and_reports_reaching_its_limit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_behind_an_edge_every_process_probes_in_the_edges_window_without_having_refused() -> None:
+    """The edge pins (one request per process) from each boundary; a process probes there whether or
+    not it refused (what the edge refused never reached it), and times only requests begun once the
+    edge's pin took hold and what it had admitted drained."""
+    from app.api.admission import edge_pinned
+
+    clock = Clock()
+    limit = limiter(clock, ceiling=16, probe_seconds=10, pin_seconds=0.25, probe_always=True,
+                    pin_settle_seconds=0.2)  # fmt: skip
+    boundary = (clock.now // 10 + 1) * 10
+    clock.now = boundary - 0.1
+    while limit.admitted != limit.probe_limit:
+        assert clock.now < boundary + 0.2, "no probe at the boundary"
+        for _ in range(limit.window_samples):
+            limit.sample(0.004, 16)
+        clock.now += limit.window_seconds + 1e-3
+    clock.now = boundary + 0.15
+    limit.sample(0.010, 1)  # begun at +0.14 s: the edge may not have applied the pin yet
+    assert limit.rtt_noload is None
+    clock.now = boundary + 0.3
+    for _ in range(limit.window_samples):
+        limit.sample(0.006, 1)
+    assert limit.rtt_noload == pytest.approx(0.006) and limit.admitted == 16
+    assert edge_pinned(boundary + 0.3) and edge_pinned(boundary) and not edge_pinned(boundary + 0.5)
+
+
+async def test_behind_an_edge_a_process_never_refuses() -> None:
     """API_ADMISSION=edge: the edge refuses; the process admits what it is sent (a refusal written
-    here would wait for a core), and a process that reached its limit asks for a probe at the next
-    boundary, as one that refused would."""
+    here would wait for a core), past its own limit."""
     from app.api import admission
     from app.api.admission import AdmissionControl
 
@@ -191,14 +214,7 @@ async def test_behind_an_edge_a_process_never_refuses_and_reports_reaching_its_l
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    class Recording(GradientLimit):
-        signalled = 0
-
-        def refused(self) -> None:
-            Recording.signalled += 1
-            super().refused()
-
-    limit = Recording(ceiling=2)
+    limit = GradientLimit(ceiling=2)
     control = AdmissionControl(app, limit, prefix="/api/v1/", exempt="/api/v1/admin", enforce=False)
     sent: list[dict] = []  # type: ignore[type-arg]
 
@@ -215,7 +231,6 @@ async def test_behind_an_edge_a_process_never_refuses_and_reports_reaching_its_l
     assert control.in_flight == 3 > limit.admitted  # admitted past its limit, none refused
     assert not admission.overloaded()  # the HTTP protocol never refuses early either
     assert admission.early_refusal("GET", "/api/v1/task-logs") is None
-    assert Recording.signalled >= 1
     release.set()
     await asyncio.gather(*calls)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 200, 200]
@@ -400,6 +415,7 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
     and the admin routes pass; the API refuses nothing."""
     import psycopg
 
+    from app.api import admission
     from devkit.edge import edge_url, running_edge
     from tests.support.system_tools import require
 
@@ -420,10 +436,14 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
         concurrent.futures.ThreadPoolExecutor(3) as threads,
     ):
         edge = edge_url(haproxy)
+        # Run between two of the edge's probes (one request per worker, from each 10 s boundary).
+        offset = time.time() % admission.PROBE_SECONDS
+        if not 0.5 <= offset <= 5:
+            time.sleep((0.6 - offset) % admission.PROBE_SECONDS)
         # The test pool holds 3: the worker's limit starts at its ceiling, the pool less one.
         with socket.create_connection(("127.0.0.1", agent), timeout=5) as sock:
             assert sock.makefile("rb").readline() == b"maxconn:2\n"
-        time.sleep(0.3)  # the edge's first agent-checks (every 100 ms)
+        time.sleep(0.3)  # the edge's next agent-checks (every 100 ms)
         lock.execute("LOCK TABLE task_logs IN ACCESS EXCLUSIVE MODE")
         read = f"{edge}/api/v1/task-logs?limit=1"
         admitted = [threads.submit(httpx.get, read, headers=headers, timeout=30) for _ in range(2)]

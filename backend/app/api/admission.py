@@ -39,6 +39,8 @@ from app.core import metrics
 from app.core.logging import LogRateLimiter
 
 log = structlog.get_logger("app.admission")
+# Every 10 s the unqueued latency is measured anew, for up to 0.25 s; behind an edge after 0.2 s more.
+PROBE_SECONDS, PIN_SECONDS, EDGE_PIN_SETTLE_SECONDS = 10.0, 0.25, 0.2
 OVERLOADED_DETAIL = "this API process is at its concurrency limit; retry shortly"
 _rejections = LogRateLimiter(interval=1.0)
 
@@ -71,6 +73,8 @@ class GradientLimit:
         probe_seconds: float = 10.0,
         probe_limit: int = 1,
         pin_seconds: float = 0.25,
+        probe_always: bool = False,
+        pin_settle_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -79,6 +83,14 @@ class GradientLimit:
         self.window_seconds, self.window_samples = window_seconds, window_samples
         self.probe_seconds, self.probe_limit = probe_seconds, max(self.floor, min(probe_limit, ceiling))
         self.pin_seconds = pin_seconds
+        # Behind an edge the process never sees what the edge refused, and a baseline is only right when
+        # every process pins at once (the host's other load is in it otherwise): so it probes at every
+        # boundary it sees load at, as Envoy's adaptive concurrency filter does.
+        self.probe_always = probe_always
+        # Behind an edge the pin is the edge's, from each probe boundary on (app.api.edge); it reaches
+        # HAProxy at its next agent-check, then what it had admitted drains. So a request measures the
+        # baseline if it began between this long after the boundary and pin_seconds later.
+        self.pin_settle = pin_settle_seconds
         self._clock, self._wall = clock, wall
         # Optimistic, as a new process should serve a burst.
         self.limit = float(ceiling)
@@ -103,7 +115,7 @@ class GradientLimit:
         so only a request that started within the pin measures the unqueued latency."""
         now = self._clock()
         if self._pinned_since is not None:
-            if now - rtt >= self._pinned_since and started_with <= self.probe_limit:
+            if started_with <= self.probe_limit and self._begun_under_pin(now, rtt):
                 self._pin_total += rtt
                 self._pin_count += 1
             self._end_pin(now)
@@ -120,9 +132,23 @@ class GradientLimit:
         """A request was refused at the limit."""
         self._refused = True
 
+    def _slot_offset(self, seconds_ago: float = 0.0) -> float:
+        """Where in the probe slot the pin began in (wall clock) the instant ``seconds_ago`` falls."""
+        return self._wall() - seconds_ago - self._probe_slot * self.probe_seconds
+
+    def _begun_under_pin(self, now: float, rtt: float) -> bool:
+        if self.pin_settle:  # the edge's pin: the same wall-clock instants in every process and the agent
+            return self.pin_settle <= self._slot_offset(rtt) < self.pin_settle + self.pin_seconds
+        assert self._pinned_since is not None
+        return now - rtt >= self._pinned_since
+
     def _end_pin(self, now: float) -> None:
         assert self._pinned_since is not None
-        if self._pin_count < self.window_samples and now - self._pinned_since < self.pin_seconds:
+        if self.pin_settle:
+            over = self._slot_offset() >= self.pin_settle + self.pin_seconds
+        else:
+            over = now - self._pinned_since >= self.pin_seconds
+        if self._pin_count < self.window_samples and not over:
             return
         if self._pin_count:
             self.rtt_noload = self._pin_total / self._pin_count
@@ -134,7 +160,7 @@ class GradientLimit:
         if slot != self._probe_slot:
             self._probe_slot = slot
             refused, self._refused = self._refused, False
-            if refused:
+            if refused or self.probe_always:
                 self._pinned_since, self._restore = now, self.limit
                 self._pin_total, self._pin_count = 0.0, 0
                 self.limit = min(self.limit, float(self.probe_limit))
@@ -230,9 +256,6 @@ class AdmissionControl:
             await self._reject(scope, send)
             return
         self.in_flight += 1
-        if not self.enforce and self.in_flight >= self.limiter.admitted:
-            # At its limit: the edge holds the demand beyond it, which this process never sees.
-            self.limiter.refused()
         started_with = self.in_flight
         started = time.perf_counter()
         try:
@@ -342,5 +365,26 @@ def admission_limiter(pool_connections: int) -> GradientLimit | StaticLimit | No
         return None
     if settings.API_ADMISSION == "static":
         return StaticLimit(ceiling)
-    # "adaptive", and "edge" (the same limit, applied by the edge: AdmissionControl(enforce=False)).
-    return GradientLimit(ceiling=ceiling, tolerance=settings.API_ADMISSION_TOLERANCE)
+    # "adaptive", and "edge": the same limit, applied by the edge (AdmissionControl(enforce=False)).
+    if settings.API_ADMISSION == "edge":
+        return GradientLimit(
+            ceiling=ceiling,
+            tolerance=settings.API_ADMISSION_TOLERANCE,
+            probe_seconds=PROBE_SECONDS,
+            pin_seconds=PIN_SECONDS,
+            probe_always=True,
+            pin_settle_seconds=EDGE_PIN_SETTLE_SECONDS,
+        )
+    return GradientLimit(
+        ceiling=ceiling,
+        tolerance=settings.API_ADMISSION_TOLERANCE,
+        probe_seconds=PROBE_SECONDS,
+        pin_seconds=PIN_SECONDS,
+    )
+
+
+def edge_pinned(wall: float) -> bool:
+    """Whether the edge's pin holds at wall-clock ``wall``: from each probe boundary, long enough for
+    HAProxy to hear of it (agent-check every 100 ms, deploy/haproxy/api-edge.cfg), for what it had
+    admitted to drain, and for the processes to measure."""
+    return wall % PROBE_SECONDS < EDGE_PIN_SETTLE_SECONDS + PIN_SECONDS

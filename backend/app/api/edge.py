@@ -12,6 +12,11 @@ does no request work, so it answers promptly) answers HAProxy's agent-check with
 live workers' limits summed; HAProxy then admits N requests at once to the database routes and answers
 the rest ``503 overloaded`` itself (deploy/haproxy/api-edge.cfg). Before any worker has published, N
 is the ceiling: every worker's pool less one connection, as a new worker's own limit starts.
+
+The probe that measures the unqueued latency is the edge's too: for a moment after every probe
+boundary the agent answers one request per worker (``admission.edge_pinned``), so the whole host runs
+unloaded at once, and the workers time the requests begun then. Workers pinning themselves could not
+do it: each gets whatever the edge sends, and a worker sure to be alone measured the others' load.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from __future__ import annotations
 import re
 import socketserver
 import threading
+import time
 from pathlib import Path
 
 import structlog
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app import sizing
+from app.api import admission
 from app.config.settings import Settings
 from app.core import metrics
 
@@ -65,11 +72,15 @@ class AgentServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], directory: Path | None, fallback: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], directory: Path | None, fallback: int, processes: int
+    ) -> None:
         super().__init__(address, _Agent)
-        self.directory, self.fallback = directory, fallback
+        self.directory, self.fallback, self.processes = directory, fallback, processes
 
     def limit(self) -> int:
+        if admission.edge_pinned(time.time()):
+            return self.processes  # the probe: one request per process, in every process at once
         if self.directory is None:
             return self.fallback
         try:
@@ -84,7 +95,8 @@ def start_agent(settings: Settings, host: str = "0.0.0.0") -> AgentServer:
     directory = metrics.multiprocess_dir()
     if directory is None:
         log.warning("edge_agent_without_metrics_dir", reason="PROMETHEUS_MULTIPROC_DIR is not set")
-    server = AgentServer((host, settings.API_EDGE_AGENT_PORT), directory, ceiling(settings))
+    processes = sizing.plan(settings, "api").processes
+    server = AgentServer((host, settings.API_EDGE_AGENT_PORT), directory, ceiling(settings), processes)
     threading.Thread(target=server.serve_forever, name="edge-agent", daemon=True).start()
     log.info("edge_agent_started", port=settings.API_EDGE_AGENT_PORT, ceiling=server.fallback)
     return server
