@@ -11,7 +11,9 @@ saturates (on 2 cores long before the pools do). Each server runs at 1x, 4x and 
 
 * ``off``: no admission control, requests queue at the pool (today's behaviour before issue 18);
 * ``static``: a fixed limit per process, the pool's size (``API_ADMISSION=static``);
-* ``adaptive``: the gradient limit (``API_ADMISSION=adaptive``, the default).
+* ``adaptive``: the gradient limit (``API_ADMISSION=adaptive``, the default);
+* ``edge``: the same limit, applied by HAProxy in front (``API_ADMISSION=edge``,
+  deploy/haproxy/api-edge.cfg): the clients connect to HAProxy, which refuses for the API.
 
 The clients are closed-loop keep-alive connections in several processes (raw asyncio HTTP/1.1, so
 each request's status and latency are recorded; wrk reports neither by status), with a 10 s client
@@ -19,7 +21,7 @@ timeout. ``--honour-retry-after`` makes a client that got 503 wait its Retry-Aft
 as the API asks;
 by default they retry at once, the harder case. Printed per server and load: goodput (2xx per second),
 p50/p99 of the 2xx, the share answered 503 at once (overloaded), the slowest rejection, other failures,
-and the clients' CPU share.
+and the clients' CPU share (with ``edge``, HAProxy's too).
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ import os
 import random
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from devkit.bench import api_server, bench_database, bench_headers, seed_reads
+from devkit.edge import edge_url, running_edge
+from devkit.ports import free_port
 
 PATH = "/api/v1/task-logs?limit=5"
 
@@ -45,6 +51,7 @@ class Result:
     shed: list[float] = field(default_factory=list)  # latencies of the 503 overloaded
     other: int = 0  # any other status, a timeout or a broken connection
     cpu: float = 0.0  # the clients' CPU seconds
+    edge_cpu: float | None = None  # HAProxy's CPU seconds, with the edge
 
     def merge(self, other: Result) -> None:
         self.ok += other.ok
@@ -170,7 +177,7 @@ def main() -> None:
     parser.add_argument("--saturation", type=int, help="1x (default: workers x the API's pool)")
     parser.add_argument("--sweep", action="store_true", help="print throughput against concurrency first")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
-    parser.add_argument("--modes", default="off,static,adaptive")
+    parser.add_argument("--modes", default="off,static,adaptive,edge")
     parser.add_argument("--honour-retry-after", action="store_true")
     args = parser.parse_args()
     multiples = [int(m) for m in args.load.split(",")]
@@ -197,12 +204,16 @@ def main() -> None:
         print(f"\n1x = {saturation} connections ({args.workers} uvicorn workers x pool {pool}, {cores} "
               f"cores); clients {clients} Retry-After\n", flush=True)  # fmt: skip
         for mode in args.modes.split(","):
-            with api_server(url, workers=args.workers, API_ADMISSION=mode) as base:
+            with serving(url, args.workers, mode) as (base, edge_pid):
                 load(base, headers, saturation, 3, 0, args.processes, False)  # warm every worker
                 for multiple in multiples:
                     connections = saturation * multiple
+                    before = cpu_seconds(edge_pid)
                     run = load(base, headers, connections, args.seconds, args.warmup, args.processes,
                                args.honour_retry_after)  # fmt: skip
+                    if edge_pid is not None:  # as the clients': the warm-up's share taken out
+                        share = args.seconds / (args.seconds + args.warmup)
+                        run.edge_cpu = (cpu_seconds(edge_pid) - before) * share
                     rows.append((mode, multiple, connections, run))
                     report(mode, multiple, connections, run, cores)
     print()
@@ -224,6 +235,27 @@ def main() -> None:
               f"{1000 * max(top_row.shed, default=0):.1f} ms (target < 50)")  # fmt: skip
 
 
+@contextmanager
+def serving(url: str, workers: int, mode: str) -> Iterator[tuple[str, int | None]]:
+    """The API (and, for ``edge``, HAProxy in front): the base URL the clients use, HAProxy's pid."""
+    if mode != "edge":
+        with api_server(url, workers=workers, API_ADMISSION=mode) as base:
+            yield base, None
+        return
+    agent = free_port()
+    api = api_server(url, workers=workers, API_ADMISSION="edge", API_EDGE_AGENT_PORT=str(agent))
+    with api as base, running_edge(int(base.rsplit(":", 1)[1]), agent) as proc:
+        yield edge_url(proc), proc.pid
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def cells(run: Result, cores: int) -> str:
     total = len(run.ok) + len(run.shed) + run.other
     return (
@@ -231,7 +263,9 @@ def cells(run: Result, cores: int) -> str:
         f"{100 * len(run.shed) / max(total, 1):.1f}% | {1000 * pct(run.shed, 0.5):.1f} / "
         f"{1000 * pct(run.shed, 0.99):.1f} / "
         f"{1000 * max(run.shed, default=float('nan')):.1f} | {run.other} | "
-        f"{100 * run.cpu / (run.seconds * cores):.0f}% |"
+        f"{100 * run.cpu / (run.seconds * cores):.0f}%"
+        + ("" if run.edge_cpu is None else f" (HAProxy {100 * run.edge_cpu / (run.seconds * cores):.0f}%)")
+        + " |"
     )
 
 
