@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from devkit.bench import api_server, bench_database, bench_headers, seed_reads
-from devkit.edge import edge_url, running_edge
+from devkit.edge import running_edge
 from devkit.ports import free_port
 
 PATH = "/api/v1/task-logs?limit=5"
@@ -244,8 +244,8 @@ def serving(url: str, workers: int, mode: str) -> Iterator[tuple[str, int | None
         return
     agent = free_port()
     api = api_server(url, workers=workers, API_ADMISSION="edge", API_EDGE_AGENT_PORT=str(agent))
-    with api as base, running_edge(int(base.rsplit(":", 1)[1]), agent) as proc:
-        yield edge_url(proc), proc.pid
+    with api as base, running_edge(int(base.rsplit(":", 1)[1]), agent) as edge:
+        yield edge.url, edge.pid
 
 
 def cpu_seconds(pid: int | None) -> float:

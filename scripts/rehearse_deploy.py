@@ -75,6 +75,7 @@ import psutil
 
 from app import topology as app_topology  # every service, declared once
 from app.config.settings import Settings
+from devkit.edge import haproxy_binary
 from devkit.pg_activity import Sampler
 from devkit.ports import free_port
 from devkit.postgres import OwnPostgres
@@ -284,8 +285,8 @@ class Edge:
         self.log = folder / "haproxy.log"
 
     def start(self) -> Edge:
-        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        if not Path(binary).exists():
+        binary = haproxy_binary()
+        if binary is None:
             raise SystemExit("haproxy is not installed: apt-get install haproxy")
         cfg = self.folder / "haproxy.cfg"
         cfg.write_text(

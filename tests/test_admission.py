@@ -180,8 +180,7 @@ def test_behind_an_edge_every_process_probes_in_the_edges_window_without_having_
     from app.api.admission import edge_pinned
 
     clock = Clock()
-    limit = limiter(clock, ceiling=16, probe_seconds=10, pin_seconds=0.25, probe_always=True,
-                    pin_settle_seconds=0.2)  # fmt: skip
+    limit = limiter(clock, ceiling=16, probe_seconds=10, pin_seconds=0.25, edge_settle_seconds=0.2)
     boundary = (clock.now // 10 + 1) * 10
     clock.now = boundary - 0.1
     while limit.admitted != limit.probe_limit:
@@ -416,7 +415,7 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
     import psycopg
 
     from app.api import admission
-    from devkit.edge import edge_url, running_edge
+    from devkit.edge import running_edge
     from tests.support.system_tools import require
 
     require("haproxy", "haproxy")
@@ -431,11 +430,10 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
     headers = auth("admin")
     with (
         running_api(env, port, production=True) as base,
-        running_edge(port, agent) as haproxy,
+        running_edge(port, agent) as edge,
         psycopg.connect(migrated_database) as lock,
         concurrent.futures.ThreadPoolExecutor(3) as threads,
     ):
-        edge = edge_url(haproxy)
         # Run between two of the edge's probes (one request per worker, from each 10 s boundary).
         offset = time.time() % admission.PROBE_SECONDS
         if not 0.5 <= offset <= 5:
@@ -445,7 +443,7 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
             assert sock.makefile("rb").readline() == b"maxconn:2\n"
         time.sleep(0.3)  # the edge's next agent-checks (every 100 ms)
         lock.execute("LOCK TABLE task_logs IN ACCESS EXCLUSIVE MODE")
-        read = f"{edge}/api/v1/task-logs?limit=1"
+        read = f"{edge.url}/api/v1/task-logs?limit=1"
         admitted = [threads.submit(httpx.get, read, headers=headers, timeout=30) for _ in range(2)]
         deadline = time.monotonic() + 10
         while sample(httpx.get(f"{base}/metrics").text, "db_pool_connections_in_use", service="api") < 2:
@@ -460,8 +458,8 @@ def test_behind_haproxy_the_edge_refuses_at_the_published_limit_and_never_sheds_
         assert refused.status_code == 503, refused.text
         assert refused.json()["reason"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
         assert elapsed < 0.5
-        assert httpx.get(f"{edge}/health", timeout=10).status_code == 200  # never shed
-        admin = httpx.get(f"{edge}/api/v1/admin/tavily-keys", headers=headers, timeout=10)
+        assert httpx.get(f"{edge.url}/health", timeout=10).status_code == 200  # never shed
+        admin = httpx.get(f"{edge.url}/api/v1/admin/tavily-keys", headers=headers, timeout=10)
         assert admin.status_code == 200, admin.text
 
         lock.rollback()

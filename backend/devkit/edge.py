@@ -5,28 +5,36 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
-from devkit.api import BACKEND
+from devkit.api import BACKEND, wait_answering
 from devkit.ports import free_port
 
 CONFIG = BACKEND.parent / "deploy" / "haproxy" / "api-edge.cfg"
 
 
 def haproxy_binary() -> str | None:
+    """Debian installs it in /usr/sbin, which a non-root PATH often lacks."""
     return shutil.which("haproxy") or next(
         (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
     )
 
 
+@dataclass(frozen=True)
+class RunningEdge:
+    url: str  # what clients connect to
+    pid: int
+
+
 @contextmanager
-def running_edge(api_port: int, agent_port: int, retry_after: int = 2) -> Iterator[subprocess.Popen[bytes]]:
-    """HAProxy on a free loopback port, in front of ``api_port``; yields the process (its port is in
-    ``proc.args``' environment: use ``edge_url``)."""
+def running_edge(api_port: int, agent_port: int, retry_after: int = 2) -> Iterator[RunningEdge]:
+    """HAProxy on a free loopback port in front of the API on ``api_port`` (already answering), its
+    limit from the agent on ``agent_port``."""
     binary = haproxy_binary()
     if binary is None:
         raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
@@ -38,22 +46,14 @@ def running_edge(api_port: int, agent_port: int, retry_after: int = 2) -> Iterat
         "API_EDGE_AGENT_PORT": str(agent_port),
         "RETRY_AFTER_SECONDS": str(retry_after),
     }
-    # -db: stay in the foreground; -Ws is not needed, one process.
-    proc = subprocess.Popen([binary, "-db", "-f", str(CONFIG)], env=env, stderr=subprocess.PIPE)
-    proc.edge_port = port  # type: ignore[attr-defined]
+    # To a file, as the API's log (devkit.api): an undrained pipe would block HAProxy's next write.
+    log = tempfile.NamedTemporaryFile(prefix="haproxy-", suffix=".log", delete=False)  # noqa: SIM115
+    # -db: in the foreground, as the one process this context manager stops.
+    proc = subprocess.Popen([binary, "-db", "-f", str(CONFIG)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited: {proc.stderr.read().decode(errors='replace')}")  # type: ignore[union-attr]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("haproxy did not listen within 10 s") from None
-                time.sleep(0.05)
-        yield proc
+        wait_answering(url, proc, Path(log.name), statuses=(200, 503), timeout=10)  # /health, through it
+        yield RunningEdge(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -61,7 +61,5 @@ def running_edge(api_port: int, agent_port: int, retry_after: int = 2) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def edge_url(proc: subprocess.Popen[bytes]) -> str:
-    return f"http://127.0.0.1:{proc.edge_port}"  # type: ignore[attr-defined]
+        log.close()
+        os.unlink(log.name)

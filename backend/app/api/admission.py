@@ -70,11 +70,10 @@ class GradientLimit:
         smoothing: float = 0.2,
         window_seconds: float = 0.05,
         window_samples: int = 8,
-        probe_seconds: float = 10.0,
+        probe_seconds: float = PROBE_SECONDS,
         probe_limit: int = 1,
-        pin_seconds: float = 0.25,
-        probe_always: bool = False,
-        pin_settle_seconds: float = 0.0,
+        pin_seconds: float = PIN_SECONDS,
+        edge_settle_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -83,14 +82,12 @@ class GradientLimit:
         self.window_seconds, self.window_samples = window_seconds, window_samples
         self.probe_seconds, self.probe_limit = probe_seconds, max(self.floor, min(probe_limit, ceiling))
         self.pin_seconds = pin_seconds
-        # Behind an edge the process never sees what the edge refused, and a baseline is only right when
-        # every process pins at once (the host's other load is in it otherwise): so it probes at every
-        # boundary it sees load at, as Envoy's adaptive concurrency filter does.
-        self.probe_always = probe_always
-        # Behind an edge the pin is the edge's, from each probe boundary on (app.api.edge); it reaches
+        # Non-zero: behind an edge (API_ADMISSION=edge). The process never sees what the edge refused, so
+        # it probes at every boundary it sees load at, as Envoy's adaptive concurrency filter does. The
+        # pin is the edge's, from each boundary on in every process at once (app.api.edge); it reaches
         # HAProxy at its next agent-check, then what it had admitted drains. So a request measures the
         # baseline if it began between this long after the boundary and pin_seconds later.
-        self.pin_settle = pin_settle_seconds
+        self.edge_settle = edge_settle_seconds
         self._clock, self._wall = clock, wall
         # Optimistic, as a new process should serve a burst.
         self.limit = float(ceiling)
@@ -137,15 +134,15 @@ class GradientLimit:
         return self._wall() - seconds_ago - self._probe_slot * self.probe_seconds
 
     def _begun_under_pin(self, now: float, rtt: float) -> bool:
-        if self.pin_settle:  # the edge's pin: the same wall-clock instants in every process and the agent
-            return self.pin_settle <= self._slot_offset(rtt) < self.pin_settle + self.pin_seconds
+        if self.edge_settle:  # the edge's pin: the same wall-clock instants in every process and the agent
+            return self.edge_settle <= self._slot_offset(rtt) < self.edge_settle + self.pin_seconds
         assert self._pinned_since is not None
         return now - rtt >= self._pinned_since
 
     def _end_pin(self, now: float) -> None:
         assert self._pinned_since is not None
-        if self.pin_settle:
-            over = self._slot_offset() >= self.pin_settle + self.pin_seconds
+        if self.edge_settle:
+            over = self._slot_offset() >= self.edge_settle + self.pin_seconds
         else:
             over = now - self._pinned_since >= self.pin_seconds
         if self._pin_count < self.window_samples and not over:
@@ -160,7 +157,7 @@ class GradientLimit:
         if slot != self._probe_slot:
             self._probe_slot = slot
             refused, self._refused = self._refused, False
-            if refused or self.probe_always:
+            if refused or self.edge_settle:
                 self._pinned_since, self._restore = now, self.limit
                 self._pin_total, self._pin_count = 0.0, 0
                 self.limit = min(self.limit, float(self.probe_limit))
@@ -360,27 +357,21 @@ def admission_limiter(pool_connections: int) -> GradientLimit | StaticLimit | No
     """The limiter API_ADMISSION names (None: off). Its ceiling leaves one of the process's pool
     connections to the routes never shed, so /health answers truthfully even at the limit."""
     settings = get_settings()
-    ceiling = max(1, pool_connections - 1)
     if settings.API_ADMISSION == "off":
         return None
     if settings.API_ADMISSION == "static":
-        return StaticLimit(ceiling)
+        return StaticLimit(ceiling(pool_connections))
     # "adaptive", and "edge": the same limit, applied by the edge (AdmissionControl(enforce=False)).
-    if settings.API_ADMISSION == "edge":
-        return GradientLimit(
-            ceiling=ceiling,
-            tolerance=settings.API_ADMISSION_TOLERANCE,
-            probe_seconds=PROBE_SECONDS,
-            pin_seconds=PIN_SECONDS,
-            probe_always=True,
-            pin_settle_seconds=EDGE_PIN_SETTLE_SECONDS,
-        )
     return GradientLimit(
-        ceiling=ceiling,
+        ceiling=ceiling(pool_connections),
         tolerance=settings.API_ADMISSION_TOLERANCE,
-        probe_seconds=PROBE_SECONDS,
-        pin_seconds=PIN_SECONDS,
+        edge_settle_seconds=EDGE_PIN_SETTLE_SECONDS if settings.API_ADMISSION == "edge" else 0.0,
     )
+
+
+def ceiling(pool_connections: int) -> int:
+    """A process's highest limit: its pool less the connection kept for the routes never shed."""
+    return max(1, pool_connections - 1)
 
 
 def edge_pinned(wall: float) -> bool:

@@ -21,7 +21,6 @@ do it: each gets whatever the edge sends, and a worker sure to be alone measured
 
 from __future__ import annotations
 
-import re
 import socketserver
 import threading
 import time
@@ -36,27 +35,17 @@ from app.config.settings import Settings
 from app.core import metrics
 
 log = structlog.get_logger("app.edge")
-_LIMIT_FILE = re.compile(r"gauge_livesum_(\d+)\.db$")
 
 
 def published_limit(directory: Path) -> int | None:
     """The live API workers' admission limits, summed (None: none has published yet)."""
-    files = [
-        str(path)
-        for path in directory.glob("gauge_livesum_*.db")
-        if (match := _LIMIT_FILE.search(path.name)) and metrics.alive(int(match.group(1)))
-    ]
+    metrics.sweep_dead_processes(directory)  # as /metrics does: a killed worker's limit is not live
+    files = [str(path) for path in directory.glob("gauge_livesum_*.db")]
     for metric in MultiProcessCollector.merge(files, accumulate=True):
         if metric.name == metrics.API_ADMISSION_LIMIT.describe()[0].name:
             total = sum(sample.value for sample in metric.samples)
             return int(total) if total > 0 else None
     return None
-
-
-def ceiling(settings: Settings) -> int:
-    """What the workers admit together before any has measured: each its pool less one connection."""
-    processes = sizing.plan(settings, "api").processes
-    return processes * max(1, sizing.pool_sizing(settings, "api").max_connections - 1)
 
 
 class _Agent(socketserver.BaseRequestHandler):
@@ -72,11 +61,11 @@ class AgentServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(
-        self, address: tuple[str, int], directory: Path | None, fallback: int, processes: int
-    ) -> None:
+    def __init__(self, address: tuple[str, int], directory: Path | None, processes: int, pool: int) -> None:
         super().__init__(address, _Agent)
-        self.directory, self.fallback, self.processes = directory, fallback, processes
+        self.directory, self.processes = directory, processes
+        # Before any worker has measured: each admits its ceiling, as a new worker's limit starts.
+        self.fallback = processes * admission.ceiling(pool)
 
     def limit(self) -> int:
         if admission.edge_pinned(time.time()):
@@ -95,8 +84,12 @@ def start_agent(settings: Settings, host: str = "0.0.0.0") -> AgentServer:
     directory = metrics.multiprocess_dir()
     if directory is None:
         log.warning("edge_agent_without_metrics_dir", reason="PROMETHEUS_MULTIPROC_DIR is not set")
-    processes = sizing.plan(settings, "api").processes
-    server = AgentServer((host, settings.API_EDGE_AGENT_PORT), directory, ceiling(settings), processes)
+    server = AgentServer(
+        (host, settings.API_EDGE_AGENT_PORT),
+        directory,
+        sizing.plan(settings, "api").processes,
+        sizing.pool_sizing(settings, "api").max_connections,
+    )
     threading.Thread(target=server.serve_forever, name="edge-agent", daemon=True).start()
     log.info("edge_agent_started", port=settings.API_EDGE_AGENT_PORT, ceiling=server.fallback)
     return server

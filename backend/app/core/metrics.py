@@ -212,7 +212,7 @@ def multiprocess_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -231,7 +231,7 @@ def sweep_dead_processes(directory: Path) -> list[int]:
     dead: set[int] = set()
     for path in directory.glob("gauge_live*_*.db"):
         match = _LIVE_FILE.match(path.name)
-        if match and not alive(int(match.group(1))):
+        if match and not _alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(directory))
