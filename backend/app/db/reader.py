@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 import asyncpg
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Select
 
 _DIALECT = asyncpg_dialect()
@@ -64,17 +63,16 @@ class Reader:
 
     __slots__ = ("_connection", "_driver", "_transactional")
 
-    def __init__(
-        self, connection: AsyncConnection, driver: asyncpg.Connection, *, transactional: bool
-    ) -> None:
+    def __init__(self, connection: Connection, driver: asyncpg.Connection, *, transactional: bool) -> None:
         self._connection = connection
         self._driver = driver
         self._transactional = transactional
 
     @classmethod
-    async def on(cls, connection: AsyncConnection, *, transactional: bool) -> Reader:
-        raw = await connection.get_raw_connection()
-        return cls(connection, raw.driver_connection, transactional=transactional)
+    def on(cls, connection: Connection, *, transactional: bool) -> Reader:
+        """``connection`` as ``read()`` checked it out: its pooled connection is already there, so
+        ``Connection.connection`` does no I/O."""
+        return cls(connection, connection.connection.driver_connection, transactional=transactional)
 
     async def rows(self, statement: DriverStatement, params: Mapping[str, Any]) -> list[asyncpg.Record]:
         return await self._run(self._driver.fetch, statement, params)
@@ -91,13 +89,11 @@ class Reader:
                     return await method(statement.sql, *statement.arguments(params))
             return await method(statement.sql, *statement.arguments(params))
         except BaseException as error:  # noqa: BLE001 (re-raised, as SQLAlchemy would raise it)
-            _raise_as_sqlalchemy(self._connection.sync_connection, error)
+            _raise_as_sqlalchemy(self._connection, error)
 
 
-def _raise_as_sqlalchemy(connection: Connection | None, error: BaseException) -> NoReturn:
+def _raise_as_sqlalchemy(connection: Connection, error: BaseException) -> NoReturn:
     """Raise what SQLAlchemy's execution would have raised for ``error``, with its side effects."""
-    if connection is None:
-        raise error
     adapted = connection.connection.dbapi_connection
     try:
         # The DB-API form of an asyncpg error (what SQLAlchemy's cursor raises); others as they are.
