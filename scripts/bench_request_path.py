@@ -14,7 +14,10 @@ round), so the machine's drift hits all alike; the figures are medians over the 
 * project / minimal FastAPI (``devkit/fastapi_app.py``: FastAPI, asyncpg and pydantic, the same two
   queries, response model shape and auth dependency shape) on task logs, also within each round (the
   two ran back to back), and minimal FastAPI / bare;
-* pooled / NullPool through HTTP (the project with ``DB_POOL_CLASS=null``).
+* pooled / NullPool through HTTP (the project with ``DB_POOL_CLASS=null``);
+* each server's CPU time per request (its processes' CPU time over the requests wrk counted), and the
+  minimal app's over the project's on task logs: the cost behind the req/s ratio, which moves less
+  with the machine than req/s do.
 
 The project runs as production starts it (the start command's server and bounded HTTP protocol) with
 production settings (the API's pool, idle validation, pool metrics and the hold-time histogram on),
@@ -39,7 +42,7 @@ def report(round_no: int, name: str, path_name: str, run: Run) -> None:
     print(
         f"round {round_no} {name:<9}{path_name:<10}{run.rps:9.1f} req/s  p50 {run.p50_ms:7.1f} ms  "
         f"p99 {run.p99_ms:7.1f} ms  non-2xx {run.non_2xx}  errors {run.errors}  "
-        f"wrk CPU {100 * run.generator_cpu:4.1f}%",
+        f"wrk CPU {100 * run.generator_cpu:4.1f}%  server CPU {run.server_cpu_us or 0:5.0f} us/request",
         flush=True,
     )
 
@@ -83,8 +86,9 @@ def main() -> None:
                         if name in ("NullPool", "FastAPI") and path_name != "task-logs":
                             continue
                         auth = [f"Authorization: Bearer {tokens[path_name]}"]
-                        wrk(binary, base + path, 2, args.connections, args.threads, auth)  # warm-up
-                        run = wrk(binary, base + path, args.seconds, args.connections, args.threads, auth)
+                        load = (args.connections, args.threads, auth)
+                        wrk(binary, base + path, 2, *load)  # warm-up
+                        run = wrk(binary, base + path, args.seconds, *load, server_cpu=True)
                         results.setdefault((name, path_name), []).append(run)
                         report(round_no, name, path_name, run)
 
@@ -109,6 +113,13 @@ def main() -> None:
     ]
     print(f"| (project / minimal FastAPI within each round: {', '.join(f'{r:.2f}' for r in per_round)}; "
           f"median {statistics.median(per_round):.2f}) | | | |")  # fmt: skip
+    # The same comparison in the servers' CPU time per request: what each costs, whatever share of the
+    # 2 cores it got (PostgreSQL and wrk take the rest); the minimal app's over the project's, so that
+    # it reads like the req/s ratio above.
+    cpu_us = {name: statistics.median(r.server_cpu_us or 0 for r in results[(name, "task-logs")])
+              for name in ("project", "FastAPI", "bare")}  # fmt: skip
+    print(f"| server CPU per request, minimal FastAPI / project (us: {cpu_us['FastAPI']:.0f} / "
+          f"{cpu_us['project']:.0f}) | | | {cpu_us['FastAPI'] / cpu_us['project']:.2f} |")  # fmt: skip
     minimal_bare = minimal / median("bare", "task-logs")
     print(f"| minimal FastAPI / bare, `GET {labels['task-logs']}` | {minimal:.0f} | "
           f"{median('bare', 'task-logs'):.0f} | {minimal_bare:.2f} |")  # fmt: skip

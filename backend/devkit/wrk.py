@@ -1,12 +1,16 @@
 """wrk, the C load generator the benchmarks drive (Debian package ``wrk``), and what it reports.
 
 Each run also reports wrk's own CPU share (its CPU time over wall time x cores, from the children's
-rusage), so a reader can see the generator was not the bottleneck.
+rusage), so a reader can see the generator was not the bottleneck, and, when told the server's URL,
+the server's CPU time per request (its processes' CPU time over the requests answered): a cost that the
+machine's speed and the scheduling of 2 cores among server, database and generator move far less
+than they move requests per second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -14,7 +18,11 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
 
 
 def ensure_wrk() -> str:
@@ -41,6 +49,26 @@ def _share(cpu: float, wall: float) -> float:
     return cpu / (wall * (os.cpu_count() or 1))
 
 
+def _server_processes(url: str) -> list[psutil.Process]:
+    """The processes of the server started with ``--port`` of ``url``'s port: uvicorn's supervisor
+    and its workers (the benchmarks' servers all take the port on their command line)."""
+    port = str(urlsplit(url).port)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(a == "--port" and b == port for a, b in pairwise(cmdline)):
+            return [proc, *proc.children(recursive=True)]
+    raise RuntimeError(f"no process serves {url} with --port {port}")
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 # --- one URL, wrk's own summary ----------------------------------------------------------------------
 
 
@@ -52,6 +80,7 @@ class Run:
     non_2xx: int
     errors: int
     generator_cpu: float  # wrk's CPU time / (wall time x cores)
+    server_cpu_us: float | None = None  # the server's CPU time per request answered, when measured
 
 
 def _ms(text: str) -> float:
@@ -62,8 +91,14 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, headers: list[str]) -> Run:
-    """One wrk run of ``url`` with ``headers``."""
+def wrk(
+    binary: str, url: str, seconds: float, connections: int, threads: int, headers: list[str],
+    *, server_cpu: bool = False,
+) -> Run:  # fmt: skip
+    """One wrk run of ``url`` with ``headers``; with ``server_cpu``, the serving processes' CPU time
+    per request too."""
+    server = _server_processes(url) if server_cpu else []
+    server_before = _cpu_seconds(server)
     before = _children_cpu()
     started = time.monotonic()
     header_args = [arg for header in headers for arg in ("-H", header)]
@@ -73,12 +108,15 @@ def wrk(binary: str, url: str, seconds: float, connections: int, threads: int, h
     ).stdout  # fmt: skip
     wall = time.monotonic() - started
     cpu = _children_cpu() - before
+    server_seconds = _cpu_seconds(server) - server_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     non_2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)) else 0
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Run(rps, p50, p99, non_2xx, errors, _share(cpu, wall))
+    server_us = 1e6 * server_seconds / requests if server and requests else None
+    return Run(rps, p50, p99, non_2xx, errors, _share(cpu, wall), server_us)
 
 
 # --- random reads over several paths, counted per status ----------------------------------------------
