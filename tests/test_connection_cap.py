@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -183,8 +184,9 @@ async def _engines(settings: Settings, services: list[str]) -> AsyncIterator[lis
 async def test_tripled_development_pools_cannot_take_production_connections(
     capped: Instance, tmp_path: Path
 ) -> None:
+    from app.core.celery_app import create_celery
     from app.core.orchestrator_factory import refusal_counting_connection
-    from app.tasks.probe import probe
+    from app.messaging.names import PROBE
 
     # Development's pools tripled (4 + 3 -> 12 + 9 per process), over nine processes: 189 connections
     # at once, more than the 137 that production's 260 would leave it on this server without the cap.
@@ -199,7 +201,9 @@ async def test_tripled_development_pools_cannot_take_production_connections(
         capped.settings("development", **unbounded),
         capped.settings("production", **unbounded),
     )
-    dev_env = capped.env("development", **tripled)
+    # Its own broker keys: messages other tests left in the shared queues (a roadmap's content task)
+    # would otherwise reach the worker below before its probe.
+    dev_env = capped.env("development", **tripled, REDIS_KEY_PREFIX=f"cap-{uuid.uuid4().hex[:8]}:")
 
     with running_api(capped.env("production", DB_CONNECTION_CAP="database"), free_port()) as prod_base:
         async with (
@@ -263,7 +267,10 @@ async def test_tripled_development_pools_cannot_take_production_connections(
             worker = start_worker("content_generation", 1, dev_env, tmp_path)
             try:
                 wait_ready([worker])
-                task = probe.s().set(queue="content_generation").delay()
+                # Sent with the worker's own settings (its broker and key prefix): this process's Celery
+                # app keeps the configuration of whichever test used it first.
+                sender = create_celery(Settings.from_mapping(dev_env), set_as_current=False)
+                task = sender.send_task(PROBE, queue="content_generation")
                 deadline = time.monotonic() + 30
                 while "reason=allocation_exhausted" not in worker.log() and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
