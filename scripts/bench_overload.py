@@ -37,9 +37,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import psutil
+
 from devkit.bench import api_server, bench_database, bench_headers, seed_reads
 from devkit.edge import running_edge
 from devkit.ports import free_port
+from devkit.wrk import cpu_seconds
 
 PATH = "/api/v1/task-logs?limit=5"
 
@@ -205,15 +208,16 @@ def main() -> None:
               f"cores); clients {clients} Retry-After\n", flush=True)  # fmt: skip
         for mode in args.modes.split(","):
             with serving(url, args.workers, mode) as (base, edge_pid):
+                edge = [psutil.Process(edge_pid)] if edge_pid is not None else []
                 load(base, headers, saturation, 3, 0, args.processes, False)  # warm every worker
                 for multiple in multiples:
                     connections = saturation * multiple
-                    before = cpu_seconds(edge_pid)
+                    before = cpu_seconds(edge)
                     run = load(base, headers, connections, args.seconds, args.warmup, args.processes,
                                args.honour_retry_after)  # fmt: skip
                     if edge_pid is not None:  # as the clients': the warm-up's share taken out
                         share = args.seconds / (args.seconds + args.warmup)
-                        run.edge_cpu = (cpu_seconds(edge_pid) - before) * share
+                        run.edge_cpu = (cpu_seconds(edge) - before) * share
                     rows.append((mode, multiple, connections, run))
                     report(mode, multiple, connections, run, cores)
     print()
@@ -246,14 +250,6 @@ def serving(url: str, workers: int, mode: str) -> Iterator[tuple[str, int | None
     api = api_server(url, workers=workers, API_ADMISSION="edge", API_EDGE_AGENT_PORT=str(agent))
     with api as base, running_edge(int(base.rsplit(":", 1)[1]), agent) as edge:
         yield edge.url, edge.pid
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def cells(run: Result, cores: int) -> str:

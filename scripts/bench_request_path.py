@@ -117,7 +117,7 @@ def main() -> None:
     # 2 cores it got (PostgreSQL and wrk take the rest); the minimal app's over the project's, so that
     # it reads like the req/s ratio above.
     cpu_us = {name: statistics.median(r.server_cpu_us or 0 for r in results[(name, "task-logs")])
-              for name in ("project", "FastAPI", "bare")}  # fmt: skip
+              for name in ("project", "FastAPI")}  # fmt: skip
     print(f"| server CPU per request, minimal FastAPI / project (us: {cpu_us['FastAPI']:.0f} / "
           f"{cpu_us['project']:.0f}) | | | {cpu_us['FastAPI'] / cpu_us['project']:.2f} |")  # fmt: skip
     minimal_bare = minimal / median("bare", "task-logs")

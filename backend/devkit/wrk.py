@@ -60,7 +60,8 @@ def _server_processes(url: str) -> list[psutil.Process]:
     raise RuntimeError(f"no process serves {url} with --port {port}")
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """The CPU time (user + system) ``processes`` have used so far; one that has exited counts 0."""
     total = 0.0
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -98,7 +99,7 @@ def wrk(
     """One wrk run of ``url`` with ``headers``; with ``server_cpu``, the serving processes' CPU time
     per request too."""
     server = _server_processes(url) if server_cpu else []
-    server_before = _cpu_seconds(server)
+    server_before = cpu_seconds(server)
     before = _children_cpu()
     started = time.monotonic()
     header_args = [arg for header in headers for arg in ("-H", header)]
@@ -108,7 +109,7 @@ def wrk(
     ).stdout  # fmt: skip
     wall = time.monotonic() - started
     cpu = _children_cpu() - before
-    server_seconds = _cpu_seconds(server) - server_before
+    server_seconds = cpu_seconds(server) - server_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
